@@ -1,0 +1,134 @@
+"""The OpenAPI 3.1 document served at ``/api/openapi.json`` (kept next to the routes it describes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+_ANY: dict[str, Any] = {"description": "any JSON value; delivered to subscribers byte for byte"}
+_ERROR = {
+    "description": "error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        "required": ["code", "message"],
+                    }
+                },
+            }
+        }
+    },
+}
+_POSITION = {
+    "type": "object",
+    "properties": {"epoch": {"type": "string"}, "offset": {"type": "integer"}},
+    "required": ["epoch", "offset"],
+}
+_PRESENCE = {
+    "type": "object",
+    "properties": {
+        "channel": {"type": "string"},
+        "users": {"type": "array", "items": {"type": "string"}},
+        "connections": {"type": "integer"},
+    },
+}
+
+
+def _op(summary: str, *, body: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "ok", "content": {"application/json": {"schema": result or {"type": "object"}}}},
+            "400": _ERROR,
+            "401": _ERROR,
+            "403": _ERROR,
+            "503": _ERROR,
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+_CHANNEL_PARAM = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    users = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pushgate HTTP API",
+            "version": __version__,
+            "description": "Publish to channels, users and everyone; read presence, online counts and history. "
+            "With an API key configured send `Authorization: Bearer <key>`; without one only loopback may call.",
+        },
+        "components": {"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/api/publish": {"post": _op(
+                "Publish to a channel (kept in history)",
+                body=_obj({"channel": {"type": "string"}, "data": _ANY}, ["channel", "data"]),
+                result=_POSITION)},
+            "/api/broadcast": {"post": _op(
+                "Send to every connection on every node", body=_obj({"data": _ANY}, ["data"]))},
+            "/api/send": {"post": _op(
+                "Send to every connection of each user, wherever connected (`from` is `sender` or null)",
+                body=_obj({"users": users, "data": _ANY, "sender": {"type": ["string", "null"]}},
+                          ["users", "data"]))},
+            "/api/disconnect": {"post": _op(
+                "Close every connection of a user with code 4500 (do not reconnect)",
+                body=_obj({"user": {"type": "string"}, "reason": {"type": "string"}}, ["user"]))},
+            "/api/online": {"get": _op("Online connections and distinct users, cluster-wide and per node", result={
+                "type": "object",
+                "properties": {
+                    "connections": {"type": "integer"},
+                    "users": {"type": "integer"},
+                    "nodes": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                        "connections": {"type": "integer"}, "users": {"type": "integer"}}}},
+                },
+            })},
+            "/api/presence/{channel}": {"get": _op(
+                "Users and connection count subscribed to a channel", params=[_CHANNEL_PARAM],
+                result=_PRESENCE)},
+            "/api/history/{channel}": {"get": _op(
+                "Publications kept for a channel, oldest first",
+                params=[
+                    _CHANNEL_PARAM,
+                    {"name": "since_offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "epoch", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                result={"type": "object", "properties": {
+                    "channel": {"type": "string"}, "epoch": {"type": "string"}, "offset": {"type": "integer"},
+                    "complete": {"type": "boolean"},
+                    "publications": {"type": "array", "items": {"type": "object", "properties": {
+                        "offset": {"type": "integer"}, "data": _ANY}}},
+                }})},
+            "/api/channels": {"get": _op("Channels with subscribers on this node", result={
+                "type": "object", "properties": {"channels": {"type": "array", "items": {
+                    "type": "object", "properties": {
+                        "channel": {"type": "string"}, "subscribers": {"type": "integer"}}}}}})},
+            "/api/nodes": {"get": _op("Live nodes of the cluster", result={
+                "type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "string"}}}})},
+            "/healthz": {"get": {"summary": "Liveness", "security": [],
+                                 "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 503 while draining or while the broker is down",
+                                "security": [],
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "text exposition format"}}}},
+        },
+    }

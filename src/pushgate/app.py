@@ -1,0 +1,135 @@
+"""Embedding pushgate in Python: lifecycle hooks and server-side message handlers.
+
+``pushgate serve --app mypkg.realtime:app`` loads an :class:`App`::
+
+    app = pushgate.App()
+
+    @app.on_connect
+    async def check(client: ClientInfo) -> None:
+        if client.user == "mallory":
+            raise pushgate.Reject("banned")
+
+    @app.on_publish
+    def stamp(client: ClientInfo, channel: str, data: Any) -> Any:
+        return {"text": data, "by": client.user}   # returned value replaces data; None keeps it
+
+    @app.rpc("echo")
+    async def echo(client: ClientInfo, data: Any) -> Any:
+        await app.publish("log", data)             # server-side push from a handler
+        return data
+
+Hooks may be plain functions or coroutines. Raising :class:`~pushgate.errors.Reject` refuses;
+any other exception is logged and answered with an ``internal`` error (the node keeps serving).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ConfigError, PushgateError
+
+if TYPE_CHECKING:
+    from .brokers.base import StreamPosition
+    from .node import Node
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What hooks learn about a connection."""
+
+    client: str  # connection id
+    user: str | None
+    node: str
+    transport: str  # "websocket" | "sse"
+    claims: dict[str, Any] | None = None
+
+
+ConnectHook = Callable[[ClientInfo], Awaitable[None] | None]
+SubscribeHook = Callable[[ClientInfo, str], Awaitable[None] | None]
+PublishHook = Callable[[ClientInfo, str, Any], Awaitable[Any] | Any]
+DisconnectHook = Callable[[ClientInfo], Awaitable[None] | None]
+RpcHandler = Callable[[ClientInfo, Any], Awaitable[Any] | Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class App:
+    """Hooks and rpc handlers, plus a handle to the running node for server-side pushes."""
+
+    def __init__(self) -> None:
+        self.connect_hooks: list[ConnectHook] = []
+        self.subscribe_hooks: list[SubscribeHook] = []
+        self.publish_hooks: list[PublishHook] = []
+        self.disconnect_hooks: list[DisconnectHook] = []
+        self.rpc_handlers: dict[str, RpcHandler] = {}
+        self._node: Node | None = None
+
+    # -- registration (decorators) --
+    def on_connect(self, fn: F) -> F:
+        self.connect_hooks.append(fn)
+        return fn
+
+    def on_subscribe(self, fn: F) -> F:
+        self.subscribe_hooks.append(fn)
+        return fn
+
+    def on_publish(self, fn: F) -> F:
+        self.publish_hooks.append(fn)
+        return fn
+
+    def on_disconnect(self, fn: F) -> F:
+        self.disconnect_hooks.append(fn)
+        return fn
+
+    def rpc(self, method: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self.rpc_handlers[method] = fn
+            return fn
+
+        return register
+
+    # -- server-side pushes from handlers --
+    def bind(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise PushgateError("the app is not attached to a running node yet")
+        return self._node
+
+    async def publish(self, channel: str, data: Any) -> StreamPosition:
+        return await self.node.publish_json(channel, data)
+
+    async def broadcast(self, data: Any) -> None:
+        await self.node.broadcast_json(data)
+
+    async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
+        await self.node.send_json(users, data, sender=sender)
+
+
+def load_app(spec: str) -> App:
+    """Import ``pkg.module:attr``; the attribute is an :class:`App` or a factory returning one."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError("app", "must be 'pkg.module:attr'")
+    try:
+        module = importlib.import_module(module_name)
+        obj = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("app", f"cannot load {spec!r}: {exc}") from exc
+    if callable(obj) and not isinstance(obj, App):
+        obj = obj()
+    if not isinstance(obj, App):
+        raise ConfigError("app", f"{spec!r} is not a pushgate.App")
+    return obj

@@ -1,0 +1,237 @@
+"""The narrow interfaces a node is built from: broker (+ history), presence store, lease store.
+
+A *broker* moves publications between nodes. It never knows about connections: it hands what
+arrives to a :class:`BrokerHandler` (the node implements it). History lives with the broker
+because a publication's offset must be assigned atomically with its append to history and its
+fan-out; :class:`HistoryStore` is the read side of that, usable on its own (e.g. by the HTTP API).
+
+Every implementation has a memory version (the single-node default, and the reference in
+tests) and a Redis/Valkey version; one conformance suite (``tests/brokers``) runs over each.
+
+Data (``data`` fields) is always *raw JSON bytes*: it is parsed once at the edge that
+received it and never re-encoded on the way to subscribers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a channel's history stands: ``offset`` of the newest publication within ``epoch``.
+
+    The epoch changes whenever history is lost (restart of a memory node, expiry or loss of the
+    Redis keys), so an offset is only comparable within one epoch.
+    """
+
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message published to a channel, as every subscriber will see it."""
+
+    channel: str
+    data: bytes  # raw JSON
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """A join or leave of ``user`` in ``channel`` (sent only where the namespace enables it)."""
+
+    channel: str
+    kind: Literal["join", "leave"]
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    """Something addressed to every connection of one user, wherever it landed.
+
+    ``kind == "direct"``: a client-to-client or API message; ``sender`` is stamped by the
+    server (None when the server/API sent it), ``data`` is raw JSON.
+    ``kind == "disconnect"``: close the user's connections with ``code`` and ``reason``.
+    """
+
+    kind: Literal["direct", "disconnect"]
+    sender: str | None = None
+    data: bytes = b"null"
+    code: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications after a position, oldest first, and where the stream stands now.
+
+    ``complete`` is False when the requested ``since`` could not be honoured: the epoch
+    changed, or publications after ``since`` have already been trimmed away.
+    """
+
+    publications: list[Publication]
+    position: StreamPosition
+    complete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How much history a channel keeps: newest ``size`` publications for ``ttl`` seconds."""
+
+    size: int = 100
+    ttl: float = 300.0
+
+
+class BrokerHandler(Protocol):
+    """What a broker calls when traffic arrives. Implemented by the node; must not block."""
+
+    def on_publication(self, pub: Publication) -> None: ...
+
+    def on_channel_event(self, event: ChannelEvent) -> None: ...
+
+    def on_user_message(self, user: str, message: UserMessage) -> None: ...
+
+    def on_broadcast(self, data: bytes) -> None: ...
+
+    def on_link_state(self, up: bool) -> None:
+        """The broker lost (False) or regained (True) its link; after True, all upstream
+        subscriptions are back in place and the node should fill gaps from history."""
+
+
+class HistoryStore(Protocol):
+    """Read side of per-channel history."""
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Publications with offset > ``since.offset`` (all kept ones when ``since`` is None),
+        oldest first, at most ``limit`` (the newest ``limit`` when ``since`` is None)."""
+        ...
+
+    async def position(self, channel: str) -> StreamPosition: ...
+
+
+class Broker(HistoryStore, Protocol):
+    """Moves publications between nodes; assigns offsets and keeps history as it publishes."""
+
+    async def start(self, handler: BrokerHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while the link to the backing service is down (``/readyz`` reports it)."""
+        ...
+
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving ``channel``'s publications and events on this node."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def subscribe_user(self, user: str) -> None:
+        """Start receiving messages routed to ``user`` (first local connection of the user)."""
+
+    async def unsubscribe_user(self, user: str) -> None: ...
+
+    async def publish(self, channel: str, data: bytes, options: HistoryOptions) -> StreamPosition:
+        """Append to history (when ``options.size`` > 0) and deliver to every subscribed node."""
+        ...
+
+    async def publish_event(self, event: ChannelEvent) -> None:
+        """Deliver a join/leave to every node subscribed to its channel; not kept in history."""
+
+    async def send_to_users(self, users: Sequence[str], message: UserMessage) -> None:
+        """Deliver ``message`` to every node holding a connection of each user."""
+
+    async def broadcast(self, data: bytes) -> None:
+        """Deliver ``data`` to every node (every connection); not kept in history."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPresence:
+    """Who is subscribed to a channel, cluster-wide."""
+
+    channel: str
+    users: list[str]  # distinct, sorted; anonymous connections are counted but not listed
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One live node and its local counts."""
+
+    node: str
+    connections: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineCounts:
+    """Cluster-wide online figures: distinct users across all nodes, and per node."""
+
+    connections: int
+    users: int
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+
+
+class PresenceStore(Protocol):
+    """Who is connected and subscribed where, cluster-wide, exact even when a node dies.
+
+    Connection ids are globally unique (they start with the node id). A node registers itself
+    with :meth:`heartbeat` at least every ``node_ttl / 3`` seconds; entries of a node whose
+    heartbeat lapsed stop counting at once and are purged by :meth:`purge_dead_nodes`.
+    """
+
+    async def start(self, node_id: str) -> None: ...
+
+    async def close(self) -> None:
+        """Clean shutdown: remove this node and all its entries at once."""
+
+    async def heartbeat(self) -> None: ...
+
+    async def add_connection(self, conn_id: str, user: str | None) -> None: ...
+
+    async def remove_connection(self, conn_id: str, user: str | None) -> None: ...
+
+    async def join(self, channel: str, conn_id: str, user: str | None) -> None: ...
+
+    async def leave(self, channel: str, conn_id: str) -> None: ...
+
+    async def presence(self, channel: str) -> ChannelPresence: ...
+
+    async def online(self) -> OnlineCounts: ...
+
+    async def nodes(self) -> list[str]:
+        """Ids of live nodes, sorted."""
+        ...
+
+    async def purge_dead_nodes(self) -> list[str]:
+        """Remove every entry of nodes whose heartbeat lapsed; return their ids."""
+        ...
+
+    async def resync(
+        self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]
+    ) -> None:
+        """Re-register all of this node's entries (after a link loss or a purge by others).
+
+        ``connections``: conn_id → user; ``channels``: channel → {conn_id: user}.
+        """
+
+
+class LeaseStore(Protocol):
+    """Leases for leader election (periodic jobs) and once-per-tick claims."""
+
+    async def acquire(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew lease ``name`` for ``holder``; True if ``holder`` holds it now."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None: ...
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True for exactly one caller per ``key`` within ``ttl`` seconds, cluster-wide."""
+        ...

@@ -1,0 +1,293 @@
+"""One pub/sub connection to one Redis/Valkey server, kept alive by its own reader task.
+
+redis-py's ``PubSub`` reconnects and resubscribes silently inside ``get_message``; a push
+gateway must instead *know* when its link dropped, because publications sent meanwhile are lost
+and every subscriber has to fill the gap from history. So this module drives a bare redis-py
+``Connection`` itself:
+
+* one reader task reads replies and pushes; it never dies on a bad message or a failing handler;
+* replies to our SUBSCRIBE/UNSUBSCRIBE/PING commands come back in order, so a FIFO of what we
+  sent tells solicited unsubscribes from the ones a cluster sends when a slot migrates away;
+* a PING goes out whenever the link has been quiet for ``ping_interval``; no byte back within
+  ``ping_timeout`` means the link is silently dead (TCP keepalive alone takes minutes);
+* after a drop it reconnects with backoff + jitter, resubscribes every topic it holds, and only
+  reports itself up once every SUBSCRIBE is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
+
+from pushgate.brokers.redis_common import backoff_delays
+
+__all__ = ["PubSubLink"]
+
+log = logging.getLogger(__name__)
+
+_Expect = tuple[Literal["sub", "unsub", "ping"], bytes]
+_MESSAGE_KINDS = (b"message", b"smessage")
+_SUBSCRIBE_KINDS = (b"subscribe", b"ssubscribe")
+_UNSUBSCRIBE_KINDS = (b"unsubscribe", b"sunsubscribe")
+
+
+class _LinkDead(Exception):
+    """No reply to our PING within ``ping_timeout``: the connection is silently gone."""
+
+
+class PubSubLink:
+    """Subscriptions to a set of topics over one connection (one per server or cluster shard).
+
+    ``topics`` is what this link *should* be subscribed to; it survives reconnects. Callbacks:
+    ``on_message(topic, payload)`` for every delivered message, ``on_state()`` whenever
+    :attr:`up` changes, ``on_misrouted(topic)`` when the server refuses or drops a topic that
+    belongs to another shard, ``on_connect_failed()`` after a failed (re)connect attempt.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], AbstractConnection],
+        *,
+        sharded: bool,
+        on_message: Callable[[bytes, bytes], None],
+        on_state: Callable[[], None],
+        on_misrouted: Callable[[bytes], None] | None = None,
+        on_connect_failed: Callable[[], None] | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 3.0,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        confirm_timeout: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.topics: set[bytes] = set()
+        self.up = False
+        self._factory = factory
+        self._sub_cmd = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._unsub_cmd = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
+        self._on_message = on_message
+        self._on_state = on_state
+        self._on_misrouted = on_misrouted
+        self._on_connect_failed = on_connect_failed
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._backoff = (backoff_min, backoff_max)
+        self._confirm_timeout = confirm_timeout
+        self._conn: AbstractConnection | None = None
+        self._expect: deque[_Expect] = deque()
+        self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._unconfirmed: set[bytes] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- public -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"pushgate-pubsub-{self.name}")
+
+    async def close(self) -> None:
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def add(self, topic: bytes, *, wait: bool = True) -> None:
+        """Subscribe to ``topic``; with ``wait``, return once the server confirmed it (bounded).
+
+        While the link is down the topic is only recorded: it is subscribed on reconnect, and
+        the owner hears about the gap through ``on_state``.
+        """
+        if topic in self.topics:
+            return
+        self.topics.add(topic)
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(topic, deque()).append(fut)
+        await self._send(conn, "sub", topic)
+        if not wait:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self._confirm_timeout)
+        except TimeoutError:
+            log.warning("pub/sub %s: no confirmation for %r within %.1fs", self.name, topic, self._confirm_timeout)
+
+    async def remove(self, topic: bytes) -> None:
+        if topic not in self.topics:
+            return
+        self.topics.discard(topic)
+        self._unconfirmed.discard(topic)
+        conn = self._conn
+        if conn is not None and conn.is_connected:
+            await self._send(conn, "unsub", topic)
+        self._maybe_up()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _send(self, conn: AbstractConnection, kind: Literal["sub", "unsub"], topic: bytes) -> None:
+        # The expectation is queued before the write, and the write happens before the first
+        # suspension of send_command (the connection is connected and health checks are off),
+        # so the FIFO order matches the order of the commands on the wire.
+        self._expect.append((kind, topic))
+        try:
+            await conn.send_command(self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False)
+        except Exception as exc:  # the reader notices the dead connection and reconnects
+            log.debug("pub/sub %s: send failed: %r", self.name, exc)
+
+    async def _run(self) -> None:
+        delays = backoff_delays(*self._backoff)
+        while not self._closing:
+            conn = self._factory()
+            was_up = False
+            try:
+                await conn.connect()
+                self._conn = conn
+                await self._resubscribe(conn)
+                was_up = await self._read_loop(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                was_up = was_up or self.up
+                if not self._closing:
+                    log.warning("pub/sub %s: link lost: %r", self.name, exc)
+            finally:
+                was_up = was_up or self.up
+                self._conn = None
+                await self._went_down(conn)
+            if self._closing:
+                break
+            if was_up:
+                delays = backoff_delays(*self._backoff)
+            elif self._on_connect_failed is not None:
+                self._on_connect_failed()
+            await asyncio.sleep(next(delays))
+
+    async def _resubscribe(self, conn: AbstractConnection) -> None:
+        topics = list(self.topics)
+        self._unconfirmed = set(topics)
+        if topics:
+            self._expect.extend(("sub", t) for t in topics)
+            # One write for all of them: a node may hold thousands of channels.
+            await conn.send_packed_command(
+                conn.pack_commands([(self._sub_cmd, t) for t in topics]), check_health=False
+            )
+        self._maybe_up()
+
+    async def _read_loop(self, conn: AbstractConnection) -> bool:
+        loop = asyncio.get_running_loop()
+        last_rx = loop.time()
+        ping_sent: float | None = None
+        while True:
+            now = loop.time()
+            if ping_sent is None:
+                wait = last_rx + self._ping_interval - now
+                if wait <= 0:
+                    self._expect.append(("ping", b""))
+                    await conn.send_command("PING", check_health=False)
+                    ping_sent = now
+                    continue
+            else:
+                wait = ping_sent + self._ping_timeout - now
+                if wait <= 0:
+                    raise _LinkDead(f"no reply to PING within {self._ping_timeout}s")
+            try:
+                # With an explicit timeout redis-py returns None on expiry and keeps the partly
+                # read reply buffered, so the next read resumes where this one stopped.
+                msg = await conn.read_response(timeout=wait)
+            except ResponseError as exc:
+                last_rx, ping_sent = loop.time(), None
+                self._on_error_reply(exc)
+                continue
+            if msg is None:
+                continue
+            last_rx, ping_sent = loop.time(), None
+            try:
+                self._dispatch(msg)
+            except Exception:
+                log.exception("pub/sub %s: cannot handle %r", self.name, msg)
+
+    def _dispatch(self, msg: object) -> None:
+        if not isinstance(msg, list) or len(msg) < 2:
+            if msg in (b"PONG", "PONG"):
+                self._pop_expect("ping", b"")
+            return
+        kind = msg[0]
+        if kind in _MESSAGE_KINDS:
+            try:
+                self._on_message(msg[1], msg[2])
+            except Exception:
+                log.exception("pub/sub %s: message handler failed", self.name)
+        elif kind in _SUBSCRIBE_KINDS:
+            self._pop_expect("sub", msg[1])
+            self._confirmed(msg[1])
+        elif kind in _UNSUBSCRIBE_KINDS:
+            if not self._pop_expect("unsub", msg[1]) and msg[1] in self.topics:
+                # The server dropped a topic we did not ask to drop: its slot moved to
+                # another shard (Redis/Valkey Cluster sends SUNSUBSCRIBE then).
+                self._report_misrouted(msg[1])
+        elif kind == b"pong":
+            self._pop_expect("ping", b"")
+
+    def _pop_expect(self, kind: str, topic: bytes) -> bool:
+        if self._expect and self._expect[0] == (kind, topic):
+            self._expect.popleft()
+            return True
+        return False
+
+    def _on_error_reply(self, exc: ResponseError) -> None:
+        kind, topic = self._expect.popleft() if self._expect else ("ping", b"")
+        log.warning("pub/sub %s: %s %r refused: %s", self.name, kind, topic, exc)
+        if kind == "sub":
+            self._confirmed(topic)
+            if topic in self.topics:
+                self._report_misrouted(topic)
+
+    def _report_misrouted(self, topic: bytes) -> None:
+        if self._on_misrouted is not None:
+            self._on_misrouted(topic)
+
+    def _confirmed(self, topic: bytes) -> None:
+        waiters = self._waiters.get(topic)
+        if waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+            if not waiters:
+                del self._waiters[topic]
+        self._unconfirmed.discard(topic)
+        self._maybe_up()
+
+    def _maybe_up(self) -> None:
+        if not self.up and self._conn is not None and not self._unconfirmed:
+            self.up = True
+            self._on_state()
+
+    async def _went_down(self, conn: AbstractConnection) -> None:
+        self._expect.clear()
+        self._unconfirmed.clear()
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._waiters.clear()
+        try:
+            await conn.disconnect(nowait=True)
+        except Exception as exc:
+            log.debug("pub/sub %s: disconnect failed: %r", self.name, exc)
+        if self.up:
+            self.up = False
+            if not self._closing:
+                self._on_state()

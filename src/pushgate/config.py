@@ -1,0 +1,311 @@
+"""One typed configuration, read from a TOML file, ``PUSHGATE_*`` environment variables and CLI flags.
+
+Precedence, lowest to highest: built-in defaults < TOML file (``--config`` / ``PUSHGATE_CONFIG``)
+< environment variables < command-line flags. Every scalar setting has all three spellings:
+``max_message_size`` in TOML, ``PUSHGATE_MAX_MESSAGE_SIZE`` in the environment,
+``--max-message-size`` on the command line. Namespaces and schedules exist only in TOML.
+
+Bad values raise :class:`~pushgate.errors.ConfigError` naming the key; the CLI exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:.@/=+#$]{1,255}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceConfig:
+    """Options for channels named ``<namespace>:<rest>`` (channels without ``:`` use ``default``)."""
+
+    publish: bool | None = None  # client publish; None = allowed in dev mode, refused in JWT mode
+    subscribe: str = "any"  # "any" | "authenticated" (anonymous connections refused)
+    presence: bool = True
+    join_leave: bool = False
+    history_size: int | None = None  # None = the server-wide history_size
+    history_ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """A periodic publication: every ``every`` seconds publish ``call()``'s result or ``url``'s JSON."""
+
+    channel: str
+    every: float
+    call: str | None = None
+    url: str | None = None
+    name: str = ""
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = _opt("127.0.0.1", "interface to listen on")
+    port: int = _opt(8080, "TCP port for HTTP, WebSocket and SSE")
+    node_id: str = _opt("", "this node's id in the cluster (default: hostname-pid)")
+    broker: str = _opt(
+        "memory://", "memory:// (one node), redis://host:port/db, or redis+cluster://host:port"
+    )
+    redis_prefix: str = _opt("pg", "key and channel prefix in Redis")
+    workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); >1 needs a Redis broker")
+    app: str | None = _opt(None, "embedding application 'pkg.module:attr' (hooks and rpc handlers)")
+    log_level: str = _opt("info", "debug | info | warning | error")
+
+    jwt_secret: str | None = _opt(None, "HS256 secret: enables JWT mode")
+    jwt_public_key: str | None = _opt(None, "PEM file (or PEM text) of an RS256/ES256 key: enables JWT mode")
+    jwt_audience: str | None = _opt(None, "required `aud` claim, if set")
+    jwt_issuer: str | None = _opt(None, "required `iss` claim, if set")
+    api_key: str | None = _opt(None, "HTTP API key (Bearer); without one only loopback may call /api")
+    allowed_origins: tuple[str, ...] = _opt(
+        (), "comma-separated Origin patterns allowed to open /ws (fnmatch); empty = any origin"
+    )
+
+    max_message_size: int = _opt(65536, "largest client frame in bytes; bigger closes with 1009")
+    max_connections: int = _opt(0, "connections per node (0 = unlimited); over it closes with 4003")
+    max_subscriptions: int = _opt(128, "channels per connection")
+    ping_interval: float = _opt(25.0, "seconds between WebSocket pings; a peer silent for 1.5x is closed")
+    write_buffer_limit: int = _opt(
+        262144, "unsent bytes per connection before it is closed as a slow consumer (4001)"
+    )
+    client_publish: bool | None = _opt(None, "default for client publish (None: yes in dev mode, no with JWT)")
+    history_size: int = _opt(100, "publications kept per channel for recovery")
+    history_ttl: float = _opt(300.0, "seconds a publication stays in history")
+    drain_period: float = _opt(5.0, "seconds over which connections are closed (1012) at shutdown")
+    node_ttl: float = _opt(10.0, "seconds after the last heartbeat before a node's presence is purged")
+    lease_ttl: float = _opt(10.0, "seconds of the periodic-job leader lease")
+    sse_ping_interval: float = _opt(15.0, "seconds between SSE keep-alive comments")
+
+    namespaces: Mapping[str, NamespaceConfig] = field(default_factory=dict, metadata={"toml_only": True})
+    schedule: Sequence[ScheduleConfig] = field(default_factory=tuple, metadata={"toml_only": True})
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key)
+
+    def namespace(self, channel: str) -> NamespaceConfig:
+        """The namespace options that apply to ``channel``."""
+        name = channel.split(":", 1)[0] if ":" in channel else "default"
+        ns = self.namespaces.get(name)
+        if ns is None:
+            ns = self.namespaces.get("default") or _DEFAULT_NS
+        return ns
+
+    def client_may_publish(self, channel: str) -> bool:
+        ns = self.namespace(channel)
+        if ns.publish is not None:
+            return ns.publish
+        if self.client_publish is not None:
+            return self.client_publish
+        return not self.jwt_enabled
+
+    def history_for(self, channel: str) -> tuple[int, float]:
+        ns = self.namespace(channel)
+        size = self.history_size if ns.history_size is None else ns.history_size
+        ttl = self.history_ttl if ns.history_ttl is None else ns.history_ttl
+        return size, ttl
+
+
+_DEFAULT_NS = NamespaceConfig()
+SCALAR_FIELDS = [f for f in dataclasses.fields(Config) if not f.metadata.get("toml_only")]
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _field_type(name: str) -> tuple[Any, bool]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(Config))
+    tp = _HINTS[name]
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) != len(typing.get_args(tp))
+        tp = args[0]
+    return tp, optional
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a TOML/env/CLI value into the field's type, or raise ConfigError naming ``key``."""
+    tp, optional = _field_type(key)
+    if value is None or (isinstance(value, str) and value == "" and optional):
+        if optional:
+            return None
+        raise ConfigError(key, "a value is required")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"expected true/false, got {value!r}")
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            return value
+        if typing.get_origin(tp) is tuple:
+            if isinstance(value, str):
+                return tuple(p.strip() for p in value.split(",") if p.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError(f"expected a list of strings, got {value!r}")
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from exc
+    raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover
+
+
+def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("namespaces", "must be a table of tables")
+    out: dict[str, NamespaceConfig] = {}
+    allowed = {f.name for f in dataclasses.fields(NamespaceConfig)}
+    for name, opts in raw.items():
+        if not isinstance(opts, dict):
+            raise ConfigError(f"namespaces.{name}", "must be a table")
+        unknown = set(opts) - allowed
+        if unknown:
+            raise ConfigError(f"namespaces.{name}.{sorted(unknown)[0]}", "unknown option")
+        if opts.get("subscribe", "any") not in {"any", "authenticated"}:
+            raise ConfigError(f"namespaces.{name}.subscribe", "must be 'any' or 'authenticated'")
+        for key in ("publish", "presence", "join_leave"):
+            if key in opts and not isinstance(opts[key], bool):
+                raise ConfigError(f"namespaces.{name}.{key}", "must be true or false")
+        for key in ("history_size", "history_ttl"):
+            if key in opts and (not isinstance(opts[key], int | float) or opts[key] < 0):
+                raise ConfigError(f"namespaces.{name}.{key}", "must be a number >= 0")
+        out[name] = NamespaceConfig(**opts)
+    return out
+
+
+def _schedule(raw: Any) -> tuple[ScheduleConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("schedule", "must be an array of tables ([[schedule]])")
+    jobs = []
+    for i, entry in enumerate(raw):
+        key = f"schedule[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(key, "must be a table")
+        unknown = set(entry) - {"channel", "every", "call", "url", "name"}
+        if unknown:
+            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown option")
+        channel = entry.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+            raise ConfigError(f"{key}.channel", "a valid channel name is required")
+        every = entry.get("every")
+        if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
+            raise ConfigError(f"{key}.every", "must be a number of seconds > 0")
+        call, url = entry.get("call"), entry.get("url")
+        if (call is None) == (url is None):
+            raise ConfigError(key, "needs exactly one of `call` or `url`")
+        if call is not None and (not isinstance(call, str) or ":" not in call):
+            raise ConfigError(f"{key}.call", "must be 'pkg.module:function'")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ConfigError(f"{key}.url", "must be an http(s) URL")
+        name = entry.get("name") or f"{channel}#{i}"
+        jobs.append(ScheduleConfig(channel=channel, every=float(every), call=call, url=url, name=str(name)))
+    return tuple(jobs)
+
+
+def load_config(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a validated :class:`Config` from the three sources (see module docstring)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = file or env.get("PUSHGATE_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+        known = {f.name for f in dataclasses.fields(Config)}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(key, f"unknown setting in {path}")
+            if key == "namespaces":
+                values[key] = _namespaces(value)
+            elif key == "schedule":
+                values[key] = _schedule(value)
+            else:
+                values[key] = _coerce(key, value)
+    for f in SCALAR_FIELDS:
+        env_key = "PUSHGATE_" + f.name.upper()
+        if env_key in env:
+            values[f.name] = _coerce(f.name, env[env_key])
+    for key, value in (cli or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError("port", "must be 0..65535")
+    if cfg.workers < 1:
+        raise ConfigError("workers", "must be >= 1")
+    if cfg.workers > 1 and cfg.broker.startswith("memory"):
+        raise ConfigError(
+            "workers", "--workers > 1 needs a shared broker (--broker redis://...): memory brokers cannot share"
+        )
+    if not cfg.broker.startswith(("memory://", "redis://", "rediss://", "redis+cluster://")):
+        raise ConfigError("broker", "must start with memory://, redis://, rediss:// or redis+cluster://")
+    if cfg.jwt_secret and cfg.jwt_public_key:
+        raise ConfigError("jwt_secret", "set either jwt_secret or jwt_public_key, not both")
+    positive = ("max_message_size", "max_subscriptions", "write_buffer_limit", "ping_interval",
+                "node_ttl", "lease_ttl", "sse_ping_interval")
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(key, "must be > 0")
+    for key in ("history_size", "history_ttl", "drain_period", "max_connections"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(key, "must be >= 0")
+    if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("log_level", "must be debug, info, warning or error")
+
+
+def add_cli_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per scalar setting; unset flags stay None so lower layers show through."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (env PUSHGATE_CONFIG)")
+    for f in SCALAR_FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        tp, _ = _field_type(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{f.metadata['help']} [default: {default!r}; env PUSHGATE_{f.name.upper()}]"
+        metavar = {int: "N", float: "SECONDS", bool: "BOOL"}.get(tp, "VALUE")
+        parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help_text)
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in SCALAR_FIELDS}

@@ -1,0 +1,79 @@
+"""Exceptions and close codes.
+
+Exception tree (one root, so embedding code can catch everything pushgate raises)::
+
+    PushgateError
+    ├── ConfigError            bad configuration: names the key; the CLI exits with code 2
+    ├── AuthError              bad/expired token or refused origin: HTTP 401/403 at the handshake
+    ├── ClientError            a client command failed: ``code`` + ``message`` go back in an error reply
+    │   └── Reject             an application hook refused (connect, subscribe, publish)
+    └── BrokerUnavailable      the broker link is down; the call may succeed later
+
+Close codes (RFC 6455 §7.4 plus the private range). 4000–4499: reconnect with backoff;
+4500–4999: do not reconnect. ``docs/protocol.md`` has the table a client author needs.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes this server sends, and what the client should do."""
+
+    NORMAL = 1000  # done
+    GOING_AWAY = 1001  # peer going away
+    MESSAGE_TOO_BIG = 1009  # frame over max_message_size: do not resend it
+    INTERNAL_ERROR = 1011  # reconnect with backoff
+    SERVICE_RESTART = 1012  # graceful drain: reconnect now (another node), recover with since
+    RECONNECT = 4000  # generic: reconnect with backoff
+    SLOW_CONSUMER = 4001  # client read too slowly: reconnect with backoff, recover with since
+    INSUFFICIENT_STATE = 4002  # gap could not be filled: reconnect now, recover with since
+    CONNECTION_LIMIT = 4003  # node full: reconnect with backoff (maybe another node)
+    DISCONNECTED = 4500  # kicked by the server/API: do not reconnect
+    PROTOCOL_VIOLATION = 4501  # e.g. binary frame on the JSON protocol: do not reconnect
+
+    @property
+    def reconnect(self) -> bool:
+        """True when a well-behaved client should reconnect after this code."""
+        return self < 4500
+
+
+class PushgateError(Exception):
+    """Root of every exception pushgate raises."""
+
+
+class ConfigError(PushgateError):
+    """Invalid configuration; ``key`` names the offending setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config {key}: {message}")
+        self.key = key
+
+
+class AuthError(PushgateError):
+    """Authentication or origin check failed at the handshake."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientError(PushgateError):
+    """A client command failed. ``code`` is snake_case and part of the protocol."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Reject(ClientError):
+    """Raised by an application hook to refuse a connect, subscribe or publish."""
+
+    def __init__(self, message: str = "rejected by application", *, code: str = "rejected") -> None:
+        super().__init__(code, message)
+
+
+class BrokerUnavailable(PushgateError):
+    """The broker cannot be reached right now."""

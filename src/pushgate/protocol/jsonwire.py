@@ -1,0 +1,158 @@
+"""pushgate's JSON wire protocol, sans I/O: bytes in, commands out; events in, bytes out.
+
+Decoding never raises: a bad frame becomes a :class:`DecodeError` carrying the protocol error
+code and the request ``id`` (when one could be read), so the transport can answer and keep the
+connection open. ``data`` fields are kept as raw JSON (:class:`msgspec.Raw`) and are never
+re-encoded: the bytes a publisher sent are the bytes every subscriber receives.
+
+Server frames on the fan-out path are built by byte concatenation once per publication.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+RequestId = int | str | None
+
+
+class Since(msgspec.Struct, frozen=True):
+    epoch: str
+    offset: int
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", frozen=True):
+    channel: str
+    since: Since | None = None
+    id: RequestId = None
+
+
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", frozen=True):
+    channel: str
+    id: RequestId = None
+
+
+class Publish(msgspec.Struct, tag="publish", tag_field="type", frozen=True):
+    channel: str
+    data: msgspec.Raw
+    id: RequestId = None
+
+
+class Send(msgspec.Struct, tag="send", tag_field="type", frozen=True):
+    to: list[str]
+    data: msgspec.Raw
+    id: RequestId = None
+
+
+class Presence(msgspec.Struct, tag="presence", tag_field="type", frozen=True):
+    channel: str
+    id: RequestId = None
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type", frozen=True):
+    id: RequestId = None
+
+
+class Rpc(msgspec.Struct, tag="rpc", tag_field="type", frozen=True):
+    method: str
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    id: RequestId = None
+
+
+Command = Subscribe | Unsubscribe | Publish | Send | Presence | Ping | Rpc
+COMMAND_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "send", "presence", "ping", "rpc"})
+
+
+class DecodeError(msgspec.Struct, frozen=True):
+    """A frame that is not a valid command; answer it with an error reply."""
+
+    code: str  # bad_json | unknown_type | bad_request
+    message: str
+    id: RequestId = None
+
+
+_command_decoder: Final = msgspec.json.Decoder(Command)
+_any_decoder: Final = msgspec.json.Decoder()
+_encode: Final = msgspec.json.encode
+
+
+def decode_command(frame: bytes | str) -> Command | DecodeError:
+    """Parse one client frame. Never raises."""
+    try:
+        return _command_decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        return _explain(frame, exc)
+
+
+def _explain(frame: bytes | str, exc: msgspec.DecodeError) -> DecodeError:
+    """Sort a failed decode into bad_json / unknown_type / bad_request (cold path)."""
+    try:
+        obj = _any_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return DecodeError("bad_json", "frame is not valid JSON")
+    if not isinstance(obj, dict):
+        return DecodeError("bad_request", "frame must be a JSON object")
+    rid = obj.get("id")
+    if not isinstance(rid, int | str) or isinstance(rid, bool):
+        rid = None
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        return DecodeError("bad_request", "missing field `type`", rid)
+    if kind not in COMMAND_TYPES:
+        return DecodeError("unknown_type", f"unknown command type {kind!r}", rid)
+    return DecodeError("bad_request", str(exc), rid)
+
+
+# --- server frames -------------------------------------------------------------------------
+
+def message_frame(channel: str, data: bytes, offset: int, epoch: str) -> bytes:
+    """``{"type":"message",...}`` for one publication. Hot path: built once, sent to many."""
+    return b"".join(
+        (
+            b'{"type":"message","channel":',
+            _encode(channel),
+            b',"data":',
+            data,
+            b',"offset":',
+            str(offset).encode(),
+            b',"epoch":',
+            _encode(epoch),
+            b"}",
+        )
+    )
+
+
+def direct_frame(sender: str | None, data: bytes) -> bytes:
+    return b'{"type":"direct","from":' + _encode(sender) + b',"data":' + data + b"}"
+
+
+def broadcast_frame(data: bytes) -> bytes:
+    return b'{"type":"broadcast","data":' + data + b"}"
+
+
+def channel_event_frame(kind: str, channel: str, user: str | None) -> bytes:
+    return _encode({"type": kind, "channel": channel, "user": user})
+
+
+def welcome_frame(client: str, user: str | None, node: str) -> bytes:
+    return _encode({"type": "welcome", "client": client, "user": user, "node": node})
+
+
+def ok_frame(rid: RequestId, fields: dict[str, Any] | None = None) -> bytes:
+    """Success reply echoing the request ``id``; ``fields`` may hold :class:`msgspec.Raw` values."""
+    body: dict[str, Any] = {"type": "ok"} if rid is None else {"id": rid, "type": "ok"}
+    if fields:
+        body.update(fields)
+    return _encode(body)
+
+
+def error_frame(rid: RequestId, code: str, message: str) -> bytes:
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if rid is not None:
+        body = {"id": rid, **body}
+    return _encode(body)
+
+
+def pong_frame(rid: RequestId) -> bytes:
+    return b'{"type":"pong"}' if rid is None else _encode({"id": rid, "type": "pong"})

@@ -1,0 +1,475 @@
+/*!
+ * pushgate.js — dependency-free browser client for the pushgate WebSocket protocol.
+ *
+ * Usage (plain <script src="/pushgate.js">, exposes window.Pushgate):
+ *
+ *   const client = new Pushgate.Client('/ws', { user: 'alice' });
+ *   await client.subscribe('news', (msg) => console.log(msg.data, msg.offset));
+ *   await client.publish('news', { text: 'hello' });
+ *   client.on('direct', (msg) => console.log('from', msg.from, msg.data));
+ *
+ * Protocol: docs/protocol.md. ES2017, no build step. Also loadable with require()
+ * (CommonJS) and in any environment that has a global WebSocket.
+ */
+(function (root, factory) {
+  'use strict';
+  const api = factory();
+  if (typeof module === 'object' && module && module.exports) module.exports = api;
+  if (root) root.Pushgate = api;
+})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function () {
+  'use strict';
+
+  /** Connection states reported to `onStateChange` and the 'state' event. */
+  const STATES = Object.freeze({
+    CONNECTING: 'connecting', // opening a socket / waiting for welcome
+    CONNECTED: 'connected', // welcome received, commands flow
+    DISCONNECTED: 'disconnected', // socket lost, a reconnect is scheduled
+    CLOSED: 'closed', // terminal: close() was called or the server said "do not reconnect"
+  });
+
+  /** Push types that can be observed with `client.on(type, fn)`. */
+  const EVENTS = ['welcome', 'state', 'message', 'direct', 'broadcast', 'join', 'leave', 'subscribed', 'error'];
+
+  /**
+   * What a client should do after the socket closed with `code`.
+   * @param {number} code WebSocket close code
+   * @returns {'stop'|'now'|'backoff'}
+   */
+  function closeCodeAction(code) {
+    if (code === 1012 || code === 4002) return 'now'; // restart/drain, insufficient state
+    if (code >= 4500 && code <= 4999) return 'stop'; // kicked, protocol violation, ...
+    return 'backoff'; // 1000 (server-initiated), 1006, 1009, 1011, 4000-4499, anything else
+  }
+
+  /** Error type used to reject command promises. `code` is the server's snake_case code,
+   *  or one of the client-side codes: timeout, disconnected, closed, message_too_big. */
+  class PushgateError extends Error {
+    /** @param {string} code @param {string} message @param {object} [reply] */
+    constructor(code, message, reply) {
+      super(message || code);
+      this.name = 'PushgateError';
+      this.code = code;
+      this.reply = reply || null;
+    }
+  }
+
+  function byteLength(str) {
+    if (typeof TextEncoder !== 'undefined') return new TextEncoder().encode(str).length;
+    return unescape(encodeURIComponent(str)).length;
+  }
+
+  /** Resolve '/ws', 'http://h/ws' or 'ws://h/ws' into an absolute ws(s):// URL with the query. */
+  function buildUrl(url, params) {
+    const base = typeof location !== 'undefined' && location.href ? location.href : undefined;
+    const u = base ? new URL(url, base) : new URL(url);
+    if (u.protocol === 'http:') u.protocol = 'ws:';
+    else if (u.protocol === 'https:') u.protocol = 'wss:';
+    for (const key of Object.keys(params)) {
+      if (params[key] !== undefined && params[key] !== null && params[key] !== '') u.searchParams.set(key, params[key]);
+    }
+    return u.toString();
+  }
+
+  class Client {
+    /**
+     * Create a client and connect at once (unless `autoConnect: false`).
+     * @param {string} url WebSocket endpoint, e.g. 'ws://host:8080/ws' or '/ws' (resolved against the page).
+     * @param {object} [options]
+     * @param {string} [options.user] dev-mode identity, sent as ?user=
+     * @param {string|function(): (string|Promise<string>)} [options.token] JWT, sent as ?token=;
+     *   a function is called before every (re)connect so a fresh token can be fetched.
+     * @param {function(object)} [options.onWelcome] called with the welcome frame on every (re)connect
+     * @param {function(string, object)} [options.onStateChange] called with (state, {code, reason, delay})
+     * @param {number} [options.minDelay=500] base reconnect delay in ms
+     * @param {number} [options.maxDelay=20000] cap of the reconnect delay in ms
+     * @param {number} [options.requestTimeout=10000] ms before a command promise rejects with 'timeout'
+     * @param {number} [options.maxMessageSize=65536] frames larger than this are refused locally
+     * @param {number} [options.pingInterval=0] if > 0, send a protocol ping this often (ms) and
+     *   reconnect when no pong arrives within requestTimeout (browsers cannot see WS-level pings)
+     * @param {boolean} [options.autoConnect=true]
+     * @param {function} [options.WebSocket] WebSocket constructor to use instead of the global one
+     */
+    constructor(url, options) {
+      const o = options || {};
+      this.url = url;
+      this.options = Object.assign({ minDelay: 500, maxDelay: 20000, requestTimeout: 10000,
+        maxMessageSize: 65536, pingInterval: 0, autoConnect: true }, o);
+      /** @type {string} one of Pushgate.STATES */
+      this.state = STATES.DISCONNECTED;
+      /** Data from the last welcome frame. */
+      this.clientId = null;
+      this.userId = null;
+      this.node = null;
+      this._ws = null;
+      this._nextId = 1;
+      this._pending = new Map(); // id -> {resolve, reject, timer, sent}
+      this._queue = []; // [id, frame] waiting for the connection
+      this._subs = new Map(); // channel -> {handler, epoch, offset, ready}
+      this._handlers = {};
+      this._attempts = 0;
+      this._reconnectTimer = null;
+      this._pingTimer = null;
+      this._connectedAt = 0;
+      this._closed = false;
+      if (this.options.autoConnect) this.connect();
+    }
+
+    // ----------------------------------------------------------------------------- events
+
+    /**
+     * Listen for an event: 'message' (every publication), 'direct', 'broadcast', 'join', 'leave',
+     * 'welcome', 'state', 'subscribed' ({channel, recovered, epoch, offset, resubscribe}), 'error'.
+     * @returns {function()} call it to remove the listener
+     */
+    on(type, fn) {
+      if (EVENTS.indexOf(type) < 0) throw new Error('unknown event: ' + type);
+      (this._handlers[type] = this._handlers[type] || []).push(fn);
+      return () => this.off(type, fn);
+    }
+
+    /** Remove a listener added with on(). */
+    off(type, fn) {
+      const list = this._handlers[type];
+      if (list) this._handlers[type] = list.filter((f) => f !== fn);
+    }
+
+    _emit(type, payload) {
+      for (const fn of (this._handlers[type] || []).slice()) {
+        try { fn(payload); } catch (err) { setTimeout(() => { throw err; }, 0); }
+      }
+    }
+
+    _setState(state, info) {
+      if (this.state === state) return;
+      this.state = state;
+      const detail = info || {};
+      if (this.options.onStateChange) {
+        try { this.options.onStateChange(state, detail); } catch (err) { setTimeout(() => { throw err; }, 0); }
+      }
+      this._emit('state', Object.assign({ state: state }, detail));
+    }
+
+    // ------------------------------------------------------------------------- connection
+
+    /** Open the connection (called by the constructor unless autoConnect is false). */
+    async connect() {
+      this._closed = false;
+      if (this._ws || this.state === STATES.CONNECTING) return;
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      this._setState(STATES.CONNECTING);
+      let token = this.options.token;
+      try {
+        if (typeof token === 'function') token = await token();
+      } catch (err) {
+        this._emit('error', { type: 'error', code: 'token', message: String(err) });
+        this._scheduleReconnect(4000, 'token provider failed');
+        return;
+      }
+      if (this._closed) return;
+      const WS = this.options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
+      if (!WS) throw new Error('Pushgate: no WebSocket implementation available');
+      let ws;
+      try {
+        ws = new WS(buildUrl(this.url, { user: this.options.user, token: token }));
+      } catch (err) {
+        this._scheduleReconnect(1006, String(err));
+        return;
+      }
+      this._ws = ws;
+      ws.onmessage = (ev) => { if (this._ws === ws) this._onFrame(ev.data); };
+      ws.onclose = (ev) => { if (this._ws === ws) this._onClose(ev.code, ev.reason); };
+      ws.onerror = () => {}; // always followed by close
+    }
+
+    /** Close for good: no reconnect, pending commands reject with code 'closed'. */
+    close() {
+      this._closed = true;
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      const ws = this._ws;
+      this._teardown('closed', 'client closed');
+      if (ws) {
+        try { ws.close(1000, 'client closed'); } catch (err) { /* already closing */ }
+      }
+      this._setState(STATES.CLOSED, { code: 1000, reason: 'client closed' });
+    }
+
+    _teardown(code, message) {
+      this._ws = null;
+      clearInterval(this._pingTimer);
+      this._pingTimer = null;
+      // Commands already on the wire may or may not have been applied: fail them.
+      // Queued (unsent) ones survive a reconnect unless the client is closing for good.
+      for (const [id, p] of Array.from(this._pending)) {
+        if (p.sent || this._closed) this._settle(id, new PushgateError(code, message));
+      }
+      if (this._closed) this._queue = [];
+    }
+
+    _onClose(code, reason) {
+      const uptime = this._connectedAt ? Date.now() - this._connectedAt : 0;
+      this._connectedAt = 0;
+      if (uptime > this.options.maxDelay) this._attempts = 0; // it was a healthy connection
+      const action = closeCodeAction(code);
+      if (action === 'stop') this._closed = true;
+      this._teardown(code === 1009 ? 'message_too_big' : 'disconnected', 'connection closed (' + code + ')');
+      if (action === 'stop') {
+        for (const sub of this._subs.values()) if (sub.ready.pending) sub.ready.reject(new PushgateError('closed', 'closed (' + code + ')'));
+        this._setState(STATES.CLOSED, { code: code, reason: reason });
+        return;
+      }
+      this._scheduleReconnect(code, reason, action === 'now');
+    }
+
+    _scheduleReconnect(code, reason, immediate) {
+      if (this._closed) return;
+      this._ws = null;
+      let delay = 0;
+      if (!immediate) {
+        // Exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].
+        const cap = Math.min(this.options.maxDelay, this.options.minDelay * Math.pow(2, this._attempts));
+        delay = Math.round(Math.random() * cap);
+        this._attempts += 1;
+      }
+      this._setState(STATES.DISCONNECTED, { code: code, reason: reason, delay: delay });
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = setTimeout(() => { this._reconnectTimer = null; this.connect(); }, delay);
+    }
+
+    _onWelcome(frame) {
+      this.clientId = frame.client;
+      this.userId = frame.user === undefined ? null : frame.user;
+      this.node = frame.node;
+      this._connectedAt = Date.now();
+      this._setState(STATES.CONNECTED);
+      if (this.options.onWelcome) {
+        try { this.options.onWelcome(frame); } catch (err) { setTimeout(() => { throw err; }, 0); }
+      }
+      this._emit('welcome', frame);
+      // Resubscribe everything, recovering from the last seen position.
+      for (const channel of Array.from(this._subs.keys())) this._sendSubscribe(channel);
+      const queued = this._queue;
+      this._queue = [];
+      for (const item of queued) if (this._pending.has(item[0])) this._transmit(item[0], item[1]);
+      if (this.options.pingInterval > 0) {
+        this._pingTimer = setInterval(() => {
+          this.ping().catch((err) => {
+            if (err.code === 'timeout' && this._ws) this._ws.close(4000, 'pong timeout');
+          });
+        }, this.options.pingInterval);
+      }
+    }
+
+    // --------------------------------------------------------------------------- frames
+
+    _onFrame(raw) {
+      if (typeof raw !== 'string') return; // the protocol is text-only
+      let msg;
+      try { msg = JSON.parse(raw); } catch (err) { return; }
+      if (!msg || typeof msg !== 'object') return;
+      if (msg.id !== undefined && msg.id !== null && this._pending.has(msg.id)) {
+        if (msg.type === 'error') this._settle(msg.id, new PushgateError(msg.code, msg.message, msg));
+        else this._settle(msg.id, null, msg);
+        return;
+      }
+      switch (msg.type) {
+        case 'welcome': this._onWelcome(msg); break;
+        case 'message': this._onPublication(msg); break;
+        case 'direct': case 'broadcast': case 'join': case 'leave': case 'error':
+          this._emit(msg.type, msg); break;
+        default: break; // unknown push types are ignored for forward compatibility
+      }
+    }
+
+    _onPublication(msg) {
+      const sub = this._subs.get(msg.channel);
+      if (!sub) return; // straggler after unsubscribe
+      if (typeof msg.offset === 'number') {
+        // De-duplicate against what was delivered (replays can overlap live publications).
+        if (sub.seenEpoch === msg.epoch && sub.seenOffset !== null && msg.offset <= sub.seenOffset) return;
+        sub.seenEpoch = msg.epoch;
+        sub.seenOffset = msg.offset;
+        advance(sub, msg.epoch, msg.offset);
+      }
+      try { sub.handler(msg); } catch (err) { setTimeout(() => { throw err; }, 0); }
+      this._emit('message', msg);
+    }
+
+    // ------------------------------------------------------------------------- requests
+
+    _settle(id, err, value) {
+      const p = this._pending.get(id);
+      if (!p) return;
+      this._pending.delete(id);
+      clearTimeout(p.timer);
+      if (err) p.reject(err); else p.resolve(value);
+    }
+
+    _transmit(id, frame) {
+      const p = this._pending.get(id);
+      try {
+        this._ws.send(frame);
+        if (p) p.sent = true;
+      } catch (err) {
+        this._settle(id, new PushgateError('disconnected', String(err)));
+      }
+    }
+
+    /**
+     * Send a command with a fresh id; resolves with the reply frame, rejects with PushgateError.
+     * While not connected the command waits (up to requestTimeout) for the next connection.
+     * @param {object} command e.g. {type: 'publish', channel: 'news', data: 1}
+     * @returns {Promise<object>}
+     */
+    request(command) {
+      if (this._closed) return Promise.reject(new PushgateError('closed', 'client is closed'));
+      const id = this._nextId++;
+      const frame = JSON.stringify(Object.assign({}, command, { id: id }));
+      if (byteLength(frame) > this.options.maxMessageSize) {
+        return Promise.reject(new PushgateError('message_too_big', 'frame exceeds maxMessageSize'));
+      }
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => this._settle(id, new PushgateError('timeout', command.type + ' timed out')),
+          this.options.requestTimeout);
+        this._pending.set(id, { resolve: resolve, reject: reject, timer: timer, sent: false });
+        if (this.state === STATES.CONNECTED && this._ws) this._transmit(id, frame);
+        else this._queue.push([id, frame]);
+      });
+    }
+
+    /**
+     * Subscribe to a channel. The handler receives every publication once, in order:
+     * {type:'message', channel, data, offset, epoch}. The subscription survives reconnects and is
+     * recovered from the last seen {epoch, offset}. Resolves with the ok reply ({epoch, offset, recovered?}).
+     * @param {string} channel
+     * @param {function(object)} handler
+     * @param {{since?: {epoch: string, offset: number}}} [opts] start from a known position
+     * @returns {Promise<object>}
+     */
+    subscribe(channel, handler, opts) {
+      if (this._subs.has(channel)) {
+        return Promise.reject(new PushgateError('already_subscribed', 'already subscribed: ' + channel));
+      }
+      if (this._closed) return Promise.reject(new PushgateError('closed', 'client is closed'));
+      const since = opts && opts.since;
+      // epoch/offset: recovery position sent as `since`; seenEpoch/seenOffset: last delivered.
+      const sub = { handler: handler || function () {}, epoch: null, offset: null,
+        seenEpoch: null, seenOffset: null, ready: deferred(), inflight: false, retries: 0 };
+      if (since) sub.epoch = sub.seenEpoch = since.epoch;
+      if (since) sub.offset = sub.seenOffset = since.offset;
+      this._subs.set(channel, sub);
+      if (this.state === STATES.CONNECTED) this._sendSubscribe(channel);
+      return sub.ready.promise;
+    }
+
+    _sendSubscribe(channel) {
+      const sub = this._subs.get(channel);
+      if (!sub || sub.inflight || this.state !== STATES.CONNECTED) return;
+      sub.inflight = true;
+      const resubscribe = !sub.ready.pending;
+      const cmd = { type: 'subscribe', channel: channel };
+      if (sub.epoch !== null && sub.offset !== null) cmd.since = { epoch: sub.epoch, offset: sub.offset };
+      this.request(cmd).then((reply) => {
+        sub.inflight = false;
+        sub.retries = 0;
+        if (this._subs.get(channel) !== sub) return;
+        // Replayed publications may arrive before or after this reply; keep the furthest position.
+        advance(sub, reply.epoch, reply.offset);
+        const info = { channel: channel, epoch: reply.epoch, offset: reply.offset,
+          recovered: cmd.since ? reply.recovered === true : null, resubscribe: resubscribe };
+        if (sub.ready.pending) sub.ready.resolve(reply);
+        this._emit('subscribed', info);
+      }, (err) => {
+        sub.inflight = false;
+        if (this._subs.get(channel) !== sub) return;
+        if (err.code === 'disconnected' || err.code === 'timeout' || err.code === 'message_too_big') {
+          if (err.code === 'timeout' && this._ws) this._ws.close(4000, 'subscribe timeout');
+          return; // retried on the next welcome
+        }
+        if (err.code === 'unavailable') { // broker down: retry this channel with backoff
+          const cap = Math.min(this.options.maxDelay, this.options.minDelay * Math.pow(2, sub.retries++));
+          setTimeout(() => { if (this._subs.get(channel) === sub) this._sendSubscribe(channel); }, Math.random() * cap);
+          return;
+        }
+        this._subs.delete(channel); // refused for good (permission_denied, rejected, limit_exceeded, ...)
+        if (sub.ready.pending) sub.ready.reject(err);
+        else this._emit('error', { type: 'error', code: err.code, message: err.message, channel: channel });
+      });
+    }
+
+    /** Stop receiving a channel. Resolves even if the server says not_subscribed. */
+    unsubscribe(channel) {
+      const sub = this._subs.get(channel);
+      if (!sub) return Promise.resolve({ type: 'ok' });
+      this._subs.delete(channel);
+      if (sub.ready.pending) sub.ready.reject(new PushgateError('unsubscribed', 'unsubscribed before confirmation'));
+      if (this.state !== STATES.CONNECTED) return Promise.resolve({ type: 'ok' });
+      return this.request({ type: 'unsubscribe', channel: channel }).catch((err) => {
+        if (err.code === 'not_subscribed' || err.code === 'disconnected') return { type: 'ok' };
+        throw err;
+      });
+    }
+
+    /** Last seen position of a subscribed channel, e.g. to persist it: {epoch, offset} or null. */
+    position(channel) {
+      const sub = this._subs.get(channel);
+      return sub && sub.epoch !== null ? { epoch: sub.epoch, offset: sub.offset } : null;
+    }
+
+    /** Channels currently subscribed (including ones waiting for a reconnect). */
+    channels() {
+      return Array.from(this._subs.keys());
+    }
+
+    /** Publish to a channel; resolves with {epoch, offset, ...} of the new publication. */
+    publish(channel, data) {
+      return this.request({ type: 'publish', channel: channel, data: data === undefined ? null : data });
+    }
+
+    /** Send data to every connection of each named user; they get {type:'direct', from, data}. */
+    send(users, data) {
+      return this.request({ type: 'send', to: Array.isArray(users) ? users : [users],
+        data: data === undefined ? null : data });
+    }
+
+    /** Who is subscribed to a channel; resolves with {users: [...], connections: N, ...}. */
+    presence(channel) {
+      return this.request({ type: 'presence', channel: channel });
+    }
+
+    /** Call a server-side handler; resolves with its result (the reply's `data`). */
+    rpc(method, data) {
+      return this.request({ type: 'rpc', method: method, data: data === undefined ? null : data })
+        .then((reply) => reply.data);
+    }
+
+    /** Round trip to the server; resolves with the round-trip time in ms. */
+    ping() {
+      const start = Date.now();
+      return this.request({ type: 'ping' }).then(() => Date.now() - start);
+    }
+  }
+
+  /** Move a subscription's recovery position forward (or onto a new epoch). */
+  function advance(sub, epoch, offset) {
+    if (typeof offset !== 'number' || epoch === undefined) return;
+    if (sub.epoch !== epoch || sub.offset === null || offset > sub.offset) {
+      sub.epoch = epoch;
+      sub.offset = offset;
+    }
+  }
+
+  function deferred() {
+    const d = { pending: true };
+    d.promise = new Promise((resolve, reject) => {
+      d.resolve = (v) => { d.pending = false; resolve(v); };
+      d.reject = (e) => { d.pending = false; reject(e); };
+    });
+    d.promise.catch(() => {}); // a refused subscribe is reported to the caller, never "unhandled"
+    return d;
+  }
+
+  return { Client: Client, PushgateError: PushgateError, STATES: STATES, closeCodeAction: closeCodeAction,
+    version: '0.1.0' };
+});

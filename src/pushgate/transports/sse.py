@@ -1,0 +1,132 @@
+"""Server-Sent Events transport (``GET /sse``) for clients that cannot use WebSocket.
+
+``/sse?channel=news&channel=chat&user=alice`` (or a token, as for /ws) opens a one-way stream.
+Each event's ``data:`` is the same JSON frame a WebSocket client gets (welcome, message, direct,
+broadcast, join/leave), encoded once per publication for every SSE subscriber. Message events
+carry ``id: <epoch>:<offset>``; with exactly one channel, the browser's automatic reconnect
+sends it back as ``Last-Event-ID`` and the missed publications are replayed. For several
+channels pass ``since=<channel>:<epoch>:<offset>`` (repeatable) when reconnecting.
+Keep-alive comments every ``sse_ping_interval`` keep proxies from timing out the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..app import ClientInfo
+from ..brokers.base import StreamPosition
+from ..errors import AuthError, ClientError
+from ..hub import Connection, Outgoing, message_outgoing
+from ..protocol import jsonwire
+from .websocket import handshake_credentials
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+log = logging.getLogger(__name__)
+
+
+class SseConnection(Connection):
+    transport_name = "sse"
+
+    def __init__(self, node: Node, conn_id: str, user: str | None, claims: dict[str, Any] | None,
+                 transport: asyncio.Transport) -> None:
+        super().__init__(conn_id, user, claims)
+        self._node = node
+        self._transport = transport
+        self._limit = node.config.write_buffer_limit
+        self.done = asyncio.Event()
+
+    def send(self, out: Outgoing) -> None:
+        if self.closed:
+            return
+        if self._transport.is_closing():
+            self.close(0, "gone")
+            return
+        self._transport.write(out.sse())
+        if self._transport.get_write_buffer_size() > self._limit:
+            self._node.metrics.slow_consumers.inc()
+            self.close(4001, "slow consumer")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self._transport.is_closing():
+            self._transport.write(f"event: close\ndata: {{\"code\":{code},\"reason\":\"{reason}\"}}\n\n".encode())
+        self.done.set()
+
+
+def _positions(request: web.Request, channels: list[str]) -> dict[str, StreamPosition]:
+    out: dict[str, StreamPosition] = {}
+    for item in request.query.getall("since", []):
+        channel, _, rest = item.rpartition(":")
+        channel, _, epoch = channel.rpartition(":")
+        try:
+            out[channel] = StreamPosition(epoch, int(rest))
+        except ValueError as exc:
+            raise ClientError("bad_request", "since must be <channel>:<epoch>:<offset>") from exc
+    last = request.headers.get("Last-Event-ID")
+    if last and len(channels) == 1 and channels[0] not in out:
+        epoch, _, offset = last.rpartition(":")
+        if epoch and offset.isdigit():
+            out[channels[0]] = StreamPosition(epoch, int(offset))
+    return out
+
+
+async def sse_handler(request: web.Request) -> web.StreamResponse:
+    from ..server import NODE_KEY
+
+    node: Node = request.app[NODE_KEY]
+    error = {"status": 400, "code": "bad_request", "message": ""}
+    if node.draining:
+        return web.json_response({"error": {"code": "draining", "message": "node is shutting down"}}, status=503)
+    channels = request.query.getall("channel", [])
+    try:
+        node.auth.check_origin(request.headers.get("Origin"))
+        token, user = handshake_credentials(request)
+        identity = node.auth.identify(token=token, user=user)
+        since = _positions(request, channels)
+        node.check_capacity()
+        conn_id = node.new_connection_id()
+        await node.run_connect_hooks(ClientInfo(conn_id, identity.user, node.id, "sse", identity.claims))
+    except AuthError as exc:
+        error = {"status": exc.status, "code": "unauthorized", "message": str(exc)}
+    except ClientError as exc:
+        error = {"status": 403 if exc.code == "rejected" else 400, "code": exc.code, "message": exc.message}
+    if error["message"]:
+        return web.json_response({"error": {"code": error["code"], "message": error["message"]}},
+                                 status=int(error["status"]))
+
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    transport = request.transport
+    assert transport is not None
+    conn = SseConnection(node, conn_id, identity.user, identity.claims, transport)  # type: ignore[arg-type]
+    try:
+        await node.register(conn)
+        conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
+        for channel in channels:
+            try:
+                result = await node.subscribe(conn, channel, since.get(channel))
+            except ClientError as exc:
+                conn.send_payload(jsonwire.error_frame(None, exc.code, f"{channel}: {exc.message}"))
+                continue
+            for pub in (*result.replay, *node.finish_subscribe(conn, channel, result)):
+                conn.send(message_outgoing(pub))
+        while not conn.closed:
+            try:
+                await asyncio.wait_for(conn.done.wait(), node.config.sse_ping_interval)
+            except TimeoutError:
+                if transport.is_closing():
+                    break
+                transport.write(b": ping\n\n")
+    finally:
+        conn.closed = True
+        await node.unregister(conn)
+    return resp

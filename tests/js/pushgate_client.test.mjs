@@ -1,0 +1,289 @@
+// Integration tests for src/pushgate/static/pushgate.js against a REAL pushgate server.
+//
+// Run:  PUSHGATE_URL=http://127.0.0.1:8080 node --experimental-websocket --test tests/js/
+// (tests/test_js_client.py starts a server and does this). Without PUSHGATE_URL the server
+// tests are skipped. The 1012 test puts a small TCP proxy between the client and the server:
+// the proxy plays the part of a node going away (it sends a WebSocket close frame with 1012 and
+// drops the upstream connection) and holds the reconnect for a moment so that publications
+// happen while the client is disconnected.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+
+const require = createRequire(import.meta.url);
+const Pushgate = require('../../src/pushgate/static/pushgate.js');
+
+const BASE = (process.env.PUSHGATE_URL || '').replace(/\/+$/, '');
+const skip = !BASE
+  ? 'PUSHGATE_URL not set'
+  : typeof WebSocket !== 'function'
+    ? 'no global WebSocket (run node with --experimental-websocket)'
+    : false;
+
+const uid = (prefix) => `${prefix}_${randomBytes(4).toString('hex')}`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const clients = [];
+
+/** Create a client and wait for its welcome frame. */
+async function connect(user, extra = {}, base = BASE) {
+  const opts = Object.assign({ minDelay: 100, maxDelay: 1000, requestTimeout: 5000 }, extra);
+  if (user !== null) opts.user = user;
+  let welcome;
+  const welcomed = new Promise((resolve) => { welcome = resolve; });
+  const client = new Pushgate.Client(base + '/ws', opts);
+  clients.push(client);
+  client.on('welcome', welcome);
+  const frame = await withTimeout(welcomed, 5000, 'welcome');
+  return { client, welcome: frame };
+}
+
+async function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  try { return await Promise.race([promise, timeout]); } finally { clearTimeout(timer); }
+}
+
+async function waitFor(predicate, what, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+async function api(method, path, body) {
+  const res = await fetch(BASE + path, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, `${method} ${path} -> ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+
+function closeAll() {
+  while (clients.length) clients.pop().close();
+}
+
+/** A TCP proxy that can inject a WebSocket close frame and hold new connections. */
+async function startProxy(target) {
+  const pairs = new Set();
+  let held = [];
+  let holding = false;
+  const server = net.createServer((down) => {
+    down.on('error', () => {});
+    const open = () => {
+      const up = net.connect(target.port, target.hostname);
+      const pair = { up, down, injected: false };
+      pairs.add(pair);
+      const drop = () => {
+        if (pair.injected) return;
+        pairs.delete(pair);
+        up.destroy();
+        down.destroy();
+      };
+      up.on('error', drop);
+      up.on('close', drop);
+      down.on('close', drop);
+      down.pipe(up);
+      up.pipe(down);
+    };
+    if (holding) held.push(open); else open();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    heldCount: () => held.length,
+    hold() { holding = true; },
+    release() { holding = false; const h = held; held = []; h.forEach((open) => open()); },
+    /** Close every proxied WebSocket from the "server" side with `code`. Call only when idle. */
+    inject(code) {
+      for (const pair of pairs) {
+        pair.injected = true;
+        pair.up.unpipe(pair.down);
+        pair.down.unpipe(pair.up);
+        pair.up.destroy();
+        pair.down.resume(); // discard the client's close reply
+        pair.down.end(Buffer.from([0x88, 0x02, code >> 8, code & 0xff]));
+      }
+      pairs.clear();
+    },
+    close() { for (const p of pairs) { p.up.destroy(); p.down.destroy(); } server.close(); },
+  };
+}
+
+test('closeCodeAction follows the close-code table', () => {
+  const { closeCodeAction } = Pushgate;
+  for (const code of [1012, 4002]) assert.equal(closeCodeAction(code), 'now', String(code));
+  for (const code of [4500, 4501, 4999]) assert.equal(closeCodeAction(code), 'stop', String(code));
+  for (const code of [1000, 1006, 1009, 1011, 4000, 4001, 4003, 4499]) {
+    assert.equal(closeCodeAction(code), 'backoff', String(code));
+  }
+});
+
+test('welcome carries client id, user and node', { skip }, async (t) => {
+  t.after(closeAll);
+  const user = uid('alice');
+  const { client, welcome } = await connect(user);
+  assert.equal(welcome.type, 'welcome');
+  assert.equal(welcome.user, user);
+  assert.equal(typeof welcome.client, 'string');
+  assert.ok(welcome.client.length > 0);
+  assert.equal(typeof welcome.node, 'string');
+  assert.equal(client.state, 'connected');
+  assert.equal(client.userId, user);
+  assert.equal(typeof (await client.ping()), 'number');
+
+  const anon = await connect(null);
+  assert.equal(anon.welcome.user, null);
+  assert.notEqual(anon.welcome.client, welcome.client);
+});
+
+test('subscribe + publish round trip, and HTTP publish', { skip }, async (t) => {
+  t.after(closeAll);
+  const channel = uid('news');
+  const { client } = await connect(uid('alice'));
+  const got = [];
+  const sub = await client.subscribe(channel, (msg) => got.push(msg));
+  assert.equal(sub.type, 'ok');
+  assert.equal(typeof sub.epoch, 'string');
+  assert.equal(typeof sub.offset, 'number');
+
+  const pub = await client.publish(channel, { text: 'hello', n: 1 });
+  assert.equal(pub.epoch, sub.epoch);
+  assert.ok(pub.offset > sub.offset);
+  await waitFor(() => got.length === 1, 'the publication');
+  assert.deepEqual(got[0].data, { text: 'hello', n: 1 });
+  assert.equal(got[0].channel, channel);
+  assert.equal(got[0].offset, pub.offset);
+  assert.equal(got[0].epoch, pub.epoch);
+
+  const viaHttp = await api('POST', '/api/publish', { channel, data: ['from', 'http'] });
+  assert.equal(viaHttp.offset, pub.offset + 1);
+  await waitFor(() => got.length === 2, 'the HTTP publication');
+  assert.deepEqual(got[1].data, ['from', 'http']);
+  assert.equal(got[1].offset, viaHttp.offset);
+  assert.deepEqual(client.position(channel), { epoch: viaHttp.epoch, offset: viaHttp.offset });
+
+  await client.unsubscribe(channel);
+  await client.publish(channel, 'after unsubscribe');
+  await client.ping(); // a round trip: anything still in flight has arrived
+  assert.equal(got.length, 2);
+});
+
+test('presence lists subscribed users', { skip }, async (t) => {
+  t.after(closeAll);
+  const channel = uid('room');
+  const alice = uid('alice');
+  const { client } = await connect(alice);
+  await client.subscribe(channel, () => {});
+  const reply = await client.presence(channel);
+  assert.ok(Array.isArray(reply.users));
+  assert.ok(reply.users.includes(alice), JSON.stringify(reply));
+  assert.ok(reply.connections >= 1);
+  const viaHttp = await api('GET', '/api/presence/' + encodeURIComponent(channel));
+  assert.equal(viaHttp.channel, channel);
+  assert.ok(viaHttp.users.includes(alice));
+});
+
+test('direct messages carry the server-stamped sender', { skip }, async (t) => {
+  t.after(closeAll);
+  const alice = uid('alice');
+  const bob = uid('bob');
+  const a = await connect(alice);
+  const b1 = await connect(bob);
+  const b2 = await connect(bob); // every connection of bob receives it
+  const inbox1 = [];
+  const inbox2 = [];
+  b1.client.on('direct', (m) => inbox1.push(m));
+  b2.client.on('direct', (m) => inbox2.push(m));
+
+  await a.client.send([bob], { hi: 1 });
+  await waitFor(() => inbox1.length === 1 && inbox2.length === 1, 'direct message on both connections');
+  assert.equal(inbox1[0].from, alice);
+  assert.deepEqual(inbox1[0].data, { hi: 1 });
+  assert.equal(inbox2[0].from, alice);
+
+  // A client cannot forge `from`: send a raw frame claiming to be someone else.
+  const raw = new WebSocket(BASE.replace(/^http/, 'ws') + '/ws?user=' + encodeURIComponent(alice));
+  const replies = [];
+  raw.onmessage = (ev) => replies.push(JSON.parse(ev.data));
+  await waitFor(() => replies.some((m) => m.type === 'welcome'), 'raw welcome');
+  raw.send(JSON.stringify({ id: 7, type: 'send', to: [bob], from: 'mallory', data: 'forged?' }));
+  await waitFor(() => inbox1.length === 2, 'second direct message');
+  assert.equal(inbox1[1].from, alice);
+  assert.equal(inbox1[1].data, 'forged?');
+  assert.ok(replies.some((m) => m.id === 7 && m.type === 'ok'), JSON.stringify(replies));
+  raw.close();
+});
+
+test('errors reject with the server code and keep the connection open', { skip }, async (t) => {
+  t.after(closeAll);
+  const { client } = await connect(uid('alice'));
+  await assert.rejects(client.request({ type: 'no_such_command' }), (err) => err.code === 'unknown_type');
+  await assert.rejects(client.request({ type: 'publish', data: 1 }), (err) => err.code === 'bad_request');
+  await assert.rejects(client.request({ type: 'unsubscribe', channel: uid('never') }),
+    (err) => err.code === 'not_subscribed');
+  await assert.rejects(client.rpc(uid('no_such_method'), {}), (err) => typeof err.code === 'string');
+  // Locally refused: larger than the default 64 KiB limit, never sent.
+  await assert.rejects(client.publish(uid('big'), 'x'.repeat(70 * 1024)), (err) => err.code === 'message_too_big');
+  assert.equal(client.state, 'connected');
+  assert.equal(typeof (await client.ping()), 'number');
+});
+
+test('close 1012: reconnects at once and recovers what was published meanwhile', { skip }, async (t) => {
+  const proxy = await startProxy(new URL(BASE));
+  t.after(() => { closeAll(); proxy.close(); });
+  const channel = uid('recover');
+  const states = [];
+  const { client, welcome } = await connect(uid('carol'), {
+    onStateChange: (state, info) => states.push({ state, code: info.code, delay: info.delay }),
+  }, proxy.url);
+  const got = [];
+  const subscribed = [];
+  client.on('subscribed', (info) => subscribed.push(info));
+  await client.subscribe(channel, (msg) => got.push(msg.data));
+  await client.publish(channel, 'before');
+  await waitFor(() => got.length === 1, 'first publication');
+  await sleep(100); // idle: no frame in flight when the proxy cuts in
+
+  proxy.hold();
+  proxy.inject(1012);
+  await waitFor(() => states.some((s) => s.state === 'disconnected' && s.code === 1012), 'close 1012');
+  const disc = states.find((s) => s.state === 'disconnected');
+  assert.equal(disc.delay, 0, 'reconnect after 1012 must be immediate');
+  await waitFor(() => proxy.heldCount() === 1, 'the reconnect attempt', 2000);
+
+  for (const n of [1, 2, 3]) await api('POST', '/api/publish', { channel, data: `missed ${n}` });
+  const reconnected = new Promise((resolve) => client.on('welcome', resolve));
+  proxy.release();
+  const again = await withTimeout(reconnected, 5000, 'welcome after reconnect');
+  assert.notEqual(again.client, welcome.client);
+
+  await waitFor(() => subscribed.some((s) => s.resubscribe), 'resubscribe reply');
+  const re = subscribed.find((s) => s.resubscribe);
+  assert.equal(re.recovered, true, JSON.stringify(re));
+  await client.publish(channel, 'after');
+  await waitFor(() => got.length >= 5, 'recovered + live publications');
+  await client.ping();
+  assert.deepEqual(got, ['before', 'missed 1', 'missed 2', 'missed 3', 'after']);
+});
+
+test('POST /api/disconnect closes with 4500 and the client stays closed', { skip }, async (t) => {
+  t.after(closeAll);
+  const user = uid('dave');
+  const states = [];
+  const { client } = await connect(user, { onStateChange: (state, info) => states.push({ state, code: info.code }) });
+  await api('POST', '/api/disconnect', { user });
+  await waitFor(() => client.state === 'closed', 'closed state');
+  assert.equal(states[states.length - 1].code, 4500);
+  await sleep(600); // more than maxDelay/2 of this client: no reconnect must happen
+  assert.equal(client.state, 'closed');
+  assert.deepEqual(states.map((s) => s.state), ['connecting', 'connected', 'closed']);
+  await assert.rejects(client.publish('x', 1), (err) => err.code === 'closed');
+});
