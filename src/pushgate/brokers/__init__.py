@@ -55,4 +55,17 @@ def create_stores(url: str, *, prefix: str = "pg") -> tuple[Broker, PresenceStor
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return MemoryBroker(), MemoryPresenceStore(), MemoryLeaseStore()
+    # Imported here so a memory-only node never imports redis-py.
+    from pushgate.brokers.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
+
+    try:
+        conn = RedisConnection(url)
+    except ValueError:
+        pass
+    else:
+        return (
+            RedisBroker(conn, prefix=prefix),
+            RedisPresenceStore(conn, prefix=prefix),
+            RedisLeaseStore(conn, prefix=prefix),
+        )
     raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")

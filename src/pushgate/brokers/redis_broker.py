@@ -326,7 +326,7 @@ class RedisBroker:
         client = self._require_client()
         if isinstance(client, RedisCluster):
             node = client.nodes_manager.get_node_from_slot(key_slot(topic))
-            return self._link(node.name, node.host, node.port)
+            return self._link(node.name, node.host, int(node.port))
         return self._link("redis", None, None)
 
     def _link(self, name: str, host: str | None, port: int | None) -> PubSubLink:

@@ -123,7 +123,9 @@ class PubSubLink:
         try:
             await asyncio.wait_for(asyncio.shield(fut), self._confirm_timeout)
         except TimeoutError:
-            log.warning("pub/sub %s: no confirmation for %r within %.1fs", self.name, topic, self._confirm_timeout)
+            log.warning(
+                "pub/sub %s: no confirmation for %r within %.1fs", self.name, topic, self._confirm_timeout
+            )
 
     async def remove(self, topic: bytes) -> None:
         if topic not in self.topics:
@@ -143,7 +145,9 @@ class PubSubLink:
         # so the FIFO order matches the order of the commands on the wire.
         self._expect.append((kind, topic))
         try:
-            await conn.send_command(self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False)
+            await conn.send_command(
+                self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False
+            )
         except Exception as exc:  # the reader notices the dead connection and reconnects
             log.debug("pub/sub %s: send failed: %r", self.name, exc)
 
@@ -153,7 +157,7 @@ class PubSubLink:
             conn = self._factory()
             was_up = False
             try:
-                await conn.connect()
+                await conn.connect()  # type: ignore[no-untyped-call]
                 self._conn = conn
                 await self._resubscribe(conn)
                 was_up = await self._read_loop(conn)

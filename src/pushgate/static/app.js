@@ -175,7 +175,7 @@
     } catch (err) {
       errBox.hidden = false;
       errBox.textContent = 'GET /api/online: ' + err.message +
-        (err.status === 401 || err.status === 403 ? ' — set the API key below' : '');
+        (err.status === 401 ? ' — set the API key below' : '');
       $('online').textContent = 'online: ?';
     }
   }

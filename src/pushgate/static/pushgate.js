@@ -179,7 +179,15 @@
       this._ws = ws;
       ws.onmessage = (ev) => { if (this._ws === ws) this._onFrame(ev.data); };
       ws.onclose = (ev) => { if (this._ws === ws) this._onClose(ev.code, ev.reason); };
-      ws.onerror = () => {}; // always followed by close
+      // Per spec an error is always followed by close; some runtimes (Node 20's undici on a failed
+      // handshake) never fire close, so treat a lingering error as an abnormal closure (1006).
+      ws.onerror = () => {
+        setTimeout(() => {
+          if (this._ws !== ws) return;
+          try { ws.close(); } catch (err) { /* still connecting */ }
+          this._onClose(1006, 'connection error');
+        }, 250);
+      };
     }
 
     /** Close for good: no reconnect, pending commands reject with code 'closed'. */

@@ -45,6 +45,7 @@ class WsConnection(Connection):
         self._ws = ws
         self._transport = transport
         self._limit = node.config.write_buffer_limit
+        self.close_task: asyncio.Task[Any] | None = None
 
     def send(self, out: Outgoing) -> None:
         # Hot path: one write of shared bytes, one buffer check; no await, no encoding.
@@ -64,8 +65,8 @@ class WsConnection(Connection):
             return
         self.closed = True
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._ws.close(code=code, message=reason.encode()[:120]))
-        task.add_done_callback(_ignore_result)
+        self.close_task = loop.create_task(self._ws.close(code=code, message=reason.encode()[:120]))
+        self.close_task.add_done_callback(_ignore_result)
         # A peer that never answers our close (or never reads) must not hold its buffer forever.
         loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
 
@@ -157,4 +158,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         conn.closed = True
         await node.unregister(conn)
+        if conn.close_task is not None:
+            # let our close frame (with its code) go out before aiohttp finalises the response
+            await asyncio.wait([conn.close_task], timeout=CLOSE_TIMEOUT)
     return ws

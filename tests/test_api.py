@@ -1,0 +1,105 @@
+"""The HTTP API for backends, health, readiness, metrics, OpenAPI, static files."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from .conftest import Running, ServerFactory
+
+
+async def test_publish_returns_position_and_reaches_subscribers(server: Running) -> None:
+    c = await server.client("user=a")
+    await c.ok({"type": "subscribe", "channel": "news"})
+    status, body = await server.api("POST", "/api/publish", {"channel": "news", "data": {"headline": "x"}})
+    assert status == 200 and body["offset"] == 1 and isinstance(body["epoch"], str)
+    assert (await c.next("message"))["data"] == {"headline": "x"}
+
+
+async def test_send_to_users_from_api_has_null_sender(server: Running) -> None:
+    bob = await server.client("user=bob")
+    carol = await server.client("user=carol")
+    status, _ = await server.api("POST", "/api/send", {"users": ["bob", "carol", "nobody"], "data": [1]})
+    assert status == 200
+    for c in (bob, carol):
+        assert await c.next("direct") == {"type": "direct", "from": None, "data": [1]}
+
+
+async def test_history_endpoint(make_server: ServerFactory) -> None:
+    server = await make_server(history_size=3)
+    for i in range(5):
+        await server.api("POST", "/api/publish", {"channel": "h", "data": i})
+    status, body = await server.api("GET", "/api/history/h")
+    assert status == 200 and body["offset"] == 5 and body["complete"] is True
+    assert [(p["offset"], p["data"]) for p in body["publications"]] == [(3, 2), (4, 3), (5, 4)]
+    _, body = await server.api("GET", f"/api/history/h?since_offset=3&epoch={body['epoch']}")
+    assert [p["offset"] for p in body["publications"]] == [4, 5] and body["complete"] is True
+    _, body2 = await server.api("GET", f"/api/history/h?since_offset=1&epoch={body['epoch']}")
+    assert body2["complete"] is False  # offset 2 was trimmed
+    _, body3 = await server.api("GET", "/api/history/h?since_offset=0&epoch=other")
+    assert body3["complete"] is False
+    _, limited = await server.api("GET", "/api/history/h?limit=1")
+    assert [p["offset"] for p in limited["publications"]] == [5]
+    status, err = await server.api("GET", "/api/history/h?limit=-1")
+    assert status == 400 and err["error"]["code"] == "bad_request"
+
+
+async def test_presence_channels_nodes(server: Running) -> None:
+    a = await server.client("user=alice")
+    await a.ok({"type": "subscribe", "channel": "room"})
+    _, p = await server.api("GET", "/api/presence/room")
+    assert p == {"channel": "room", "users": ["alice"], "connections": 1}
+    _, ch = await server.api("GET", "/api/channels")
+    assert ch == {"channels": [{"channel": "room", "subscribers": 1}]}
+    _, nodes = await server.api("GET", "/api/nodes")
+    assert nodes == {"nodes": [server.node.id]}
+
+
+async def test_bad_requests_get_json_errors(server: Running) -> None:
+    for path, body in [
+        ("/api/publish", {"channel": "x"}),
+        ("/api/publish", {"channel": "bad name", "data": 1}),
+        ("/api/publish", {"channel": "x", "data": 1, "extra": 2}),
+        ("/api/send", {"users": [], "data": 1}),
+        ("/api/send", {"users": "bob", "data": 1}),
+        ("/api/disconnect", {}),
+    ]:
+        status, err = await server.api("POST", path, body)
+        assert status == 400, (path, body)
+        assert err["error"]["code"] == "bad_request" and err["error"]["message"]
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"{oops") as r:
+        assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
+
+
+async def test_api_key_required_when_configured(make_server: ServerFactory) -> None:
+    server = await make_server(api_key="sekret")
+    status, err = await server.api("GET", "/api/online")
+    assert status == 401 and err["error"]["code"] == "unauthorized"
+    status, _ = await server.api("GET", "/api/online", headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, _ = await server.api("GET", "/api/online", headers={"Authorization": "Bearer sekret"})
+    assert status == 200
+
+
+async def test_health_ready_metrics_openapi_static(server: Running) -> None:
+    assert (await server.api("GET", "/healthz"))[0] == 200
+    status, ready = await server.api("GET", "/readyz")
+    assert status == 200 and ready["status"] == "ready"
+    c = await server.client("user=a")
+    await c.ok({"type": "subscribe", "channel": "m"})
+    await server.api("POST", "/api/publish", {"channel": "m", "data": 1})
+    await c.next("message")
+    status, text = await server.api("GET", "/metrics")
+    assert status == 200
+    for line in ("pushgate_connections 1.0", "pushgate_subscriptions 1.0", "pushgate_published_total 1.0",
+                 "pushgate_messages_out_total", "pushgate_publish_latency_seconds_bucket",
+                 "pushgate_messages_in_total 1.0"):
+        assert line in text, line
+    status, doc = await server.api("GET", "/api/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    for path in ("/api/publish", "/api/broadcast", "/api/send", "/api/disconnect", "/api/online",
+                 "/api/presence/{channel}", "/api/history/{channel}", "/api/channels", "/api/nodes"):
+        assert path in doc["paths"], path
+    status, page = await server.api("GET", "/")
+    assert status == 200 and "pushgate.js" in page
+    status, js = await server.api("GET", "/pushgate.js")
+    assert status == 200 and "WebSocket" in js

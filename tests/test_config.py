@@ -1,0 +1,203 @@
+"""Configuration: precedence of the sources, type coercion, validation errors naming the key,
+namespaces and their lookup. ``load_config`` is pure, so these tests need no server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pushgate.config import Config, NamespaceConfig, load_config
+from pushgate.errors import ConfigError
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pushgate.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source() -> None:
+    cfg = load_config(env={})
+    assert cfg == Config()
+    assert cfg.port == 8080 and cfg.broker == "memory://" and not cfg.jwt_enabled
+
+
+def test_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'port = 1111\nhistory_size = 7\nredis_prefix = "toml"\nlog_level = "debug"\n')
+    env = {"PUSHGATE_PORT": "2222", "PUSHGATE_REDIS_PREFIX": "env"}
+    cli = {"port": "3333", "redis_prefix": None}  # an unset flag (None) lets lower layers show through
+
+    cfg = load_config(file=path, env=env, cli=cli)
+
+    assert cfg.port == 3333  # CLI beats env and TOML
+    assert cfg.redis_prefix == "env"  # env beats TOML
+    assert cfg.history_size == 7  # TOML beats default
+    assert cfg.log_level == "debug"
+    assert cfg.max_connections == 0  # default
+
+
+def test_config_file_from_env_variable(tmp_path: Path) -> None:
+    path = toml(tmp_path, "max_subscriptions = 9\n")
+    assert load_config(env={"PUSHGATE_CONFIG": str(path)}).max_subscriptions == 9
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("client_publish", "true", True),
+        ("client_publish", "Yes", True),
+        ("client_publish", "on", True),
+        ("client_publish", "0", False),
+        ("client_publish", "off", False),
+        ("max_connections", "42", 42),
+        ("ping_interval", "0.5", 0.5),
+        ("ping_interval", "3", 3.0),
+        ("allowed_origins", "https://a.example, https://*.b.example,", ("https://a.example", "https://*.b.example")),
+        ("jwt_audience", "", None),  # empty string clears an optional setting
+    ],
+)
+def test_env_strings_are_coerced(key: str, raw: str, expected: object) -> None:
+    cfg = load_config(env={f"PUSHGATE_{key.upper()}": raw})
+    value = getattr(cfg, key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_toml_native_types_are_accepted(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        'allowed_origins = ["https://app.example.com", "https://*.example.org"]\n'
+        "client_publish = false\nhistory_ttl = 12\nmax_message_size = 1024\n",
+    )
+    cfg = load_config(file=path, env={})
+    assert cfg.allowed_origins == ("https://app.example.com", "https://*.example.org")
+    assert cfg.client_publish is False
+    assert cfg.history_ttl == 12.0 and isinstance(cfg.history_ttl, float)
+    assert cfg.max_message_size == 1024
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("port", "notanumber"),
+        ("port", "99999"),
+        ("max_connections", "1.5"),
+        ("ping_interval", "fast"),
+        ("ping_interval", "0"),
+        ("client_publish", "maybe"),
+        ("drain_period", "-1"),
+        ("log_level", "loud"),
+        ("broker", "kafka://x"),
+    ],
+)
+def test_bad_env_value_names_the_key(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={f"PUSHGATE_{key.upper()}": raw})
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("prot = 8080\n", "prot"),
+        ("port = true\n", "port"),
+        ("max_message_size = 1.5\n", "max_message_size"),
+        ("allowed_origins = [1, 2]\n", "allowed_origins"),
+        ("jwt_secret = 5\n", "jwt_secret"),
+    ],
+)
+def test_bad_toml_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file=toml(tmp_path, text), env={})
+    assert info.value.key == key
+
+
+def test_unreadable_or_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file=tmp_path / "missing.toml", env={})
+    assert info.value.key == "config"
+    with pytest.raises(ConfigError) as info:
+        load_config(file=toml(tmp_path, "port = = 1\n"), env={})
+    assert info.value.key == "config"
+
+
+def test_cross_field_validation() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={"jwt_secret": "s", "jwt_public_key": "k.pem"})
+    assert info.value.key == "jwt_secret"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={"workers": "2"})  # memory broker cannot be shared
+    assert info.value.key == "workers"
+    assert load_config(env={}, cli={"workers": "2", "broker": "redis://localhost:6379/0"}).workers == 2
+
+
+NAMESPACES = """
+[namespaces.default]
+history_size = 3
+
+[namespaces.chat]
+publish = true
+join_leave = true
+history_size = 10
+history_ttl = 60
+
+[namespaces.private]
+subscribe = "authenticated"
+presence = false
+"""
+
+
+def test_namespaces_are_parsed(tmp_path: Path) -> None:
+    cfg = load_config(file=toml(tmp_path, NAMESPACES), env={})
+    assert cfg.namespaces["chat"] == NamespaceConfig(publish=True, join_leave=True, history_size=10,
+                                                    history_ttl=60)
+    assert cfg.namespaces["private"] == NamespaceConfig(subscribe="authenticated", presence=False)
+
+
+def test_namespace_lookup_by_channel_prefix(tmp_path: Path) -> None:
+    cfg = load_config(file=toml(tmp_path, NAMESPACES), env={})
+    assert cfg.namespace("chat:room1") is cfg.namespaces["chat"]
+    assert cfg.namespace("chat:room1:thread:2") is cfg.namespaces["chat"]  # only the first ':' counts
+    assert cfg.namespace("news") is cfg.namespaces["default"]
+    assert cfg.namespace("unknown:x") is cfg.namespaces["default"]  # unknown namespace → default
+    assert cfg.history_for("chat:room1") == (10, 60.0)
+    assert cfg.history_for("news") == (3, cfg.history_ttl)  # ttl falls back to the server-wide one
+    # with JWT off, publish follows the namespace, else dev mode allows it
+    assert cfg.client_may_publish("chat:room1") and cfg.client_may_publish("news")
+
+
+def test_namespace_lookup_without_a_default_namespace() -> None:
+    cfg = load_config(env={})
+    assert cfg.namespace("news") == NamespaceConfig()
+    assert cfg.namespace("chat:room1") == NamespaceConfig()
+
+
+def test_client_publish_default_depends_on_jwt_mode(tmp_path: Path) -> None:
+    path = toml(tmp_path, NAMESPACES)
+    jwt = load_config(file=path, env={}, cli={"jwt_secret": "s"})
+    assert not jwt.client_may_publish("news")  # JWT mode refuses by default
+    assert jwt.client_may_publish("chat:room1")  # the namespace allows it
+    opened = load_config(file=path, env={}, cli={"jwt_secret": "s", "client_publish": "true"})
+    assert opened.client_may_publish("news")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[namespaces.chat]\npublsh = true\n", "namespaces.chat.publsh"),
+        ('[namespaces.chat]\nsubscribe = "users"\n', "namespaces.chat.subscribe"),
+        ('[namespaces.chat]\npublish = "yes"\n', "namespaces.chat.publish"),
+        ("[namespaces.chat]\nhistory_size = -1\n", "namespaces.chat.history_size"),
+        ("namespaces = 3\n", "namespaces"),
+    ],
+)
+def test_bad_namespace_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file=toml(tmp_path, text), env={})
+    assert info.value.key == key
+
+
+def test_toml_only_settings_are_not_read_from_env() -> None:
+    cfg = load_config(env={"PUSHGATE_NAMESPACES": "x", "PUSHGATE_SCHEDULE": "y"})
+    assert cfg.namespaces == {} and tuple(cfg.schedule) == ()
