@@ -81,6 +81,8 @@ class Target:
                     "--trigger-port", str(trigger_port)]
         if self.name == "node-ws":
             return ["node", str(PEERS_DIR / "ws_peer.js"), "--host", HOST, "--port", str(port)]
+        if self.name == "raw-uvloop":
+            return [py, str(PEERS_DIR / "raw_peer.py"), "--host", HOST, "--port", str(port)]
         raise ValueError(self.name)
 
     def env(self) -> dict[str, str]:
@@ -137,6 +139,9 @@ class Target:
             if self.name == "aiohttp":
                 import aiohttp
                 return f"aiohttp {aiohttp.__version__}"
+            if self.name == "raw-uvloop":
+                import uvloop
+                return f"raw asyncio Protocols on uvloop {uvloop.__version__}"
             if self.name == "websockets":
                 import websockets
                 return f"websockets {websockets.__version__}"
@@ -155,6 +160,8 @@ TARGETS: dict[str, Target] = {
     "websockets": Target("websockets", "websockets 17 asyncio server + websockets.broadcast() "
                          "(bench/peers/websockets_peer.py)", needs_trigger_port=True),
     "node-ws": Target("node-ws", "Node.js + ws, ws.send() per client (bench/peers/ws_peer.js)"),
+    "raw-uvloop": Target("raw-uvloop", "ceiling: raw uvloop Protocols, one prebuilt frame + transport.write() "
+                         "per client (bench/peers/raw_peer.py)"),
 }
 
 
@@ -220,6 +227,27 @@ class WSClient(asyncio.Protocol):
         self.closing = True
 
     def data_received(self, data: bytes) -> None:
+        # Fast path (the common case while broadcasting): exactly one small, complete, unmasked
+        # text frame carrying the broadcast marker, nothing buffered.
+        if self.ready and not self.buf and data[0] == 0x81:
+            ln = data[1]
+            if ln < 126 and ln + 2 == len(data) and self.stats.marker in data:
+                self.count += 1
+                if not self.finished and self.count >= self.stats.expect:
+                    self._finish()
+                return
+        self._slow(data)
+
+    def _finish(self) -> None:
+        self.finished = True
+        st = self.stats
+        st.done += 1
+        if st.done >= st.target_done:
+            st.t_done = time.perf_counter()
+            if st.done_event is not None:
+                st.done_event.set()
+
+    def _slow(self, data: bytes) -> None:
         if self.buf:
             data = self.buf + data
             self.buf = b""
@@ -298,14 +326,8 @@ class WSClient(asyncio.Protocol):
             if self.sample_me and self.stats.sample is None:
                 self.stats.sample = data[last_h:last_e]
             self.count += cnt
-            st = self.stats
-            if not self.finished and self.count >= st.expect:
-                self.finished = True
-                st.done += 1
-                if st.done >= st.target_done:
-                    st.t_done = time.perf_counter()
-                    if st.done_event is not None:
-                        st.done_event.set()
+            if not self.finished and self.count >= self.stats.expect:
+                self._finish()
 
     # -- helpers ------------------------------------------------------------------------------
     def _send_control(self, opcode: int, payload: bytes) -> None:
@@ -406,6 +428,17 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
+
+
+def cpu_ticks(cpu: int) -> tuple[int, int, int]:
+    """(busy, idle, steal) jiffies of one CPU from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+                return user + nice + system + irq + softirq, idle + iowait, steal
+    return 0, 0, 0
 
 
 class Server:
@@ -535,6 +568,7 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
             stats.reset_round(m, n)
             srv_cpu0 = cpu_seconds(server.pid)
             cli_cpu0 = time.process_time()
+            ticks0 = {c: cpu_ticks(c) for c in (args.server_cpu, args.client_cpu)}
             t0 = time.perf_counter()
             trig = asyncio.ensure_future(trigger_broadcasts(session, trigger_url, body, m, args.trigger_concurrency))
             deadline = time.monotonic() + args.deliver_timeout
@@ -559,6 +593,7 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
             t1 = stats.t_done if stats.done_event.is_set() else time.perf_counter()  # type: ignore[union-attr]
             srv_cpu = cpu_seconds(server.pid) - srv_cpu0
             cli_cpu = time.process_time() - cli_cpu0
+            ticks1 = {c: cpu_ticks(c) for c in (args.server_cpu, args.client_cpu)}
             trig_res = await asyncio.wait_for(trig, 30)
             elapsed = t1 - t0
             delivered = sum(min(c.count, m) for c in clients)
@@ -569,6 +604,16 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
                 deliveries_per_s=round(delivered / elapsed, 1),
                 server_cpu_pct=round(100 * srv_cpu / elapsed, 1),
                 client_cpu_pct=round(100 * cli_cpu / elapsed, 1),
+                deliveries_per_server_cpu_s=round(delivered / srv_cpu, 1) if srv_cpu > 0 else None,
+                client_us_per_delivery=round(1e6 * cli_cpu / delivered, 3) if delivered else None,
+                # Interference: what else ran on the two CPUs (other processes, irq) and how much
+                # time the hypervisor stole, in % of the broadcast phase.
+                server_cpu_other_pct=round(100 * ((ticks1[args.server_cpu][0] - ticks0[args.server_cpu][0])
+                                                  / _CLK_TCK - srv_cpu) / elapsed, 1),
+                server_cpu_steal_pct=round(100 * (ticks1[args.server_cpu][2] - ticks0[args.server_cpu][2])
+                                           / _CLK_TCK / elapsed, 1),
+                client_cpu_steal_pct=round(100 * (ticks1[args.client_cpu][2] - ticks0[args.client_cpu][2])
+                                           / _CLK_TCK / elapsed, 1),
                 rss_after_load_kb=rss_kb(server.pid),
                 frame_payload_bytes=len(stats.sample) if stats.sample else None,
                 sample_frame=stats.sample.decode(errors="replace")[:200] if stats.sample else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .app import App, ClientInfo  # noqa: E402
+from .publisher import Publisher  # noqa: E402
 from .errors import (  # noqa: E402
     AuthError,
     BrokerUnavailable,
@@ -23,6 +24,7 @@ __all__ = [
     "ClientInfo",
     "CloseCode",
     "ConfigError",
+    "Publisher",
     "PushgateError",
     "Reject",
     "__version__",

@@ -132,3 +132,7 @@ def _publish(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"pushgate publish: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -367,7 +367,7 @@ class Node:
 
     async def send_to_users(self, users: Sequence[str], data: bytes, *, sender: str | None) -> None:
         """Deliver to every connection of each user, wherever it is; ``sender`` is server-stamped."""
-        targets = _valid_users(users)
+        targets = valid_users(users)
         await self.broker.send_to_users(targets, UserMessage("direct", sender=sender, data=data))
         self.metrics.published_total.inc()
 
@@ -378,7 +378,7 @@ class Node:
     async def disconnect_user(
         self, user: str, code: int = CloseCode.DISCONNECTED, reason: str = "disconnected by server"
     ) -> None:
-        targets = _valid_users([user])
+        targets = valid_users([user])
         await self.broker.send_to_users(targets, UserMessage("disconnect", code=code, reason=reason))
 
     # JSON conveniences for embedding code (App.publish etc.)
@@ -502,7 +502,7 @@ def _match(channel: str, pattern: Any) -> bool:
     return isinstance(pattern, str) and fnmatch.fnmatchcase(channel, pattern)
 
 
-def _valid_users(users: Iterable[Any]) -> list[str]:
+def valid_users(users: Iterable[Any]) -> list[str]:
     targets = list(dict.fromkeys(users))
     if not targets:
         raise ClientError("bad_request", "at least one user is required")

@@ -94,8 +94,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error(400, exc.code, exc.message)
     except BrokerUnavailable as exc:
         return error(503, "unavailable", str(exc))
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        return error(exc.status, code, exc.reason)
     except Exception:
         log.exception("API %s %s failed", request.method, request.path)
         return error(500, "internal", "internal error")
@@ -190,7 +193,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "node": _node(request).id})
+    node = _node(request)
+    return _json({"status": "ok", "node": node.id, "scheduler_leader": node.scheduler.is_leader})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ synchronous, so a publication reaches the node before :meth:`MemoryBroker.publis
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections import deque
@@ -27,6 +28,8 @@ from pushgate.brokers.base import (
 )
 
 __all__ = ["MemoryBroker", "MemoryLeaseStore", "MemoryPresenceStore", "select_history"]
+
+log = logging.getLogger(__name__)
 
 
 def select_history(
@@ -75,7 +78,8 @@ class MemoryBroker:
     """In-process broker with bounded, expiring per-channel history.
 
     The epoch is made when the broker is created: a restarted process has lost its history, so
-    clients holding positions from before must learn that they cannot recover from it.
+    clients holding positions from before must learn that they cannot recover from it. Like the
+    Redis broker, a failing handler is logged and never reaches the publisher.
     """
 
     def __init__(self, *, epoch: str | None = None) -> None:
@@ -128,24 +132,40 @@ class MemoryBroker:
         else:
             stream.entries.clear()
         stream.expire(now)
-        if self._handler is not None and channel in self._channels:
-            self._handler.on_publication(pub)
+        handler = self._handler
+        if handler is not None and channel in self._channels:
+            try:
+                handler.on_publication(pub)
+            except Exception:
+                log.exception("broker: on_publication handler failed")
         return StreamPosition(self._epoch, stream.offset)
 
     async def publish_event(self, event: ChannelEvent) -> None:
-        if self._handler is not None and event.channel in self._channels:
-            self._handler.on_channel_event(event)
+        handler = self._handler
+        if handler is not None and event.channel in self._channels:
+            try:
+                handler.on_channel_event(event)
+            except Exception:
+                log.exception("broker: on_channel_event handler failed")
 
     async def send_to_users(self, users: Sequence[str], message: UserMessage) -> None:
-        if self._handler is None:
+        handler = self._handler
+        if handler is None:
             return
-        for user in users:
+        for user in dict.fromkeys(users):
             if user in self._users:
-                self._handler.on_user_message(user, message)
+                try:
+                    handler.on_user_message(user, message)
+                except Exception:
+                    log.exception("broker: on_user_message handler failed")
 
     async def broadcast(self, data: bytes) -> None:
-        if self._handler is not None:
-            self._handler.on_broadcast(data)
+        handler = self._handler
+        if handler is not None:
+            try:
+                handler.on_broadcast(data)
+            except Exception:
+                log.exception("broker: on_broadcast handler failed")
 
     async def position(self, channel: str) -> StreamPosition:
         stream = self._streams.get(channel)

@@ -96,7 +96,7 @@
   // ---------------------------------------------------------------- channels
 
   function subscribe(channel) {
-    client.subscribe(channel, (m) => log('message', m.channel + ' #' + m.offset, m.data))
+    client.subscribe(channel, (m) => { log('message', m.channel + ' #' + m.offset, m.data); scheduleRender(); })
       .then((reply) => { log('info', 'subscribed ' + channel + ' at offset ' + reply.offset + ' (epoch ' + reply.epoch + ')'); renderSubs(); })
       .catch((err) => { fail('subscribe ' + channel)(err); renderSubs(); });
     renderSubs();
@@ -112,6 +112,12 @@
     if (!client || client.channels().indexOf(channel) < 0) return;
     client.presence(channel).then((reply) => { presence[channel] = reply; renderSubs(); },
       (err) => { presence[channel] = err.code || String(err); renderSubs(); });
+  }
+
+  let renderTimer = null;
+  /** Re-render the subscription list soon (at most twice a second while messages stream in). */
+  function scheduleRender() {
+    if (renderTimer === null) renderTimer = setTimeout(() => { renderTimer = null; renderSubs(); }, 500);
   }
 
   function renderSubs() {

@@ -110,6 +110,8 @@
       this._reconnectTimer = null;
       this._pingTimer = null;
       this._connectedAt = 0;
+      this._immediateUsed = false; // one "reconnect now" per healthy period, then backoff
+      this._gen = 0; // bumped by connect()/close() so a stale token await cannot open a socket
       this._closed = false;
       if (this.options.autoConnect) this.connect();
     }
@@ -158,6 +160,7 @@
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
       this._setState(STATES.CONNECTING);
+      const gen = ++this._gen;
       let token = this.options.token;
       try {
         if (typeof token === 'function') token = await token();
@@ -166,7 +169,7 @@
         this._scheduleReconnect(4000, 'token provider failed');
         return;
       }
-      if (this._closed) return;
+      if (this._closed || gen !== this._gen) return;
       const WS = this.options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
       if (!WS) throw new Error('Pushgate: no WebSocket implementation available');
       let ws;
@@ -193,6 +196,7 @@
     /** Close for good: no reconnect, pending commands reject with code 'closed'. */
     close() {
       this._closed = true;
+      this._gen += 1;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
       const ws = this._ws;
@@ -218,7 +222,10 @@
     _onClose(code, reason) {
       const uptime = this._connectedAt ? Date.now() - this._connectedAt : 0;
       this._connectedAt = 0;
-      if (uptime > this.options.maxDelay) this._attempts = 0; // it was a healthy connection
+      if (uptime > this.options.maxDelay) { // it was a healthy connection
+        this._attempts = 0;
+        this._immediateUsed = false;
+      }
       const action = closeCodeAction(code);
       if (action === 'stop') this._closed = true;
       this._teardown(code === 1009 ? 'message_too_big' : 'disconnected', 'connection closed (' + code + ')');
@@ -234,7 +241,9 @@
       if (this._closed) return;
       this._ws = null;
       let delay = 0;
-      if (!immediate) {
+      if (immediate && !this._immediateUsed) {
+        this._immediateUsed = true; // a server closing with 1012/4002 again soon gets backoff
+      } else {
         // Exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].
         const cap = Math.min(this.options.maxDelay, this.options.minDelay * Math.pow(2, this._attempts));
         delay = Math.round(Math.random() * cap);

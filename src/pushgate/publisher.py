@@ -1,0 +1,99 @@
+"""Publish from a backend without HTTP, straight through the cluster's broker.
+
+The Python counterpart of Spring's ``SimpMessagingTemplate.convertAndSend`` /
+``convertAndSendToUser``::
+
+    async with pushgate.Publisher("redis://127.0.0.1:6379/0") as pub:
+        await pub.publish("news", {"headline": "..."})        # to a channel (kept in history)
+        await pub.send_to_users(["alice"], {"text": "hi"})     # to every device of these users
+        await pub.broadcast({"maintenance": True})             # to everyone
+        await pub.disconnect_user("mallory")                   # close their connections (4500)
+
+Publications go through the same atomic publish-and-append as a node's, so offsets, history
+and recovery are identical whichever way a message entered the cluster. Use the same
+``prefix`` and history settings as the nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from .brokers import create_stores
+from .brokers.base import (
+    Broker,
+    ChannelEvent,
+    HistoryOptions,
+    Publication,
+    StreamPosition,
+    UserMessage,
+)
+from .errors import CloseCode
+from .node import valid_channel, valid_users
+
+
+class _Ignore:
+    """A publisher receives nothing: every incoming event is dropped."""
+
+    def on_publication(self, pub: Publication) -> None:
+        pass
+
+    def on_channel_event(self, event: ChannelEvent) -> None:
+        pass
+
+    def on_user_message(self, user: str, message: UserMessage) -> None:
+        pass
+
+    def on_broadcast(self, data: bytes) -> None:
+        pass
+
+    def on_link_state(self, up: bool) -> None:
+        pass
+
+
+class Publisher:
+    def __init__(self, url: str, *, prefix: str = "pg", history_size: int = 100,
+                 history_ttl: float = 300.0) -> None:
+        broker, _presence, _leases = create_stores(url, prefix=prefix)
+        self._broker: Broker = broker
+        self._history = HistoryOptions(history_size, history_ttl)
+        self._started = False
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._broker.start(_Ignore())
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self._broker.close()
+            self._started = False
+
+    async def publish(self, channel: str, data: Any) -> StreamPosition:
+        await self.start()
+        return await self._broker.publish(valid_channel(channel), msgspec.json.encode(data), self._history)
+
+    async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
+        await self.start()
+        message = UserMessage("direct", sender=sender, data=msgspec.json.encode(data))
+        await self._broker.send_to_users(valid_users(users), message)
+
+    async def broadcast(self, data: Any) -> None:
+        await self.start()
+        await self._broker.broadcast(msgspec.json.encode(data))
+
+    async def disconnect_user(self, user: str, reason: str = "disconnected by server") -> None:
+        await self.start()
+        message = UserMessage("disconnect", code=int(CloseCode.DISCONNECTED), reason=reason)
+        await self._broker.send_to_users(valid_users([user]), message)

@@ -1,0 +1,78 @@
+"""Cluster specifics: sharded pub/sub on the owning shard, and traffic across shards."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from pushgate.brokers import HistoryOptions, UserMessage
+
+from ..servers import ValkeyCluster
+from .conftest import Backend
+
+OPTS = HistoryOptions(size=10, ttl=60)
+
+
+async def _owner_port(cluster: ValkeyCluster, topic: bytes) -> int:
+    """The port of the primary that owns ``topic``'s slot, asked from the cluster itself."""
+    client = Redis(port=cluster.ports[0])
+    try:
+        slots = await client.execute_command("CLUSTER", "SLOTS")
+    finally:
+        await client.aclose()
+    slot = key_slot(topic)
+    for start, end, primary, *_ in slots:
+        if start <= slot <= end:
+            return int(primary[1])
+    raise AssertionError(f"slot {slot} not covered")
+
+
+
+async def test_sharded_pubsub_on_owning_shard(cluster_backend: Backend, valkey_cluster: ValkeyCluster) -> None:
+    broker, _ = await cluster_backend.broker()
+    await broker.subscribe("news")
+    topic = cluster_backend.keys.channel_topic("news")
+    owner = await _owner_port(valkey_cluster, topic)
+    for port in valkey_cluster.ports:
+        client = Redis(port=port)
+        try:
+            shard = await client.execute_command("PUBSUB", "SHARDCHANNELS", f"{cluster_backend.prefix}:*")
+            plain = await client.execute_command("PUBSUB", "CHANNELS", f"{cluster_backend.prefix}:*")
+        finally:
+            await client.aclose()
+        assert plain == []  # nothing on classic (cluster-wide) pub/sub
+        assert (topic in shard) == (port == owner)
+
+
+async def test_two_nodes_across_shards(cluster_backend: Backend, valkey_cluster: ValkeyCluster) -> None:
+    keys = cluster_backend.keys
+    by_owner: dict[int, str] = {}
+    for i in range(200):
+        name = f"ch{i}"
+        by_owner.setdefault(await _owner_port(valkey_cluster, keys.channel_topic(name)), name)
+        if len(by_owner) == len(valkey_cluster.ports):
+            break
+    assert len(by_owner) == 3, "expected channels on every shard"
+    channels = sorted(by_owner.values())
+
+    a, rec_a = await cluster_backend.broker()
+    b, rec_b = await cluster_backend.broker()
+    for ch in channels:
+        await a.subscribe(ch)
+        await b.subscribe(ch)
+    for ch in channels:
+        pos = await b.publish(ch, ch.encode(), OPTS)
+        for rec in (rec_a, rec_b):
+            got = await rec.next()
+            assert (got.channel, got.data, got.offset) == (ch, ch.encode(), pos.offset)
+    for ch in channels:
+        await a.publish(ch, b"back", OPTS)
+        assert (await rec_b.next()).channel == ch
+        assert (await rec_a.next()).channel == ch
+    # users on different shards
+    users = [f"user{i}" for i in range(12)]
+    for u in users:
+        await b.subscribe_user(u)
+    await a.send_to_users(users, UserMessage("direct", data=b"1"))
+    got = {(await rec_b.next())[0] for _ in users}
+    assert got == set(users)
