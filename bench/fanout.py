@@ -649,6 +649,10 @@ def median_or_none(xs: list[float]) -> float | None:
 
 def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[int]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
+
+    def med(rs: list[dict[str, Any]], key: str) -> float | None:
+        return median_or_none([r[key] for r in rs if r.get(key) is not None])
+
     for n in clients:
         for t in targets:
             rs = [r for r in results if r["target"] == t and r["clients"] == n and r.get("ok")]
@@ -658,13 +662,17 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
                 "clients": n,
                 "runs_ok": len(rs),
                 "runs_complete": len(full),
-                "deliveries_per_s": median_or_none([r["deliveries_per_s"] for r in rs]),
+                "deliveries_per_s": med(rs, "deliveries_per_s"),
                 "deliveries_per_s_all": [r["deliveries_per_s"] for r in rs],
-                "kb_per_conn": median_or_none([r["kb_per_conn"] for r in rs]),
+                "deliveries_per_server_cpu_s": med(rs, "deliveries_per_server_cpu_s"),
+                "kb_per_conn": med(rs, "kb_per_conn"),
                 "kb_per_conn_all": [r["kb_per_conn"] for r in rs],
-                "server_cpu_pct": median_or_none([r["server_cpu_pct"] for r in rs]),
-                "client_cpu_pct": median_or_none([r["client_cpu_pct"] for r in rs]),
-                "connect_seconds": median_or_none([r["connect_seconds"] for r in rs]),
+                "server_cpu_pct": med(rs, "server_cpu_pct"),
+                "client_cpu_pct": med(rs, "client_cpu_pct"),
+                "client_us_per_delivery": med(rs, "client_us_per_delivery"),
+                "server_cpu_steal_pct": med(rs, "server_cpu_steal_pct"),
+                "server_cpu_other_pct": med(rs, "server_cpu_other_pct"),
+                "connect_seconds": med(rs, "connect_seconds"),
                 "frame_payload_bytes": next((r["frame_payload_bytes"] for r in rs if r.get("frame_payload_bytes")),
                                             None),
                 "errors": [r["error"] for r in results if r["target"] == t and r["clients"] == n
@@ -673,11 +681,15 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
     return summary
 
 
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def render_table(summary: dict[str, Any], targets: list[str], clients: list[int], baseline: str,
                  runs: int) -> str:
-    hdr = (f"| N | target | deliveries/s (median of {runs}) | vs {baseline} | KB/idle conn | vs {baseline} "
-           f"| srv CPU % | client CPU % | frame B | runs ok |")
-    lines = [hdr, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    hdr = (f"| N | target | deliveries/s, median (min-max) | vs {baseline} | deliveries per server CPU-s "
+           f"| KB/idle conn | vs {baseline} | server CPU % | client CPU % | steal % | runs |")
+    lines = [hdr, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n in clients:
         base = summary.get(f"{baseline}@{n}", {})
         bd, bk = base.get("deliveries_per_s"), base.get("kb_per_conn")
@@ -686,7 +698,7 @@ def render_table(summary: dict[str, Any], targets: list[str], clients: list[int]
             d, k = s["deliveries_per_s"], s["kb_per_conn"]
             if d is None:
                 err = (s["errors"][0] if s["errors"] else "no data").replace("|", "/").splitlines()[0][:80]
-                lines.append(f"| {n} | {t} | failed: {err} | | | | | | | 0/{runs} |")
+                lines.append(f"| {n} | {t} | failed: {err} | | | | | | | | 0/{runs} |")
                 continue
             rd = f"{d / bd:.2f}x" if bd else "-"
             rk = f"{k / bk:.2f}x" if bk and bk > 0 else "-"
@@ -694,8 +706,9 @@ def render_table(summary: dict[str, Any], targets: list[str], clients: list[int]
             spread_s = f" ({min(spread):,.0f}-{max(spread):,.0f})" if len(spread) > 1 else ""
             inc = "" if s["runs_complete"] == s["runs_ok"] else f" ({s['runs_ok'] - s['runs_complete']} incomplete)"
             lines.append(
-                f"| {n} | {t} | {d:,.0f}{spread_s} | {rd} | {k:.1f} | {rk} | {s['server_cpu_pct']:.0f} | "
-                f"{s['client_cpu_pct']:.0f} | {s['frame_payload_bytes'] or '?'} | {s['runs_ok']}/{runs}{inc} |")
+                f"| {n} | {t} | {d:,.0f}{spread_s} | {rd} | {_f(s['deliveries_per_server_cpu_s'], ',.0f')} "
+                f"| {k:.1f} | {rk} | {_f(s['server_cpu_pct'], '.0f')} | {_f(s['client_cpu_pct'], '.0f')} "
+                f"| {_f(s['server_cpu_steal_pct'], '.0f')} | {s['runs_ok']}/{runs}{inc} |")
     return "\n".join(lines)
 
 
@@ -737,12 +750,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--deliveries", type=int, default=None,
                     help="target N*M when --messages is not given (default 1,000,000; 100,000 with --quick)")
     ap.add_argument("--runs", type=int, default=None, help="runs per (target, N); median is quoted (default 3)")
-    ap.add_argument("--targets", default="pushgate,aiohttp,websockets,node-ws",
+    ap.add_argument("--targets", default="pushgate,aiohttp,websockets,node-ws,raw-uvloop",
                     help=f"comma-separated, from {','.join(TARGETS)} (unavailable ones are skipped)")
     ap.add_argument("--baseline", default="aiohttp", help="target the ratios are computed against")
     ap.add_argument("--quick", action="store_true", help="1 run and ~100k deliveries per (target, N)")
     ap.add_argument("--payload-bytes", type=int, default=100, help="size of a peer's broadcast frame payload")
-    ap.add_argument("--trigger-concurrency", type=int, default=2, help="concurrent POST /api/broadcast")
+    ap.add_argument("--trigger-concurrency", type=int, default=16, help="concurrent POST /api/broadcast")
     ap.add_argument("--connect-batch", type=int, default=100)
     ap.add_argument("--connect-timeout", type=float, default=120.0)
     ap.add_argument("--deliver-timeout", type=float, default=180.0)
@@ -799,7 +812,9 @@ async def amain(args: argparse.Namespace) -> int:
                 if r.get("ok"):
                     print(f"  run {run} N={n:<5} {t:<10} {r['deliveries_per_s']:>10,.0f} deliveries/s  "
                           f"{r['kb_per_conn']:6.1f} KB/conn  srv {r['server_cpu_pct']:5.1f}% "
-                          f"cli {r['client_cpu_pct']:5.1f}%  {r['elapsed_s']:.2f}s"
+                          f"(+other {r['server_cpu_other_pct']:4.1f}% steal {r['server_cpu_steal_pct']:4.1f}%) "
+                          f"cli {r['client_cpu_pct']:5.1f}% {r['client_us_per_delivery']:.2f}us/dlv  "
+                          f"{r['elapsed_s']:.2f}s"
                           + ("" if r["complete"] else f"  INCOMPLETE {r['delivered']}/{r['expected']} "
                              f"{r.get('incomplete_reason', '')} closed={r['closed_by_server']} "
                              f"lost={r['lost_connections']} trig_err={r['trigger_errors'][:1]}"),
@@ -818,6 +833,9 @@ async def amain(args: argparse.Namespace) -> int:
         f"CPU % = CPU time / elapsed of the broadcast phase (100 = one full core).",
         "messages per measurement: " + ", ".join(f"N={n}: M={msgs_for(n)}" for n in args.clients_list)
         + f"; trigger concurrency {args.trigger_concurrency}.",
+        "frame payload bytes: " + ", ".join(
+            f"{t}={summary[f'{t}@{args.clients_list[0]}']['frame_payload_bytes']}" for t in targets) + ".",
+        "steal % = hypervisor steal on the server's CPU during the broadcast phase (noise indicator).",
         "versions: " + "; ".join(versions.values()),
     ]
     if skipped:

@@ -95,7 +95,7 @@ class Process:
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         self.log_path = log_path
-        out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pushgate", "serve", "--port", str(port), *args],
             env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,

@@ -122,7 +122,7 @@ class RedisServer:
         return self.proc.pid if self.proc is not None else None
 
     def start(self, ready_seconds: float = 10.0) -> None:
-        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 (handed to the child)
+        log = open(self.directory / "server.log", "ab")
         try:
             self.proc = subprocess.Popen(
                 [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
-
 from pushgate.errors import CloseCode
 
 from .conftest import Running, ServerFactory
-from .helpers import WsClient, wait_for
+from .helpers import wait_for
 
 
 async def test_welcome_names_connection_user_and_node(server: Running) -> None:

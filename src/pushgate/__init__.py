@@ -4,9 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .app import App, ClientInfo  # noqa: E402
-from .publisher import Publisher  # noqa: E402
-from .errors import (  # noqa: E402
+from .app import App, ClientInfo
+from .errors import (
     AuthError,
     BrokerUnavailable,
     ClientError,
@@ -15,6 +14,7 @@ from .errors import (  # noqa: E402
     PushgateError,
     Reject,
 )
+from .publisher import Publisher
 
 __all__ = [
     "App",

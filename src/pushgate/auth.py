@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from .config import CHANNEL_RE, Config
-from .errors import AuthError
+from .errors import AuthError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ class Authenticator:
         elif config.jwt_public_key:
             pem = config.jwt_public_key
             if "-----BEGIN" not in pem:
-                pem = Path(pem).read_text()
+                try:
+                    pem = Path(pem).read_text()
+                except OSError as exc:
+                    raise ConfigError("jwt_public_key", f"cannot read {pem}: {exc.strerror}") from exc
             self._key, self._algorithms = _load_public_key(pem)
 
     @property
@@ -104,8 +107,6 @@ def _load_public_key(pem: str) -> tuple[Any, list[str]]:
     """Load a PEM public key and pin the one algorithm its type allows."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from .errors import ConfigError
 
     try:
         key = load_pem_public_key(pem.encode())

@@ -71,11 +71,15 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from .server import serve
 
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        return uvloop.run(serve(config, app))
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(serve(config, app))
+            return uvloop.run(serve(config, app))
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            return asyncio.run(serve(config, app))
+    except ConfigError as exc:  # found while building the node: key file, schedule.call
+        print(f"pushgate: {exc}", file=sys.stderr)
+        return 2
 
 
 def _payload(text: str) -> Any:

@@ -57,7 +57,7 @@ async def test_publish_delivered_only_when_subscribed(backend: Backend) -> None:
 async def test_data_passes_through_byte_for_byte(backend: Backend) -> None:
     broker, rec = await backend.broker()
     await broker.subscribe("raw")
-    data = '{"text": "h\\u00e9 : {x}", "bin": "\\u0000", "n": 1.50}'.encode()
+    data = b'{"text": "h\\u00e9 : {x}", "bin": "\\u0000", "n": 1.50}'
     await broker.publish("raw", data, OPTS)
     assert (await rec.next()).data == data
     assert (await broker.history("raw")).publications[0].data == data

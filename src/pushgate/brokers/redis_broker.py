@@ -348,11 +348,16 @@ class RedisBroker:
         return link
 
     def _update_health(self) -> None:
-        up = bool(self._links) and all(link.up for link in self._links.values())
-        if up:
+        # A link making its first connection (a cluster shard we just started to use) is not a
+        # loss: counting it as down would make the node refill every channel for nothing.
+        links = self._links.values()
+        if all(link.up for link in links) and links:
             self._up_event.set()
         else:
             self._up_event.clear()
+        up = bool(links) and all(link.up or link.pending for link in links) and self._up_event.is_set()
+        if not self._announce:
+            up = self._up_event.is_set()
         if up != self._healthy:
             self._healthy = up
             self._notify(up)

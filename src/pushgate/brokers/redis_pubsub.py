@@ -17,6 +17,7 @@ and every subscriber has to fill the gap from history. So this module drives a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -86,6 +87,12 @@ class PubSubLink:
         self._unconfirmed: set[bytes] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._first_attempt = asyncio.Event()
+
+    @property
+    def pending(self) -> bool:
+        """Still in its first connection attempt: neither up nor failed yet."""
+        return not self.up and not self._first_attempt.is_set()
 
     # --- public -------------------------------------------------------------------------------
 
@@ -107,13 +114,17 @@ class PubSubLink:
         """Subscribe to ``topic``; with ``wait``, return once the server confirmed it (bounded).
 
         While the link is down the topic is only recorded: it is subscribed on reconnect, and
-        the owner hears about the gap through ``on_state``.
+        the owner hears about the gap through ``on_state``. A link still making its first
+        connection is waited for (bounded), since nothing was lost yet.
         """
         if topic in self.topics:
             return
         self.topics.add(topic)
         conn = self._conn
         if conn is None or not conn.is_connected:
+            if wait and self.pending:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._first_attempt.wait(), self._confirm_timeout)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(topic, deque()).append(fut)
@@ -173,6 +184,9 @@ class PubSubLink:
                 await self._went_down(conn)
             if self._closing:
                 break
+            if not self._first_attempt.is_set():
+                self._first_attempt.set()
+                self._on_state()  # the owner now counts this link as down
             if was_up:
                 delays = backoff_delays(*self._backoff)
             elif self._on_connect_failed is not None:
@@ -277,6 +291,7 @@ class PubSubLink:
     def _maybe_up(self) -> None:
         if not self.up and self._conn is not None and not self._unconfirmed:
             self.up = True
+            self._first_attempt.set()
             self._on_state()
 
     async def _went_down(self, conn: AbstractConnection) -> None:

@@ -80,9 +80,10 @@ _encode: Final = msgspec.json.encode
 def decode_command(frame: bytes | str) -> Command | DecodeError:
     """Parse one client frame. Never raises."""
     try:
-        return _command_decoder.decode(frame)
+        command: Command = _command_decoder.decode(frame)
     except msgspec.DecodeError as exc:
         return _explain(frame, exc)
+    return command
 
 
 def _explain(frame: bytes | str, exc: msgspec.DecodeError) -> DecodeError:

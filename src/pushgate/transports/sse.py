@@ -82,7 +82,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     from ..server import NODE_KEY
 
     node: Node = request.app[NODE_KEY]
-    error = {"status": 400, "code": "bad_request", "message": ""}
+    error: tuple[int, str, str] | None = None
     if node.draining:
         return web.json_response({"error": {"code": "draining", "message": "node is shutting down"}}, status=503)
     channels = request.query.getall("channel", [])
@@ -95,19 +95,19 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         conn_id = node.new_connection_id()
         await node.run_connect_hooks(ClientInfo(conn_id, identity.user, node.id, "sse", identity.claims))
     except AuthError as exc:
-        error = {"status": exc.status, "code": "unauthorized", "message": str(exc)}
+        error = (exc.status, "unauthorized", str(exc))
     except ClientError as exc:
-        error = {"status": 403 if exc.code == "rejected" else 400, "code": exc.code, "message": exc.message}
-    if error["message"]:
-        return web.json_response({"error": {"code": error["code"], "message": error["message"]}},
-                                 status=int(error["status"]))
+        error = (403 if exc.code == "rejected" else 400, exc.code, exc.message)
+    if error is not None:
+        status, code, message = error
+        return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
     transport = request.transport
     assert transport is not None
-    conn = SseConnection(node, conn_id, identity.user, identity.claims, transport)  # type: ignore[arg-type]
+    conn = SseConnection(node, conn_id, identity.user, identity.claims, transport)
     try:
         await node.register(conn)
         conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))

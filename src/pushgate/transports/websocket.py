@@ -123,7 +123,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     transport = request.transport
     assert transport is not None
-    conn = WsConnection(node, conn_id, identity.user, identity.claims, ws, transport)  # type: ignore[arg-type]
+    conn = WsConnection(node, conn_id, identity.user, identity.claims, ws, transport)
     try:
         node.check_capacity()
     except ClientError as exc:
