@@ -41,7 +41,7 @@ def forged(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -
     return f"{signing_input}.{_b64(sig)}"
 
 
-def public_pem(private_key: Any) -> bytes:
+def public_pem(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
 from ..app import ClientInfo
@@ -40,6 +41,15 @@ class SseConnection(Connection):
         self._transport = transport
         self._limit = node.config.write_buffer_limit
         self.done = asyncio.Event()
+        # HTTP/1.1 responses without a length are chunked (RFC 9112 §7.1): since we write to the
+        # transport directly, each write must carry its own chunk framing.
+        self.chunked = False
+
+    def write(self, data: bytes) -> None:
+        if self.chunked:
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self._transport.write(data)
 
     def send(self, out: Outgoing) -> None:
         if self.closed:
@@ -47,7 +57,7 @@ class SseConnection(Connection):
         if self._transport.is_closing():
             self.close(0, "gone")
             return
-        self._transport.write(out.sse())
+        self.write(out.sse())
         if self._transport.get_write_buffer_size() > self._limit:
             self._node.metrics.slow_consumers.inc()
             self.close(4001, "slow consumer")
@@ -57,7 +67,8 @@ class SseConnection(Connection):
             return
         self.closed = True
         if not self._transport.is_closing():
-            self._transport.write(f"event: close\ndata: {{\"code\":{code},\"reason\":\"{reason}\"}}\n\n".encode())
+            body = msgspec.json.encode({"code": code, "reason": reason})
+            self.write(b"event: close\ndata: " + body + b"\n\n")
         self.done.set()
 
 
@@ -95,9 +106,12 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         conn_id = node.new_connection_id()
         await node.run_connect_hooks(ClientInfo(conn_id, identity.user, node.id, "sse", identity.claims))
     except AuthError as exc:
-        error = (exc.status, "unauthorized", str(exc))
+        error = (exc.status, "unauthorized" if exc.status == 401 else "forbidden", str(exc))
     except ClientError as exc:
         error = (403 if exc.code == "rejected" else 400, exc.code, exc.message)
+    except Exception:
+        log.exception("connect hook failed")
+        error = (500, "internal", "connect hook failed")
     if error is not None:
         status, code, message = error
         return web.json_response({"error": {"code": code, "message": message}}, status=status)
@@ -108,6 +122,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = SseConnection(node, conn_id, identity.user, identity.claims, transport)
+    conn.chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
     try:
         await node.register(conn)
         conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
@@ -125,7 +140,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 if transport.is_closing():
                     break
-                transport.write(b": ping\n\n")
+                conn.write(b": ping\n\n")
     finally:
         conn.closed = True
         await node.unregister(conn)
