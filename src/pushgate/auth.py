@@ -25,14 +25,7 @@ class Identity:
     """The authenticated peer: ``user`` is None for anonymous connections."""
 
     user: str | None
-    channels: tuple[str, ...] | None = None  # token's `channels` claim: fnmatch patterns, None = any
-    expires_at: float | None = None
-    claims: dict[str, Any] | None = None
-
-    def may_subscribe(self, channel: str) -> bool:
-        if self.channels is None:
-            return True
-        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)
+    claims: dict[str, Any] | None = None  # a `channels` claim (glob patterns) limits subscribes
 
 
 class Authenticator:
@@ -86,13 +79,7 @@ class Authenticator:
             isinstance(channels, list) and all(isinstance(c, str) for c in channels)
         ):
             raise AuthError("token `channels` must be a list of strings")
-        exp = claims.get("exp")
-        return Identity(
-            user=sub,
-            channels=tuple(channels) if channels is not None else None,
-            expires_at=float(exp) if isinstance(exp, int | float) else None,
-            claims=claims,
-        )
+        return Identity(user=sub, claims=claims)
 
     def check_origin(self, origin: str | None) -> None:
         """Refuse cross-site WebSocket hijacking when ``allowed_origins`` is configured."""

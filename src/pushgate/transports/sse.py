@@ -21,7 +21,7 @@ from aiohttp import web
 from ..app import ClientInfo
 from ..brokers.base import StreamPosition
 from ..errors import AuthError, ClientError
-from ..hub import Connection, Outgoing, message_outgoing
+from ..hub import Connection, Outgoing, chunk, message_outgoing
 from ..protocol import jsonwire
 from .websocket import handshake_credentials
 
@@ -46,10 +46,8 @@ class SseConnection(Connection):
         self.chunked = False
 
     def write(self, data: bytes) -> None:
-        if self.chunked:
-            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self._transport.write(data)
+        """Cold-path writes (keep-alives, close event); fan-out goes through :meth:`send`."""
+        self._transport.write(chunk(data) if self.chunked else data)
 
     def send(self, out: Outgoing) -> None:
         if self.closed:
@@ -57,7 +55,7 @@ class SseConnection(Connection):
         if self._transport.is_closing():
             self.close(0, "gone")
             return
-        self.write(out.sse())
+        self._transport.write(out.sse_chunk() if self.chunked else out.sse())
         if self._transport.get_write_buffer_size() > self._limit:
             self._node.metrics.slow_consumers.inc()
             self.close(4001, "slow consumer")
@@ -108,7 +106,8 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     except AuthError as exc:
         error = (exc.status, "unauthorized" if exc.status == 401 else "forbidden", str(exc))
     except ClientError as exc:
-        error = (403 if exc.code == "rejected" else 400, exc.code, exc.message)
+        status = {"rejected": 403, "connection_limit": 503}.get(exc.code, 400)
+        error = (status, exc.code, exc.message)
     except Exception:
         log.exception("connect hook failed")
         error = (500, "internal", "connect hook failed")

@@ -105,8 +105,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     from ..app import ClientInfo
 
     info = ClientInfo(conn_id, identity.user, node.id, WsConnection.transport_name, identity.claims)
+    over_limit: ClientError | None = None
     try:
-        await node.run_connect_hooks(info)
+        node.check_capacity()
+    except ClientError as exc:
+        over_limit = exc  # told after the upgrade, with close code 4003, so browsers can see why
+    try:
+        if over_limit is None:
+            await node.run_connect_hooks(info)
     except ClientError as exc:
         return _json_error(403, exc.code, exc.message)
     except Exception:
@@ -124,10 +130,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = WsConnection(node, conn_id, identity.user, identity.claims, ws, transport)
-    try:
-        node.check_capacity()
-    except ClientError as exc:
-        await ws.close(code=CloseCode.CONNECTION_LIMIT, message=exc.message.encode())
+    if over_limit is not None:
+        await ws.close(code=CloseCode.CONNECTION_LIMIT, message=over_limit.message.encode())
         return ws
     try:
         await node.register(conn)
