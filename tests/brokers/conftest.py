@@ -192,6 +192,17 @@ def same_slot_name(base: str, topic_of: Callable[[str], bytes]) -> str:
     raise AssertionError("no same-slot name found")
 
 
+@pytest.fixture(autouse=True)
+async def _fail_on_loop_errors() -> AsyncIterator[None]:
+    """Fail the test on any unhandled exception in the event loop (a dead reader task, say)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield
+    loop.set_exception_handler(None)
+    assert not errors, f"unhandled exceptions in the event loop: {errors}"
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))

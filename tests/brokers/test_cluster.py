@@ -27,7 +27,6 @@ async def _owner_port(cluster: ValkeyCluster, topic: bytes) -> int:
     raise AssertionError(f"slot {slot} not covered")
 
 
-
 async def test_sharded_pubsub_on_owning_shard(cluster_backend: Backend, valkey_cluster: ValkeyCluster) -> None:
     broker, _ = await cluster_backend.broker()
     await broker.subscribe("news")
@@ -76,3 +75,41 @@ async def test_two_nodes_across_shards(cluster_backend: Backend, valkey_cluster:
     await a.send_to_users(users, UserMessage("direct", data=b"1"))
     got = {(await rec_b.next())[0] for _ in users}
     assert got == set(users)
+
+
+async def _move_slot(cluster: ValkeyCluster, slot: int, source: int, target: int) -> None:
+    """Move ``slot`` (and any keys in it) from the primary on port ``source`` to ``target``."""
+    clients = {port: Redis(port=port) for port in cluster.ports}
+    try:
+        ids = {port: (await c.execute_command("CLUSTER", "MYID")).decode() for port, c in clients.items()}
+        await clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        await clients[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := await clients[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            await clients[source].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in (target, source, *cluster.ports):
+            await clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    finally:
+        for c in clients.values():
+            await c.aclose()
+
+
+async def test_slot_migration_moves_subscription(cluster_backend: Backend, valkey_cluster: ValkeyCluster) -> None:
+    a, rec_a = await cluster_backend.broker()
+    b, _ = await cluster_backend.broker()
+    await a.subscribe("moving")
+    pos = await b.publish("moving", b"1", OPTS)
+    assert (await rec_a.next()).offset == pos.offset
+
+    topic = cluster_backend.keys.channel_topic("moving")
+    source = await _owner_port(valkey_cluster, topic)
+    target = next(p for p in valkey_cluster.ports if p != source)
+    await _move_slot(valkey_cluster, key_slot(topic), source, target)
+
+    # The old shard drops the subscription; the broker reports a gap, moves the topic to the
+    # new owner, then reports the link back.
+    assert await rec_a.next_link() is False
+    assert await rec_a.next_link() is True
+    assert a.healthy
+    pos = await b.publish("moving", b"2", OPTS)
+    got = await rec_a.next()
+    assert (got.data, got.offset) == (b"2", pos.offset) and pos.offset == 2  # history moved too

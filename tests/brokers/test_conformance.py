@@ -203,8 +203,11 @@ async def test_channel_events(backend: Backend) -> None:
     assert await rec.next() == ChannelEvent(marker, "join", None)
 
     await broker.subscribe("room")
-    for event in (ChannelEvent("room", "join", "alice"), ChannelEvent("room", "leave", None),
-                  ChannelEvent("room", "leave", "")):
+    for event in (
+        ChannelEvent("room", "join", "alice"),
+        ChannelEvent("room", "leave", None),
+        ChannelEvent("room", "leave", ""),
+    ):
         await broker.publish_event(event)
         assert await rec.next() == event
     assert (await broker.history("room")).publications == []  # events are not history
@@ -303,8 +306,13 @@ async def test_presence_distinct_users_across_nodes(backend: Backend) -> None:
     backend.require_nodes()
     n1 = await backend.presence("n1")
     n2 = await backend.presence("n2")
-    for store, conn, user in [(n1, "n1-1", "alice"), (n1, "n1-2", "bob"), (n1, "n1-3", None),
-                              (n2, "n2-1", "alice"), (n2, "n2-2", "carol")]:
+    for store, conn, user in [
+        (n1, "n1-1", "alice"),
+        (n1, "n1-2", "bob"),
+        (n1, "n1-3", None),
+        (n2, "n2-1", "alice"),
+        (n2, "n2-2", "carol"),
+    ]:
         await store.add_connection(conn, user)
         await store.join("room", conn, user)
     for store in (n1, n2):

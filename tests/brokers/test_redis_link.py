@@ -7,11 +7,13 @@ survives) and freeze it (SIGSTOP: TCP stays up, nothing answers), and wait for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from redis.asyncio import Redis
 
 from pushgate.brokers import HistoryOptions, StreamPosition, UserMessage
 
-from ..servers import RedisServer
+from ..servers import RedisServer, start_redis
 from .conftest import Backend, Recorder
 
 OPTS = HistoryOptions(size=10, ttl=60)
@@ -98,3 +100,34 @@ async def test_start_while_down_then_up(own_redis: RedisServer) -> None:
         await _delivery_works(backend, rec, "c")
     finally:
         await backend.close()
+
+
+async def test_crash_without_persistence_means_new_epoch(tmp_path: Path) -> None:
+    server = start_redis(tmp_path, appendonly=False)
+    backend = Backend("redis", server.url, server)
+    try:
+        broker, rec = await backend.broker()
+        presence = await backend.presence("n1")
+        await presence.add_connection("n1-a", "alice")
+        await presence.join("room", "n1-a", "alice")
+        await broker.subscribe("c")
+        before = await broker.publish("c", b"1", OPTS)
+        assert (await rec.next()).offset == before.offset
+
+        server.kill()  # SIGKILL, no AOF: every key is gone
+        assert await rec.next_link() is False
+        server.restart()
+        assert await rec.next_link() is True
+
+        after = await broker.position("c")
+        assert after.epoch != before.epoch and after.offset == 0
+        assert not (await broker.history("c", since=before)).complete
+        await _delivery_works(backend, rec, "c")
+
+        # Presence heals on the next heartbeat.
+        assert (await presence.presence("room")).connections == 0
+        await presence.heartbeat()
+        assert (await presence.presence("room")).users == ["alice"]
+    finally:
+        await backend.close()
+        server.stop()

@@ -51,9 +51,7 @@ def select_history(
         pubs = list(kept) if limit is None else list(kept[len(kept) - limit :] if limit else [])
         return HistoryResult(pubs, position, True)
     oldest = kept[0].offset if kept else position.offset + 1
-    complete = (
-        since.epoch == position.epoch and since.offset <= position.offset and since.offset >= oldest - 1
-    )
+    complete = since.epoch == position.epoch and since.offset <= position.offset and since.offset >= oldest - 1
     after = [p for p in kept if p.offset > since.offset] if complete else list(kept)
     if limit is not None:
         after = after[:limit]
@@ -234,9 +232,7 @@ class MemoryPresenceStore:
     async def purge_dead_nodes(self) -> list[str]:
         return []
 
-    async def resync(
-        self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]
-    ) -> None:
+    async def resync(self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]) -> None:
         self._connections = dict(connections)
         self._channels = {ch: dict(members) for ch, members in channels.items() if members}
 

@@ -150,6 +150,7 @@ class RedisBroker:
             "backoff_min": backoff_min,
             "backoff_max": backoff_max,
             "confirm_timeout": confirm_timeout,
+            "connect_timeout": self._conn.connect_timeout,
         }
         self._start_timeout = start_timeout
         self._publish_cmd = "SPUBLISH" if self._conn.cluster else "PUBLISH"
@@ -164,6 +165,8 @@ class RedisBroker:
         self._up_event = asyncio.Event()
         self._rebalance_task: asyncio.Task[None] | None = None
         self._rebalance_again = False
+        self._orphans: set[bytes] = set()
+        self._moving = False
         self._closed = False
 
     @property
@@ -291,8 +294,7 @@ class RedisBroker:
         epoch = epoch_raw.decode()
         first = int(first)
         pubs = [
-            Publication(channel=channel, data=data, offset=first + i, epoch=epoch)
-            for i, data in enumerate(entries)
+            Publication(channel=channel, data=data, offset=first + i, epoch=epoch) for i, data in enumerate(entries)
         ]
         return HistoryResult(pubs, StreamPosition(epoch, int(offset)), bool(complete))
 
@@ -339,7 +341,7 @@ class RedisBroker:
                 sharded=cluster,
                 on_message=self._on_message,
                 on_state=self._update_health,
-                on_misrouted=(lambda _topic: self._schedule_rebalance()) if cluster else None,
+                on_misrouted=self._on_misrouted if cluster else None,
                 on_connect_failed=self._schedule_rebalance if cluster else None,
                 **self._link_opts,
             )
@@ -350,14 +352,15 @@ class RedisBroker:
     def _update_health(self) -> None:
         # A link making its first connection (a cluster shard we just started to use) is not a
         # loss: counting it as down would make the node refill every channel for nothing.
-        links = self._links.values()
-        if all(link.up for link in links) and links:
+        links = list(self._links.values())
+        all_up = bool(links) and all(link.up for link in links)
+        if all_up:
             self._up_event.set()
         else:
             self._up_event.clear()
-        up = bool(links) and all(link.up or link.pending for link in links) and self._up_event.is_set()
-        if not self._announce:
-            up = self._up_event.is_set()
+        up = all_up
+        if self._announce:
+            up = bool(links) and all(link.up or link.pending for link in links) and not self._moving
         if up != self._healthy:
             self._healthy = up
             self._notify(up)
@@ -368,6 +371,12 @@ class RedisBroker:
                 self._handler.on_link_state(up)
             except Exception:
                 log.exception("broker: on_link_state handler failed")
+
+    def _on_misrouted(self, topic: bytes) -> None:
+        """A shard refused or dropped ``topic`` (its link already forgot it): find its new home."""
+        if topic in self._routes:
+            self._orphans.add(topic)
+        self._schedule_rebalance()
 
     def _schedule_rebalance(self) -> None:
         """Refresh the cluster's slot map and move topics whose slot changed owner (debounced)."""
@@ -381,25 +390,54 @@ class RedisBroker:
     async def _rebalance(self) -> None:
         client = self._require_client()
         assert isinstance(client, RedisCluster)
+        delay = 0.05
         while True:
             self._rebalance_again = False
             try:
                 await client.nodes_manager.initialize()
             except Exception as exc:
                 log.warning("broker: cannot refresh cluster slots: %r", exc)
-                return  # the failing link retries and asks again
+                if not self._orphans:
+                    return  # a failing link retries and asks again
+            else:
+                await self._move_topics()
+            if not self._rebalance_again and not self._orphans:
+                return
+            # The slot map may lag behind the shard that dropped a topic (gossip takes a
+            # moment): ask again after a growing pause instead of spinning.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _move_topics(self) -> None:
+        moves: list[tuple[PubSubLink | None, PubSubLink, bytes]] = []
+        for link in list(self._links.values()):
+            for topic in list(link.topics):
+                target = self._link_for(topic)
+                if target is not link:
+                    moves.append((link, target, topic))
+        orphans = [t for t in self._orphans if t in self._routes]
+        self._orphans.clear()
+        moves += [(None, self._link_for(topic), topic) for topic in orphans]
+        if not moves:
+            return
+        # Publications sent while a topic was between shards are lost: report a link loss, so
+        # that once the topics are subscribed again the node fills the gaps from history.
+        self._moving = True
+        if self._healthy:
+            self._healthy = False
+            self._notify(False)
+        try:
+            for source, _target, topic in moves:
+                if source is not None:
+                    await source.remove(topic)
+            await asyncio.gather(*(target.add(topic) for _, target, topic in moves))
             for name, link in list(self._links.items()):
-                for topic in list(link.topics):
-                    target = self._link_for(topic)
-                    if target is not link:
-                        await link.remove(topic)
-                        await target.add(topic, wait=False)
-                if not link.topics and self._links.get(name) is link:
+                if not link.topics:
                     del self._links[name]
                     await link.close()
-            self._update_health()
-            if not self._rebalance_again:
-                return
+        finally:
+            self._moving = False
+        self._update_health()
 
     # --- helpers ------------------------------------------------------------------------------
 

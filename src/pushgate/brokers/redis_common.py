@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from pushgate.brokers.base import ChannelEvent, UserMessage
 
@@ -169,9 +169,7 @@ _user_decoder = msgspec.msgpack.Decoder(_UserEnvelope)
 
 
 def encode_user_message(message: UserMessage) -> bytes:
-    return _user_encoder.encode(
-        _UserEnvelope(message.kind, message.sender, message.data, message.code, message.reason)
-    )
+    return _user_encoder.encode(_UserEnvelope(message.kind, message.sender, message.data, message.code, message.reason))
 
 
 def decode_user_message(payload: bytes) -> UserMessage:
@@ -187,9 +185,11 @@ class RedisConnection:
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``, ``valkey://``) is a single
     server; ``redis+cluster://host:port`` (``rediss+cluster://``, ``valkey+cluster://``) is a
-    cluster reached through that seed node. The command client is created on first
-    :meth:`acquire` and closed when the last user :meth:`release`\\ s it, so a broker, presence
-    store and lease store built by ``create_stores`` share one connection pool.
+    cluster reached through that seed node. The command client is created on first use and
+    closed when the last started store releases it (:meth:`release`), so a broker, presence store and
+    lease store built by ``create_stores`` share one connection pool. The lease store has no
+    lifecycle in its protocol, so it borrows the client without holding it: closing the node's
+    broker and presence store closes the pool.
     """
 
     def __init__(
@@ -228,6 +228,9 @@ class RedisConnection:
                 "health_check_interval": self.health_check_interval,
                 "socket_timeout": self.socket_timeout,
                 "socket_connect_timeout": self.connect_timeout,
+                # from_url clients retry nothing by default; a pooled connection that died
+                # with a server restart must be reconnected, not surfaced as an error.
+                "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
             }
             if self.cluster:
                 self._client = RedisCluster.from_url(self.base_url, **opts)
@@ -241,6 +244,10 @@ class RedisConnection:
 
     async def release(self) -> None:
         self._users = max(0, self._users - 1)
+        await self.close_if_unused()
+
+    async def close_if_unused(self) -> None:
+        """Close the client unless a started broker or presence store still holds it."""
         if self._users == 0 and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

@@ -37,40 +37,36 @@ return 0
 class RedisLeaseStore:
     """Leases over one Redis/Valkey server or cluster; every lease key is its own slot.
 
-    Needs no ``start``: the shared command client is taken on first use. Call :meth:`close`
-    to give it back (not part of the ``LeaseStore`` protocol).
+    Needs no ``start``: it borrows the shared command client on each call (see
+    :class:`~pushgate.brokers.redis_common.RedisConnection`). :meth:`close` (not part of the
+    ``LeaseStore`` protocol) closes the client when no started store holds it any more.
     """
 
     def __init__(self, url: str | RedisConnection, *, prefix: str = "pg") -> None:
         self._conn = url if isinstance(url, RedisConnection) else RedisConnection(url)
         self._keys = Keys(prefix)
-        self._client: RedisClient | None = None
-        self._acquire: AsyncScript | None = None
-        self._release: AsyncScript | None = None
+        self._scripts: tuple[RedisClient, AsyncScript, AsyncScript] | None = None
 
-    def _scripts(self) -> tuple[RedisClient, AsyncScript, AsyncScript]:
-        if self._client is None or self._acquire is None or self._release is None:
-            client = self._client = self._conn.acquire()
-            self._acquire = client.register_script(_ACQUIRE_LUA)
-            self._release = client.register_script(_RELEASE_LUA)
-            return client, self._acquire, self._release
-        return self._client, self._acquire, self._release
+    def _client(self) -> tuple[RedisClient, AsyncScript, AsyncScript]:
+        client = self._conn.client
+        if self._scripts is None or self._scripts[0] is not client:
+            # Scripts are bound to a client; a client closed and made again needs new ones.
+            self._scripts = (client, client.register_script(_ACQUIRE_LUA), client.register_script(_RELEASE_LUA))
+        return self._scripts
 
     async def acquire(self, name: str, holder: str, ttl: float) -> bool:
-        _, acquire, _ = self._scripts()
+        _, acquire, _ = self._client()
         return bool(await acquire(keys=[self._keys.lease(name)], args=[holder, millis(ttl)]))
 
     async def release(self, name: str, holder: str) -> None:
-        _, _, release = self._scripts()
+        _, _, release = self._client()
         await release(keys=[self._keys.lease(name)], args=[holder])
 
     async def claim_once(self, key: str, ttl: float) -> bool:
-        client, _, _ = self._scripts()
+        client, _, _ = self._client()
         result = await client.execute_command("SET", self._keys.once(key), b"1", "NX", "PX", millis(ttl))
         return bool(result)
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client = None
-            self._acquire = self._release = None
-            await self._conn.release()
+        self._scripts = None
+        await self._conn.close_if_unused()

@@ -101,8 +101,9 @@ class RedisPresenceStore:
         if self._client is None:
             return
         try:
-            await self._delete_node(self._node)
+            await self._cmd("DEL", self._keys.alive(self._node))
             await self._cmd("SREM", self._keys.nodes, self._node)
+            await self._delete_node(self._node)
         finally:
             self._conns.clear()
             self._channels.clear()
@@ -223,9 +224,7 @@ class RedisPresenceStore:
                 await self._cmd("DEL", self._keys.alive(node))
         return dead
 
-    async def resync(
-        self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]
-    ) -> None:
+    async def resync(self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]) -> None:
         self._conns = dict(connections)
         self._channels = {ch: dict(members) for ch, members in channels.items() if members}
         await self._rewrite()
@@ -248,9 +247,7 @@ class RedisPresenceStore:
                         flat += (user, count)
                     pipe.execute_command("HSET", keys.node_users(node), *flat)
             for channel, members in self._channels.items():
-                pipe.hset(
-                    keys.presence(channel, node), mapping={c: encode_user(u) for c, u in members.items()}
-                )
+                pipe.hset(keys.presence(channel, node), mapping={c: encode_user(u) for c, u in members.items()})
             if self._channels:
                 pipe.execute_command("SADD", keys.node_channels(node), *self._channels)
             pipe.execute_command("SET", keys.alive(node), b"1", "PX", self._node_ttl_ms)

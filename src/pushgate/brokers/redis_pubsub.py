@@ -66,6 +66,7 @@ class PubSubLink:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         confirm_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.name = name
         self.topics: set[bytes] = set()
@@ -81,6 +82,7 @@ class PubSubLink:
         self._ping_timeout = ping_timeout
         self._backoff = (backoff_min, backoff_max)
         self._confirm_timeout = confirm_timeout
+        self._connect_timeout = connect_timeout
         self._conn: AbstractConnection | None = None
         self._expect: deque[_Expect] = deque()
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
@@ -134,9 +136,7 @@ class PubSubLink:
         try:
             await asyncio.wait_for(asyncio.shield(fut), self._confirm_timeout)
         except TimeoutError:
-            log.warning(
-                "pub/sub %s: no confirmation for %r within %.1fs", self.name, topic, self._confirm_timeout
-            )
+            log.warning("pub/sub %s: no confirmation for %r within %.1fs", self.name, topic, self._confirm_timeout)
 
     async def remove(self, topic: bytes) -> None:
         if topic not in self.topics:
@@ -156,9 +156,7 @@ class PubSubLink:
         # so the FIFO order matches the order of the commands on the wire.
         self._expect.append((kind, topic))
         try:
-            await conn.send_command(
-                self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False
-            )
+            await conn.send_command(self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False)
         except Exception as exc:  # the reader notices the dead connection and reconnects
             log.debug("pub/sub %s: send failed: %r", self.name, exc)
 
@@ -166,20 +164,20 @@ class PubSubLink:
         delays = backoff_delays(*self._backoff)
         while not self._closing:
             conn = self._factory()
-            was_up = False
             try:
-                await conn.connect()  # type: ignore[no-untyped-call]
+                # Bounded as a whole: the handshake after the TCP connect reads replies without
+                # a socket timeout, and a frozen server accepts connections but never answers.
+                await asyncio.wait_for(conn.connect(), self._connect_timeout)  # type: ignore[no-untyped-call]
                 self._conn = conn
                 await self._resubscribe(conn)
-                was_up = await self._read_loop(conn)
+                await self._read_loop(conn)  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                was_up = was_up or self.up
                 if not self._closing:
                     log.warning("pub/sub %s: link lost: %r", self.name, exc)
             finally:
-                was_up = was_up or self.up
+                was_up = self.up
                 self._conn = None
                 await self._went_down(conn)
             if self._closing:
@@ -199,12 +197,10 @@ class PubSubLink:
         if topics:
             self._expect.extend(("sub", t) for t in topics)
             # One write for all of them: a node may hold thousands of channels.
-            await conn.send_packed_command(
-                conn.pack_commands([(self._sub_cmd, t) for t in topics]), check_health=False
-            )
+            await conn.send_packed_command(conn.pack_commands([(self._sub_cmd, t) for t in topics]), check_health=False)
         self._maybe_up()
 
-    async def _read_loop(self, conn: AbstractConnection) -> bool:
+    async def _read_loop(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
         last_rx = loop.time()
         ping_sent: float | None = None
@@ -259,11 +255,15 @@ class PubSubLink:
         elif kind == b"pong":
             self._pop_expect("ping", b"")
 
-    def _pop_expect(self, kind: str, topic: bytes) -> bool:
+    def _pop_expect(self, kind: Literal["sub", "unsub", "ping"], topic: bytes) -> bool:
         if self._expect and self._expect[0] == (kind, topic):
             self._expect.popleft()
             return True
-        return False
+        try:  # out of step (should not happen): drop the match so the FIFO cannot grow
+            self._expect.remove((kind, topic))
+        except ValueError:
+            return False
+        return True
 
     def _on_error_reply(self, exc: ResponseError) -> None:
         kind, topic = self._expect.popleft() if self._expect else ("ping", b"")
@@ -274,8 +274,13 @@ class PubSubLink:
                 self._report_misrouted(topic)
 
     def _report_misrouted(self, topic: bytes) -> None:
+        # This shard does not serve the topic (any more): forget it here, so that the owner can
+        # give it to the shard that does; until then the link's state stays truthful.
+        self.topics.discard(topic)
+        self._unconfirmed.discard(topic)
         if self._on_misrouted is not None:
             self._on_misrouted(topic)
+        self._maybe_up()
 
     def _confirmed(self, topic: bytes) -> None:
         waiters = self._waiters.get(topic)
