@@ -332,3 +332,24 @@ async def test_publisher_and_cli_publish_without_http(cluster_node: Callable[...
         assert (await alice.next("message"))["data"] == "plain text"
     finally:
         await clients.close()
+
+
+async def test_broker_outage_answers_unavailable_not_internal(cluster_node: Callable[..., Process],
+                                                              redis_server: RedisServer) -> None:
+    n1 = cluster_node("n1")
+    clients = Clients()
+    try:
+        c = await clients.connect(n1, "alice")
+        redis_server.stop()
+        reply = await c.request({"type": "publish", "channel": "x", "data": 1}, seconds=20)
+        assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+        status, body = await api(n1, "POST", "/api/publish", {"channel": "x", "data": 1})
+        assert status == 503 and body["error"]["code"] == "unavailable"
+        redis_server.start()
+
+        async def publish_ok() -> bool:
+            return (await api(n1, "POST", "/api/publish", {"channel": "x", "data": 2}))[0] == 200
+        await wait_for(publish_ok, seconds=20, interval=0.2, what="publishing to work again")
+        assert (await c.request({"type": "ping"}))["type"] == "pong"  # the connection survived
+    finally:
+        await clients.close()

@@ -17,8 +17,9 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..brokers import is_unavailable
 from ..brokers.base import StreamPosition
-from ..errors import BrokerUnavailable, ClientError, CloseCode
+from ..errors import ClientError, CloseCode
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -92,14 +93,14 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ClientError as exc:
         return error(400, exc.code, exc.message)
-    except BrokerUnavailable as exc:
-        return error(503, "unavailable", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         return error(exc.status, code, exc.reason)
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc):
+            return error(503, "unavailable", "broker unavailable, retry later")
         log.exception("API %s %s failed", request.method, request.path)
         return error(500, "internal", "internal error")
 

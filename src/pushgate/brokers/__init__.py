@@ -43,10 +43,13 @@ __all__ = [
     "StreamPosition",
     "UserMessage",
     "create_stores",
+    "is_unavailable",
 ]
 
 
-def create_stores(url: str, *, prefix: str = "pg") -> tuple[Broker, PresenceStore, LeaseStore]:
+def create_stores(
+    url: str, *, prefix: str = "pg", node_ttl: float = 10.0
+) -> tuple[Broker, PresenceStore, LeaseStore]:
     """Build the broker, presence store and lease store named by ``url``.
 
     ``memory://`` gives the single-node trio; ``redis://`` and ``redis+cluster://`` (also
@@ -65,7 +68,21 @@ def create_stores(url: str, *, prefix: str = "pg") -> tuple[Broker, PresenceStor
     else:
         return (
             RedisBroker(conn, prefix=prefix),
-            RedisPresenceStore(conn, prefix=prefix),
+            RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
             RedisLeaseStore(conn, prefix=prefix),
         )
     raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the broker cannot be reached right now (a retry may succeed)."""
+    from pushgate.errors import BrokerUnavailable
+
+    if isinstance(exc, BrokerUnavailable | ConnectionError | TimeoutError):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)

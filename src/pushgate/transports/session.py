@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..app import call_maybe_async
+from ..brokers import is_unavailable
 from ..brokers.base import StreamPosition
-from ..errors import BrokerUnavailable, ClientError
+from ..errors import ClientError
 from ..hub import Connection, message_outgoing
 from ..protocol import jsonwire
 from ..protocol.jsonwire import Ping, Presence, Publish, Rpc, Send, Subscribe, Unsubscribe
@@ -44,9 +45,10 @@ class JsonSession:
             await self._dispatch(cmd)
         except ClientError as exc:
             self._error(cmd.id, exc.code, exc.message)
-        except BrokerUnavailable as exc:
-            self._error(cmd.id, "unavailable", f"broker unavailable, retry later: {exc}")
-        except Exception:
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._error(cmd.id, "unavailable", "broker unavailable, retry later")
+                return
             log.exception("command %s of %s failed", type(cmd).__name__, self.conn.id)
             self._error(cmd.id, "internal", "internal error")
 

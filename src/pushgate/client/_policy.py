@@ -1,0 +1,84 @@
+"""When to reconnect and how long to wait: the close-code table and backoff, with no I/O.
+
+These are the rules of docs/protocol.md#close-codes, kept in one place so that the connection
+loop only asks "what now?" and tests can check the table without a server.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from enum import StrEnum
+
+__all__ = ["Action", "backoff", "close_code_action", "handshake_is_fatal"]
+
+
+class Action(StrEnum):
+    """What to do after a connection ended (same names as ``Pushgate.closeCodeAction`` in JS)."""
+
+    NOW = "now"  # reconnect without delay (once per healthy period, then back off)
+    BACKOFF = "backoff"  # reconnect after the next backoff delay
+    STOP = "stop"  # do not reconnect: the client becomes closed
+
+
+# Statuses of a refused handshake that are worth retrying although they are 4xx.
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+def close_code_action(code: int | None) -> Action:
+    """Sort a WebSocket close code (``None``: no close frame at all) into now / backoff / stop.
+
+    * 1012 (service restart) and 4002 (insufficient state): the node is draining or lost state;
+      another node (or the same one, restarted) can serve us at once.
+    * 4500-4999: the server says do not come back (kicked, protocol violation).
+    * 1008 (policy violation, RFC 6455 §7.4.1): the peer refuses us on policy grounds; retrying the
+      same thing cannot help. pushgate does not send it today; proxies and gateways may.
+    * Anything else (1000 from the server, 1001, 1006 = connection lost, 1009, 1011, 4000-4499,
+      unknown codes): reconnect with backoff.
+    """
+    if code in (1012, 4002):
+        return Action.NOW
+    if code is not None and (4500 <= code <= 4999 or code == 1008):
+        return Action.STOP
+    return Action.BACKOFF
+
+
+def handshake_is_fatal(status: int) -> bool:
+    """True when an HTTP status refusing the upgrade will not change by retrying.
+
+    A 4xx means the request itself is wrong (bad user id, missing or invalid token, refused origin
+    or connect hook, wrong path); 408/425/429 are the 4xx exceptions that mean "later". 5xx
+    (including pushgate's 503 while draining) and every other status are retried with backoff.
+    A 401 stops the client even with a token provider: a provider that produced a rejected token
+    will most likely produce another, and retrying bad credentials forever is what gets a client
+    rate-limited or banned. Restart the client once the credential problem is fixed.
+    """
+    return 400 <= status < 500 and status not in _TRANSIENT_4XX
+
+
+def backoff(
+    min_delay: float = 0.5,
+    max_delay: float = 20.0,
+    *,
+    factor: float = 2.0,
+    rng: random.Random | None = None,
+) -> Iterator[float]:
+    """Reconnect delays in seconds, forever: exponential backoff with full jitter.
+
+    The n-th delay (n = 0, 1, ...) is uniform in ``[0, min(max_delay, min_delay * factor**n)]``, so
+    the first one is already random within ``[0, min_delay]``. Full jitter spreads a crowd of clients
+    that lost the same node over the whole window instead of bringing them back in synchronised
+    waves (the "thundering herd" after a restart). The cap stops growing once it reaches
+    ``max_delay``, so the generator never overflows however long it runs.
+
+    The client restarts the generator once a connection has stayed up longer than ``max_delay``.
+    """
+    if min_delay <= 0 or max_delay < min_delay:
+        raise ValueError("need 0 < min_delay <= max_delay")
+    if factor < 1:
+        raise ValueError("factor must be >= 1")
+    draw = rng.uniform if rng is not None else random.uniform
+    cap = min_delay
+    while True:
+        yield draw(0.0, cap)
+        cap = min(max_delay, cap * factor)
