@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,29 +34,16 @@ from pushgate.brokers import (
 from pushgate.brokers.redis import RedisBroker, RedisLeaseStore, RedisPresenceStore
 from pushgate.brokers.redis_common import Keys
 
+from ..helpers import timeout as scaled
+from ..helpers import wait_for
 from ..servers import RedisServer, ValkeyCluster, start_redis, start_valkey_cluster
-
-SCALE = float(os.environ.get("PUSHGATE_TEST_TIMEOUT_SCALE", "1"))
-
-
-def scaled(seconds: float) -> float:
-    return seconds * SCALE
 
 
 async def wait_until(
     predicate: Callable[[], Awaitable[bool] | bool], seconds: float = 5.0, what: str = "condition"
 ) -> None:
     """Bounded poll, for state that has no event to wait on (key expiry, ttl)."""
-    deadline = time.monotonic() + scaled(seconds)
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await wait_for(predicate, seconds, what=what)
 
 
 class Recorder:
