@@ -1,0 +1,59 @@
+"""The protocol's commands as typed methods: thin wrappers over :meth:`Commands.request`.
+
+Kept apart from the connection machinery so the command table of docs/protocol.md#commands reads
+in one place; :class:`~pushgate.client.Client` provides ``request`` (send, match the reply by id,
+raise on an error reply).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._errors import RequestError
+from ._events import Position, PresenceInfo, parse_position
+
+
+class Commands:
+    async def request(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def publish(self, channel: str, data: Any) -> Position:
+        """Publish ``data`` (any JSON value) to ``channel``; returns the publication's position.
+
+        At-most-once: if the connection drops before the reply, :class:`Disconnected` is raised
+        and the publication may or may not exist. Retry only if a duplicate is acceptable.
+        """
+        reply = await self.request({"type": "publish", "channel": channel, "data": data})
+        position = parse_position(reply)
+        if position is None:
+            raise RequestError("bad_reply", f"publish reply without a position: {reply}", reply)
+        return position
+
+    async def send(self, users: str | Iterable[str], data: Any) -> None:
+        """Send ``data`` to every connection of each user; they get a :class:`Direct` from you.
+        Offline users are not an error: direct messages are not stored."""
+        to = [users] if isinstance(users, str) else list(users)
+        await self.request({"type": "send", "to": to, "data": data})
+
+    async def presence(self, channel: str) -> PresenceInfo:
+        """Who is subscribed to ``channel`` across the cluster (you need not be subscribed)."""
+        reply = await self.request({"type": "presence", "channel": channel})
+        users, connections = reply.get("users"), reply.get("connections")
+        return PresenceInfo(
+            channel,
+            tuple(u for u in users if isinstance(u, str)) if isinstance(users, list) else (),
+            connections if isinstance(connections, int) else 0,
+        )
+
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call a server-side handler (``@app.rpc(method)``); returns its result."""
+        reply = await self.request({"type": "rpc", "method": method, "data": data})
+        return reply.get("data")
+
+    async def ping(self) -> float:
+        """An application-level round trip; returns its duration in seconds."""
+        start = time.monotonic()
+        await self.request({"type": "ping"})
+        return time.monotonic() - start

@@ -1,0 +1,117 @@
+"""One WebSocket and the requests in flight on it; opening it and sorting failures.
+
+The client's loop makes a new :class:`Connection` per socket. Replies are matched only against
+requests sent on *that* socket, so when it dies exactly those requests fail (with
+:class:`Disconnected`: they may or may not have been applied) and requests waiting for the next
+socket are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import yarl
+
+from ._errors import Disconnected, HandshakeError, RequestError
+from ._policy import handshake_is_fatal
+
+__all__ = ["Connection", "Retry", "TokenSource", "open_connection", "ws_url"]
+
+TokenSource = str | Callable[[], Awaitable[str] | str] | None
+
+
+class Retry(Exception):
+    """A connection attempt failed in a way that backoff may fix (refused, 5xx, timeout...)."""
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    ws: aiohttp.ClientWebSocketResponse
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    welcomed: bool = False
+    dead: bool = False
+    connected_at: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        """Commands may be sent: the welcome arrived and the socket has not closed."""
+        return self.welcomed and not self.dead
+
+    async def request(self, rid: int, frame: bytes, what: str) -> dict[str, Any] | None:
+        """Send ``frame`` (which carries ``id`` = ``rid``) and wait for its reply.
+
+        Returns ``None`` when the socket was already dead, i.e. nothing was sent and the caller
+        may safely try the next connection. Raises :class:`RequestError` for an error reply and
+        :class:`Disconnected` when the socket dies after sending.
+        """
+        if self.dead:
+            return None
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        try:
+            try:
+                # aiohttp's send_str: the protocol is text frames only (a binary one gets 4501)
+                await self.ws.send_str(frame.decode())
+            except (ConnectionError, aiohttp.ClientError) as exc:
+                raise Disconnected(f"{what} could not be sent: {exc!r}") from exc
+            reply = await fut
+        finally:
+            self.pending.pop(rid, None)
+        if reply.get("type") == "error":
+            raise RequestError(str(reply.get("code", "")), str(reply.get("message", "")), reply)
+        return reply
+
+    def resolve(self, rid: Any, reply: dict[str, Any]) -> bool:
+        """Hand ``reply`` to the request waiting for ``rid``; False if there is none."""
+        fut = self.pending.pop(rid, None) if isinstance(rid, int) else None
+        if fut is None:
+            return False
+        if not fut.done():
+            fut.set_result(reply)
+        return True
+
+    def fail_pending(self, error: Callable[[], BaseException]) -> None:
+        """Mark the socket dead and fail every request still waiting on it."""
+        self.dead = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(error())
+        self.pending.clear()
+
+
+async def resolve_token(token: TokenSource) -> str | None:
+    value = token() if callable(token) else token
+    if value is None or isinstance(value, str):
+        return value
+    return await value
+
+
+async def open_connection(session: aiohttp.ClientSession, url: yarl.URL, token: str | None, *,
+                          timeout: float, heartbeat: float | None) -> Connection:
+    """Open the socket. Raises :class:`HandshakeError` (fatal) or :class:`Retry` (back off)."""
+    # A header, unlike ?token=, keeps the credential out of proxy and server access logs.
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with asyncio.timeout(timeout):
+            ws = await session.ws_connect(url, headers=headers, heartbeat=heartbeat, autoping=True)
+    except aiohttp.WSServerHandshakeError as exc:
+        if handshake_is_fatal(exc.status):
+            raise HandshakeError(exc.status, exc.message) from exc
+        raise Retry(f"handshake refused with HTTP {exc.status}") from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise Retry(f"cannot connect: {exc!r}") from exc
+    return Connection(ws)
+
+
+def ws_url(url: str, user: str | None) -> yarl.URL:
+    """``ws(s)://`` URL with ``?user=``; ``http(s)://`` is accepted (same port serves both)."""
+    u = yarl.URL(url)
+    scheme = {"http": "ws", "https": "wss"}.get(u.scheme, u.scheme)
+    if scheme not in ("ws", "wss") or not u.host:
+        raise ValueError(f"not a WebSocket URL: {url!r} (expected ws://host:port/ws)")
+    u = u.with_scheme(scheme)
+    return u.update_query(user=user) if user is not None else u

@@ -1,0 +1,201 @@
+"""What the client hands to your code: publications, server pushes and its own state changes.
+
+All are frozen, slotted dataclasses (immutable, cheap, safe to pass between tasks). Parsing the
+server's JSON objects into them is pure and never raises: a frame that does not fit is dropped
+(``None``), because docs/protocol.md asks clients to ignore what they do not understand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, NamedTuple
+
+__all__ = [
+    "Broadcast",
+    "Direct",
+    "ErrorEvent",
+    "Event",
+    "Join",
+    "Leave",
+    "Message",
+    "Position",
+    "PresenceInfo",
+    "State",
+    "StateChange",
+    "Subscribed",
+    "Welcome",
+]
+
+
+class Position(NamedTuple):
+    """A point in a channel's stream. A tuple so ``epoch, offset = await client.publish(...)`` works.
+
+    Offsets are only comparable within one epoch: do not order positions with ``<``.
+    """
+
+    epoch: str
+    offset: int
+
+
+class State(StrEnum):
+    """The client's connection state (same names as the browser client)."""
+
+    CONNECTING = "connecting"  # opening a socket / waiting for welcome
+    CONNECTED = "connected"  # welcome received, commands flow
+    DISCONNECTED = "disconnected"  # not connected; a (re)connect is scheduled or not started yet
+    CLOSED = "closed"  # terminal: close() was called or the server said do not reconnect
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One publication in a channel you subscribed to."""
+
+    channel: str
+    data: Any
+    offset: int
+    epoch: str
+
+    @property
+    def position(self) -> Position:
+        """Persist this (e.g. after processing) and pass it as ``since`` to resume later."""
+        return Position(self.epoch, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Sent by the server once per connection; ``client`` is new on every (re)connect."""
+
+    kind: ClassVar[str] = "welcome"
+    client: str
+    user: str | None
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A message sent to your user. ``sender`` is stamped by the server (``None``: server/HTTP API)."""
+
+    kind: ClassVar[str] = "direct"
+    sender: str | None
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A message the server sent to every connection."""
+
+    kind: ClassVar[str] = "broadcast"
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Someone subscribed to a channel you are in (only for namespaces with ``join_leave``)."""
+
+    kind: ClassVar[str] = "join"
+    channel: str
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Someone left a channel you are in (only for namespaces with ``join_leave``)."""
+
+    kind: ClassVar[str] = "leave"
+    channel: str
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """A subscribe was confirmed; ``resubscribe`` is true after a reconnect. ``position`` is the
+    channel's head from the reply (``None`` if the server sent none).
+
+    ``recovered`` is false when the client asked for ``since`` and the server could not fill the
+    gap: messages may have been missed (reload your state from elsewhere).
+    """
+
+    kind: ClassVar[str] = "subscribed"
+    channel: str
+    position: Position | None
+    recovered: bool
+    resubscribe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """An error nobody is waiting for: an error frame without a pending request, a subscription
+    refused when it was renewed after a reconnect (``channel`` set; the subscription ended), or a
+    token provider that failed (``code`` ``"token"``)."""
+
+    kind: ClassVar[str] = "error"
+    code: str
+    message: str
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """The connection state changed. After a close: the ``code``/``reason`` and the ``delay`` (s)
+    before the next attempt (``None`` when no attempt follows)."""
+
+    kind: ClassVar[str] = "state"
+    state: State
+    code: int | None = None
+    reason: str = ""
+    delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceInfo:
+    """Who is subscribed to a channel, across the cluster."""
+
+    channel: str
+    users: tuple[str, ...]
+    connections: int
+
+
+Event = Welcome | Direct | Broadcast | Join | Leave | Subscribed | ErrorEvent | StateChange
+EVENT_KINDS = frozenset(cls.kind for cls in (Welcome, Direct, Broadcast, Join, Leave, Subscribed, ErrorEvent,
+                                              StateChange))
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_position(obj: dict[str, Any]) -> Position | None:
+    """``{epoch, offset}`` of a reply, or ``None`` when the server did not send a valid one."""
+    epoch, offset = obj.get("epoch"), obj.get("offset")
+    if isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool):
+        return Position(epoch, offset)
+    return None
+
+
+def parse_message(obj: dict[str, Any]) -> Message | None:
+    channel, position = obj.get("channel"), parse_position(obj)
+    if not isinstance(channel, str) or position is None:
+        return None
+    return Message(channel, obj.get("data"), position.offset, position.epoch)
+
+
+def parse_welcome(obj: dict[str, Any]) -> Welcome:
+    return Welcome(str(obj.get("client", "")), _opt_str(obj.get("user")), str(obj.get("node", "")))
+
+
+def parse_push(obj: dict[str, Any]) -> Event | None:
+    """A server push other than ``message``/``welcome``; ``None`` for unknown or malformed ones."""
+    kind = obj.get("type")
+    if kind == "direct":
+        return Direct(_opt_str(obj.get("from")), obj.get("data"))
+    if kind == "broadcast":
+        return Broadcast(obj.get("data"))
+    if kind in ("join", "leave"):
+        channel = obj.get("channel")
+        if not isinstance(channel, str):
+            return None
+        return (Join if kind == "join" else Leave)(channel, _opt_str(obj.get("user")))
+    if kind == "error":
+        return ErrorEvent(str(obj.get("code", "")), str(obj.get("message", "")))
+    return None
