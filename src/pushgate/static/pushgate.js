@@ -391,8 +391,9 @@
         sub.inflight = false;
         sub.retries = 0;
         if (this._subs.get(channel) !== sub) return;
-        // Replayed publications may arrive before or after this reply; keep the furthest position.
-        advance(sub, reply.epoch, reply.offset);
+        // After a recovered replay the replayed publications move the position themselves: jumping
+        // to the reply's offset now would skip the rest of a replay cut short by a disconnect.
+        if (reply.recovered !== true) advance(sub, reply.epoch, reply.offset);
         const info = { channel: channel, epoch: reply.epoch, offset: reply.offset,
           recovered: cmd.since ? reply.recovered === true : null, resubscribe: resubscribe };
         if (sub.ready.pending) sub.ready.resolve(reply);
