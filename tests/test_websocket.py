@@ -208,3 +208,21 @@ async def test_slow_consumer_is_closed_and_others_unaffected(make_server: Server
     assert [m["offset"] for m in got] == list(range(1, published + 1))
     await wait_for(lambda: len(server.node.hub.connections) == 1, seconds=10, what="slow conn removed")
     writer.close()
+
+
+async def test_pipelined_publishes_keep_order_and_replies_come_in_order(server: Running) -> None:
+    sub = await server.client("user=s")
+    await sub.ok({"type": "subscribe", "channel": "burst"})
+    pub = await server.client("user=p")
+    frames = [{"type": "publish", "channel": "burst", "data": i, "id": 1000 + i} for i in range(200)]
+    frames.insert(100, {"type": "publish", "channel": "bad name!", "data": 0, "id": "bad"})
+    frames.append({"type": "ping", "id": "last"})
+    for frame in frames:
+        await pub.send_raw(json.dumps(frame))
+    replies = [await pub.next() for _ in range(len(frames))]
+    assert [r["id"] for r in replies] == [f["id"] for f in frames]
+    assert replies[100]["code"] == "bad_request" and replies[-1]["type"] == "pong"
+    offsets = [r["offset"] for r in replies if r["type"] == "ok"]
+    assert offsets == list(range(1, 201))
+    got = await sub.messages(200)
+    assert [m["data"] for m in got] == list(range(200))

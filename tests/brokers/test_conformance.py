@@ -80,6 +80,19 @@ async def test_offsets_and_epoch(backend: Backend) -> None:
     assert (await broker.publish("other", b"1", OPTS)).offset == 1
 
 
+async def test_concurrent_publishes_keep_call_order(backend: Backend) -> None:
+    """Publishes issued back to back (batched into pipelines on Redis) get offsets in call order."""
+    broker, rec = await backend.broker()
+    await broker.subscribe("burst")
+    calls = [broker.publish("burst", str(i).encode(), HistoryOptions(size=500, ttl=60)) for i in range(300)]
+    positions = await asyncio.gather(*calls)
+    assert [p.offset for p in positions] == list(range(1, 301))
+    got = [await rec.next() for _ in range(300)]
+    assert [p.data for p in got] == [str(i).encode() for i in range(300)]
+    history = await broker.history("burst")
+    assert [p.offset for p in history.publications] == list(range(1, 301))
+
+
 async def test_new_memory_broker_has_new_epoch() -> None:
     a, b = MemoryBroker(), MemoryBroker()
     assert (await a.position("x")).epoch != (await b.position("x")).epoch

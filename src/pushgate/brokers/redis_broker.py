@@ -25,6 +25,7 @@ from typing import Any, Final
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from pushgate.brokers.base import (
     BrokerHandler,
@@ -168,6 +169,8 @@ class RedisBroker:
         self._orphans: set[bytes] = set()
         self._moving = False
         self._closed = False
+        self._publish_queue: list[tuple[tuple[list[Any], list[Any]], asyncio.Future[StreamPosition]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -242,20 +245,72 @@ class RedisBroker:
     # --- publishing ---------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: bytes, options: HistoryOptions) -> StreamPosition:
+        """Queue the publication for the next pipelined flush and wait for its position.
+
+        Publications are batched automatically: everything published while a flush is in
+        flight goes out in the next one, as one pipeline of EVALSHA calls on one connection. That
+        keeps the order of publish calls (so offsets follow it, even for one client's stream of
+        publishes) and turns N round trips into one under load, while a lone publish still goes
+        out at once.
+        """
+        fut: asyncio.Future[StreamPosition] = asyncio.get_running_loop().create_future()
+        self._publish_queue.append((self._publish_args(channel, data, options), fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_publishes())
+        return await fut
+
+    def _publish_args(self, channel: str, data: bytes, options: HistoryOptions) -> tuple[list[Any], list[Any]]:
+        keys = [self._keys.meta(channel), self._keys.history(channel)]
+        args = [
+            data,
+            max(0, options.size),
+            millis(options.ttl) if options.ttl > 0 else 0,
+            self._meta_ttl_ms,
+            secrets.token_hex(8),
+            self._keys.channel_topic(channel),
+            self._publish_cmd,
+        ]
+        return keys, args
+
+    async def _flush_publishes(self) -> None:
+        while self._publish_queue:
+            batch, self._publish_queue = self._publish_queue, []
+            try:
+                results = await self._run_publish_batch([item for item, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    epoch, offset = result
+                    fut.set_result(StreamPosition(epoch.decode(), int(offset)))
+
+    async def _run_publish_batch(self, batch: list[tuple[list[Any], list[Any]]]) -> list[Any]:
         script = self._script(self._publish_script)
-        epoch, offset = await script(
-            keys=[self._keys.meta(channel), self._keys.history(channel)],
-            args=[
-                data,
-                max(0, options.size),
-                millis(options.ttl) if options.ttl > 0 else 0,
-                self._meta_ttl_ms,
-                secrets.token_hex(8),
-                self._keys.channel_topic(channel),
-                self._publish_cmd,
-            ],
-        )
-        return StreamPosition(epoch.decode(), int(offset))
+        client = self._require_client()
+        if len(batch) == 1 or isinstance(client, RedisCluster):
+            # A cluster pipeline may spread commands over shards and connections; run them one
+            # by one there so each channel's publications keep their order.
+            out: list[Any] = []
+            for keys, args in batch:
+                try:
+                    out.append(await script(keys=keys, args=args))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        for _attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                return results
+            # The script cache was flushed (e.g. a Redis restart): nothing ran; load and redo.
+            await client.script_load(_PUBLISH_LUA)
+        return results
 
     async def publish_event(self, event: ChannelEvent) -> None:
         await self._require_client().execute_command(
