@@ -13,6 +13,7 @@ operations without a connection.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 import secrets
@@ -496,8 +497,6 @@ class Node:
 
 
 def _match(channel: str, pattern: Any) -> bool:
-    import fnmatch
-
     return isinstance(pattern, str) and fnmatch.fnmatchcase(channel, pattern)
 
 

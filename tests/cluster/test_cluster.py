@@ -353,3 +353,33 @@ async def test_broker_outage_answers_unavailable_not_internal(cluster_node: Call
         assert (await c.request({"type": "ping"}))["type"] == "pong"  # the connection survived
     finally:
         await clients.close()
+
+
+async def test_pubsub_link_drop_is_filled_from_history(cluster_node: Callable[..., Process],
+                                                       redis_server: RedisServer) -> None:
+    """Messages published while a node's pub/sub link is down reach its clients from history."""
+    n1, n2 = cluster_node("n1"), cluster_node("n2")
+    clients = Clients()
+    r = redis.Redis(port=redis_server.port)
+    try:
+        sub = await clients.connect(n1, "reader")
+        await sub.ok({"type": "subscribe", "channel": "gap"})
+        await api(n2, "POST", "/api/publish", {"channel": "gap", "data": "before"})
+        assert (await sub.next("message"))["data"] == "before"
+        r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # both nodes' links drop silently
+        for i in range(20):  # published while n1 is not subscribed: pub/sub drops them
+            status, _ = await api(n2, "POST", "/api/publish", {"channel": "gap", "data": i})
+            assert status == 200
+        got = await sub.messages(20, seconds=20)
+        assert [m["data"] for m in got] == list(range(20))
+        assert [m["offset"] for m in got] == list(range(2, 22))
+
+        async def filled() -> bool:
+            async with aiohttp.ClientSession() as s, s.get(n1.url + "/metrics") as resp:
+                text = await resp.text()
+            return any(line.startswith("pushgate_gap_fills_total") and not line.endswith(" 0.0")
+                       for line in text.splitlines())
+        await wait_for(filled, what="n1 to report a gap fill")
+    finally:
+        await clients.close()
+        r.close()
