@@ -55,6 +55,10 @@ PEERS_DIR = BENCH_DIR / "peers"
 RESULTS_DIR = BENCH_DIR / "results"
 NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pushgate-bench" / "node"
 
+# pushgate is run from a snapshot of src/ taken at start-up (see snapshot_pushgate_src), so that
+# edits to the working tree during a long session do not change the code under test mid-way.
+PUSHGATE_SRC: Path = REPO_DIR / "src"
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HOST = "127.0.0.1"  # all load stays on loopback
 
@@ -83,13 +87,15 @@ class Target:
             return ["node", str(PEERS_DIR / "ws_peer.js"), "--host", HOST, "--port", str(port)]
         if self.name == "raw-uvloop":
             return [py, str(PEERS_DIR / "raw_peer.py"), "--host", HOST, "--port", str(port)]
+        if self.name == "raw-coalesce":
+            return [py, str(PEERS_DIR / "raw_peer.py"), "--host", HOST, "--port", str(port), "--coalesce"]
         raise ValueError(self.name)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("PYTHONASYNCIODEBUG", None)
         if self.name == "pushgate":
-            src = str(REPO_DIR / "src")
+            src = str(PUSHGATE_SRC)
             env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self.name == "node-ws":
             env["NODE_PATH"] = str(NODE_CACHE / "node_modules")
@@ -101,7 +107,7 @@ class Target:
 
     def available(self) -> tuple[bool, str]:
         if self.name == "pushgate":
-            r = subprocess.run(self.command(0, 0)[:4] + ["--help"], env=self.env(),
+            r = subprocess.run([*self.command(0, 0)[:4], "--help"], env=self.env(),
                                capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 return False, "`python -m pushgate serve --help` failed: " + (r.stderr.strip()[-300:])
@@ -139,7 +145,7 @@ class Target:
             if self.name == "aiohttp":
                 import aiohttp
                 return f"aiohttp {aiohttp.__version__}"
-            if self.name == "raw-uvloop":
+            if self.name in ("raw-uvloop", "raw-coalesce"):
                 import uvloop
                 return f"raw asyncio Protocols on uvloop {uvloop.__version__}"
             if self.name == "websockets":
@@ -162,6 +168,8 @@ TARGETS: dict[str, Target] = {
     "node-ws": Target("node-ws", "Node.js + ws, ws.send() per client (bench/peers/ws_peer.js)"),
     "raw-uvloop": Target("raw-uvloop", "ceiling: raw uvloop Protocols, one prebuilt frame + transport.write() "
                          "per client (bench/peers/raw_peer.py)"),
+    "raw-coalesce": Target("raw-coalesce", "experiment: raw-uvloop, but the frames of all broadcasts handled in "
+                           "one loop iteration go out as one write per client (raw_peer.py --coalesce)"),
 }
 
 
@@ -200,8 +208,8 @@ class Stats:
 class WSClient(asyncio.Protocol):
     """One WebSocket client connection: handshake, then count broadcast text frames."""
 
-    __slots__ = ("stats", "request", "accept", "transport", "buf", "upgraded", "ready", "count",
-                 "finished", "closing", "sample_me")
+    __slots__ = ("accept", "buf", "closing", "count", "finished", "ready", "request", "sample_me", "stats",
+                 "transport", "upgraded")
 
     def __init__(self, stats: Stats, request: bytes, accept: bytes, sample_me: bool) -> None:
         self.stats = stats
@@ -373,7 +381,7 @@ async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: 
         k = min(batch, n - len(clients))
         base = len(clients)
         coros = [loop.create_connection(
-            lambda j=j: WSClient(stats, req, accept, sample_me=(base + j == 0)), HOST, port)
+            lambda first=(base + j == 0): WSClient(stats, req, accept, sample_me=first), HOST, port)
             for j in range(k)]
         res = await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True),
                                      max(1.0, deadline - time.monotonic()))
@@ -395,6 +403,26 @@ async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: 
 # --------------------------------------------------------------------------------------------
 # Server process control
 # --------------------------------------------------------------------------------------------
+
+
+def snapshot_pushgate_src(dest: Path) -> str:
+    """Copy src/ to dest and point PUSHGATE_SRC there; returns a short hash of the copied sources."""
+    global PUSHGATE_SRC
+    shutil.copytree(REPO_DIR / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    h = hashlib.sha256()
+    for f in sorted(dest.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
+    PUSHGATE_SRC = dest
+    return h.hexdigest()[:12]
+
+
+def server_preexec(nice: int) -> Any:
+    def fn() -> None:
+        raise_nofile()
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return fn
 
 
 def raise_nofile() -> None:
@@ -430,20 +458,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
 
 
-def cpu_ticks(cpu: int) -> tuple[int, int, int]:
-    """(busy, idle, steal) jiffies of one CPU from /proc/stat."""
+def cpu_ticks(cpu: int) -> tuple[int, int, int, int]:
+    """(busy, idle, steal, irq+softirq) jiffies of one CPU from /proc/stat (busy includes irq)."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
                 v = [int(x) for x in line.split()[1:]]
                 user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-                return user + nice + system + irq + softirq, idle + iowait, steal
-    return 0, 0, 0
+                return user + nice + system + irq + softirq, idle + iowait, steal, irq + softirq
+    return 0, 0, 0, 0
+
+
+async def wait_for_quiet(cpus: tuple[int, ...], max_busy_pct: float, max_wait: float) -> float:
+    """Wait (bounded) until the benchmark CPUs are mostly idle; returns seconds waited.
+
+    Called while none of our processes is busy, so any load seen belongs to someone else (other
+    jobs or benchmarks on a shared machine) and would distort the next measurement. Needs two
+    consecutive quiet 1-second windows, so a short pause between someone else's jobs does not count.
+    """
+    t0 = time.monotonic()
+    quiet = 0
+    while True:
+        a = {c: cpu_ticks(c) for c in cpus}
+        await asyncio.sleep(1.0)
+        b = {c: cpu_ticks(c) for c in cpus}
+        busy = max(100 * (b[c][0] - a[c][0] + b[c][2] - a[c][2])
+                   / max(1, (b[c][0] - a[c][0]) + (b[c][1] - a[c][1]) + (b[c][2] - a[c][2])) for c in cpus)
+        quiet = quiet + 1 if busy <= max_busy_pct else 0
+        waited = time.monotonic() - t0
+        if quiet >= 2 or waited >= max_wait:
+            return round(waited, 1)
 
 
 class Server:
-    def __init__(self, target: Target, cpu: int, logdir: Path) -> None:
+    def __init__(self, target: Target, cpu: int, logdir: Path, nice: int = 0) -> None:
         self.target = target
+        self.nice = nice
         self.port = free_port()
         self.trigger_port = free_port() if target.needs_trigger_port else self.port
         self.cpu = cpu
@@ -451,10 +501,11 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = ["taskset", "-c", str(self.cpu)] + self.target.command(self.port, self.trigger_port)
+        cmd = ["taskset", "-c", str(self.cpu), *self.target.command(self.port, self.trigger_port)]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.target.env(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=raise_nofile, cwd=str(REPO_DIR))
+                                     stdin=subprocess.DEVNULL, preexec_fn=server_preexec(self.nice),
+                                     cwd=str(REPO_DIR))
 
     @property
     def pid(self) -> int:
@@ -533,7 +584,7 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
     import aiohttp
 
     res: dict[str, Any] = {"target": target.name, "clients": n, "messages": m}
-    server = Server(target, args.server_cpu, logdir)
+    server = Server(target, args.server_cpu, logdir, args.nice)
     stats = Stats()
     clients: list[WSClient] = []
     data = "x" * max(1, args.payload_bytes - len('{"type":"broadcast","data":""}'))
@@ -541,6 +592,9 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
     conn = aiohttp.TCPConnector(limit=args.trigger_concurrency + 2, force_close=False)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
         try:
+            if args.quiet_wait > 0:
+                res["waited_for_quiet_s"] = await wait_for_quiet((args.server_cpu, args.client_cpu), 10.0,
+                                                                 args.quiet_wait)
             server.start()
             await server.wait_healthy(session)
             trigger_url = target.trigger_url(server.port, server.trigger_port)
@@ -578,7 +632,7 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
                 try:
                     await asyncio.wait_for(asyncio.shield(stats.done_event.wait()), 0.5)  # type: ignore[union-attr]
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 total = sum(c.count for c in clients)
                 now = time.monotonic()
@@ -610,6 +664,10 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
                 # time the hypervisor stole, in % of the broadcast phase.
                 server_cpu_other_pct=round(100 * ((ticks1[args.server_cpu][0] - ticks0[args.server_cpu][0])
                                                   / _CLK_TCK - srv_cpu) / elapsed, 1),
+                # of which irq+softirq (on loopback largely the TCP receive path of the sockets the
+                # server writes to, run on the sender's CPU), the rest being other processes
+                server_cpu_softirq_pct=round(100 * (ticks1[args.server_cpu][3] - ticks0[args.server_cpu][3])
+                                             / _CLK_TCK / elapsed, 1),
                 server_cpu_steal_pct=round(100 * (ticks1[args.server_cpu][2] - ticks0[args.server_cpu][2])
                                            / _CLK_TCK / elapsed, 1),
                 client_cpu_steal_pct=round(100 * (ticks1[args.client_cpu][2] - ticks0[args.client_cpu][2])
@@ -655,7 +713,7 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
 
     for n in clients:
         for t in targets:
-            rs = [r for r in results if r["target"] == t and r["clients"] == n and r.get("ok")]
+            rs = [r for r in results if r["target"] == t and r["clients"] == n and r.get("ok") and r.get("used", True)]
             full = [r for r in rs if r.get("complete")]
             summary[f"{t}@{n}"] = {
                 "target": t,
@@ -672,13 +730,20 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
                 "client_us_per_delivery": med(rs, "client_us_per_delivery"),
                 "server_cpu_steal_pct": med(rs, "server_cpu_steal_pct"),
                 "server_cpu_other_pct": med(rs, "server_cpu_other_pct"),
+                "server_cpu_softirq_pct": med(rs, "server_cpu_softirq_pct"),
                 "connect_seconds": med(rs, "connect_seconds"),
                 "frame_payload_bytes": next((r["frame_payload_bytes"] for r in rs if r.get("frame_payload_bytes")),
                                             None),
                 "errors": [r["error"] for r in results if r["target"] == t and r["clients"] == n
                            and not r.get("ok")][:3],
+                "noise_pct": med(rs, "noise_pct"),
+                "attempts_discarded": sum(1 for r in results if r["target"] == t and r["clients"] == n
+                                          and not r.get("used", True)),
             }
     return summary
+
+
+CLIENT_BOUND_PCT = 90.0
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -688,7 +753,7 @@ def _f(x: float | None, fmt: str) -> str:
 def render_table(summary: dict[str, Any], targets: list[str], clients: list[int], baseline: str,
                  runs: int) -> str:
     hdr = (f"| N | target | deliveries/s, median (min-max) | vs {baseline} | deliveries per server CPU-s "
-           f"| KB/idle conn | vs {baseline} | server CPU % | client CPU % | steal % | runs |")
+           f"| KB/idle conn | vs {baseline} | server CPU % | client CPU % | noise % | runs |")
     lines = [hdr, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n in clients:
         base = summary.get(f"{baseline}@{n}", {})
@@ -705,10 +770,12 @@ def render_table(summary: dict[str, Any], targets: list[str], clients: list[int]
             spread = s["deliveries_per_s_all"]
             spread_s = f" ({min(spread):,.0f}-{max(spread):,.0f})" if len(spread) > 1 else ""
             inc = "" if s["runs_complete"] == s["runs_ok"] else f" ({s['runs_ok'] - s['runs_complete']} incomplete)"
+            rep = f" (+{s['attempts_discarded']} redone)" if s["attempts_discarded"] else ""
+            cb = " ‡" if (s["client_cpu_pct"] or 0) >= CLIENT_BOUND_PCT else ""
             lines.append(
-                f"| {n} | {t} | {d:,.0f}{spread_s} | {rd} | {_f(s['deliveries_per_server_cpu_s'], ',.0f')} "
+                f"| {n} | {t} | {d:,.0f}{cb}{spread_s} | {rd} | {_f(s['deliveries_per_server_cpu_s'], ',.0f')} "
                 f"| {k:.1f} | {rk} | {_f(s['server_cpu_pct'], '.0f')} | {_f(s['client_cpu_pct'], '.0f')} "
-                f"| {_f(s['server_cpu_steal_pct'], '.0f')} | {s['runs_ok']}/{runs}{inc} |")
+                f"| {_f(s['noise_pct'], '.0f')} | {s['runs_ok']}/{runs}{inc}{rep} |")
     return "\n".join(lines)
 
 
@@ -761,13 +828,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--deliver-timeout", type=float, default=180.0)
     ap.add_argument("--stall-seconds", type=float, default=5.0)
     ap.add_argument("--idle-seconds", type=float, default=1.0, help="settle time before the idle RSS sample")
+    ap.add_argument("--quiet-wait", type=float, default=None,
+                    help="before each measurement wait up to this long for both CPUs to be <10%% busy "
+                    "(default 180 s, 10 s with --quick; 0: off)")
+    ap.add_argument("--max-noise", type=float, default=15.0,
+                    help="a run whose server CPU lost more than this %% to other work or steal is repeated")
+    ap.add_argument("--noise-retries", type=int, default=2,
+                    help="extra attempts per noisy run; the least noisy attempt is used (0: off)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="niceness for server and load client, e.g. -10 on a shared machine (negative needs root)")
+    ap.add_argument("--live-src", action="store_true",
+                    help="run pushgate from the working tree instead of a snapshot taken at start")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--render", metavar="JSON", help="re-print the table of a saved result (rewrites its .md)")
     args = ap.parse_args(argv)
     if args.runs is None:
         args.runs = 1 if args.quick else 3
+    if args.quiet_wait is None:
+        args.quiet_wait = 10.0 if args.quick else 180.0
     if args.deliveries is None:
         args.deliveries = 100_000 if args.quick else 1_000_000
     args.clients_list = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -778,7 +859,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def build_report(results: list[dict[str, Any]], targets: list[str], args: argparse.Namespace,
+                 versions: dict[str, str], src_hash: str | None, skipped: dict[str, str], baseline: str,
+                 started: str) -> tuple[dict[str, Any], str]:
+    """(summary, printable markdown) of a session; also used by --render on a saved JSON."""
+
+    def msgs_for(n: int) -> int:
+        return args.messages if args.messages else max(20, round(args.deliveries / n))
+
+    summary = summarize(results, targets, args.clients_list)
+    table = render_table(summary, targets, args.clients_list, baseline, args.runs)
+    notes = [
+        f"deliveries/s = N x M / (first trigger -> last client got its M-th frame); median of {args.runs} runs"
+        " (min-max in parentheses).",
+        "KB/idle conn = (server VmRSS with N idle clients - VmRSS before connecting) / N.",
+        f"server pinned to CPU {args.server_cpu}, load client to CPU {args.client_cpu}; "
+        f"CPU % = CPU time / elapsed of the broadcast phase (100 = one full core).",
+        "messages per measurement: " + ", ".join(f"N={n}: M={msgs_for(n)}" for n in args.clients_list)
+        + f"; trigger concurrency {args.trigger_concurrency}.",
+        "frame payload bytes: " + ", ".join(
+            f"{t}={summary[f'{t}@{args.clients_list[0]}']['frame_payload_bytes']}" for t in targets) + ".",
+        "noise % = share of the server's CPU taken by other processes, irq and hypervisor steal during the"
+        f" broadcast phase; a run above {args.max_noise:g}% was redone (up to {args.noise_retries}x), the least"
+        " noisy attempt counts; every attempt is in the JSON.",
+        "versions: " + "; ".join(versions.values())
+        + (f" (pushgate run from a snapshot of src/, sha256 {src_hash})" if src_hash else "") + ".",
+    ]
+    if args.nice:
+        notes.append(f"server and load client ran at niceness {args.nice} (shared machine).")
+    if skipped:
+        notes.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+    text = f"## pushgate fan-out benchmark ({started})\n\n{table}\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
+    if any((summary[f"{t}@{n}"]["client_cpu_pct"] or 0) >= CLIENT_BOUND_PCT
+           for t in targets for n in args.clients_list):
+        text = text.rstrip("\n") + (
+            f"\n- ‡ median load-client CPU >= {CLIENT_BOUND_PCT:g}%: this row may be bounded by the load"
+            " client; the server can do at least this much (compare deliveries per server CPU-s).\n")
+    return summary, text
+
+
+def report_run(r: dict[str, Any]) -> None:
+    run, n, t = r["run"], r["clients"], r["target"]
+    tag = f"  run {run}.{r['attempt']} N={n:<5} {t:<10}"
+    if r.get("ok"):
+        print(f"{tag} {r['deliveries_per_s']:>10,.0f} deliveries/s  "
+              f"{r['kb_per_conn']:6.1f} KB/conn  srv {r['server_cpu_pct']:5.1f}% "
+              f"(+other {r['server_cpu_other_pct']:4.1f}% "
+              f"steal {r['server_cpu_steal_pct']:4.1f}%) "
+              f"cli {r['client_cpu_pct']:5.1f}% {r['client_us_per_delivery']:.2f}us/dlv  "
+              f"{r['elapsed_s']:.2f}s"
+              + ("" if r["complete"] else f"  INCOMPLETE {r['delivered']}/{r['expected']} "
+                 f"{r.get('incomplete_reason', '')} closed={r['closed_by_server']} "
+                 f"lost={r['lost_connections']} trig_err={r['trigger_errors'][:1]}"),
+              file=sys.stderr, flush=True)
+    else:
+        print(f"{tag} FAILED: {r['error']}\n{r.get('server_log_tail', '')}", file=sys.stderr, flush=True)
+
+
 async def amain(args: argparse.Namespace) -> int:
+    logdir = Path(tempfile.mkdtemp(prefix="pushgate-fanout-"))
+    src_hash = None
+    if "pushgate" in args.targets_list and not args.live_src:
+        src_hash = snapshot_pushgate_src(logdir / "src")
     targets: list[str] = []
     skipped: dict[str, str] = {}
     for t in args.targets_list:
@@ -798,7 +940,6 @@ async def amain(args: argparse.Namespace) -> int:
         return args.messages if args.messages else max(20, round(args.deliveries / n))
 
     started = time.strftime("%Y%m%d-%H%M%S")
-    logdir = Path(tempfile.mkdtemp(prefix="pushgate-fanout-"))
     results: list[dict[str, Any]] = []
     print(f"# fanout: targets={','.join(targets)} clients={args.clients_list} runs={args.runs} "
           f"messages={[msgs_for(n) for n in args.clients_list]} server-cpu={args.server_cpu} "
@@ -806,41 +947,23 @@ async def amain(args: argparse.Namespace) -> int:
     for run in range(1, args.runs + 1):
         for n in args.clients_list:
             for t in targets:
-                r = await measure(TARGETS[t], n, msgs_for(n), args, logdir)
-                r["run"] = run
-                results.append(r)
-                if r.get("ok"):
-                    print(f"  run {run} N={n:<5} {t:<10} {r['deliveries_per_s']:>10,.0f} deliveries/s  "
-                          f"{r['kb_per_conn']:6.1f} KB/conn  srv {r['server_cpu_pct']:5.1f}% "
-                          f"(+other {r['server_cpu_other_pct']:4.1f}% steal {r['server_cpu_steal_pct']:4.1f}%) "
-                          f"cli {r['client_cpu_pct']:5.1f}% {r['client_us_per_delivery']:.2f}us/dlv  "
-                          f"{r['elapsed_s']:.2f}s"
-                          + ("" if r["complete"] else f"  INCOMPLETE {r['delivered']}/{r['expected']} "
-                             f"{r.get('incomplete_reason', '')} closed={r['closed_by_server']} "
-                             f"lost={r['lost_connections']} trig_err={r['trigger_errors'][:1]}"),
-                          file=sys.stderr, flush=True)
-                else:
-                    print(f"  run {run} N={n:<5} {t:<10} FAILED: {r['error']}\n{r.get('server_log_tail', '')}",
-                          file=sys.stderr, flush=True)
+                attempts: list[dict[str, Any]] = []
+                for attempt in range(1, args.noise_retries + 2):
+                    r = await measure(TARGETS[t], n, msgs_for(n), args, logdir)
+                    r["run"], r["attempt"] = run, attempt
+                    if r.get("ok"):
+                        r["noise_pct"] = max(0.0, round(r["server_cpu_other_pct"] + r["server_cpu_steal_pct"], 1))
+                    attempts.append(r)
+                    report_run(r)
+                    if r.get("ok") and r["noise_pct"] <= args.max_noise:
+                        break
+                ok = [x for x in attempts if x.get("ok")]
+                best = min(ok, key=lambda x: x["noise_pct"]) if ok else attempts[-1]
+                for x in attempts:
+                    x["used"] = x is best
+                results.extend(attempts)
 
-    summary = summarize(results, targets, args.clients_list)
-    table = render_table(summary, targets, args.clients_list, baseline, args.runs)
-    notes = [
-        f"deliveries/s = N x M / (first trigger -> last client got its M-th frame); median of {args.runs} runs"
-        " (min-max in parentheses).",
-        "KB/idle conn = (server VmRSS with N idle clients - VmRSS before connecting) / N.",
-        f"server pinned to CPU {args.server_cpu}, load client to CPU {args.client_cpu}; "
-        f"CPU % = CPU time / elapsed of the broadcast phase (100 = one full core).",
-        "messages per measurement: " + ", ".join(f"N={n}: M={msgs_for(n)}" for n in args.clients_list)
-        + f"; trigger concurrency {args.trigger_concurrency}.",
-        "frame payload bytes: " + ", ".join(
-            f"{t}={summary[f'{t}@{args.clients_list[0]}']['frame_payload_bytes']}" for t in targets) + ".",
-        "steal % = hypervisor steal on the server's CPU during the broadcast phase (noise indicator).",
-        "versions: " + "; ".join(versions.values()),
-    ]
-    if skipped:
-        notes.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
-    text = f"## pushgate fan-out benchmark ({started})\n\n{table}\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
+    summary, text = build_report(results, targets, args, versions, src_hash, skipped, baseline, started)
     print(text)
     if not args.no_save:
         out = Path(args.out_dir)
@@ -851,6 +974,7 @@ async def amain(args: argparse.Namespace) -> int:
             "args": {k: v for k, v in vars(args).items()},
             "machine": machine_info(),
             "versions": versions,
+            "pushgate_src": {"path": str(PUSHGATE_SRC), "sha256_12": src_hash},
             "skipped": skipped,
             "baseline": baseline,
             "summary": summary,
@@ -859,12 +983,33 @@ async def amain(args: argparse.Namespace) -> int:
         (out / f"fanout-{started}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         (out / f"fanout-{started}.md").write_text(text)
         print(f"# saved {out / f'fanout-{started}.json'} and .md", file=sys.stderr)
-    return 0 if all(r.get("ok") for r in results) else 1
+    return 0 if all(r.get("ok") for r in results if r.get("used")) else 1
+
+
+def render_saved(path: Path) -> int:
+    doc = json.loads(path.read_text())
+    sargs = parse_args([])  # defaults for options newer than the file
+    vars(sargs).update(doc["args"])
+    targets = [t for t in sargs.targets_list if t not in doc.get("skipped", {})]
+    _, text = build_report(doc["runs"], targets, sargs, doc["versions"],
+                           (doc.get("pushgate_src") or {}).get("sha256_12"), doc.get("skipped", {}),
+                           doc["baseline"], doc["started"])
+    print(text)
+    path.with_suffix(".md").write_text(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_saved(Path(args.render))
     raise_nofile()
+    if args.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as e:
+            print(f"# warning: cannot set niceness {args.nice}: {e}", file=sys.stderr)
+            args.nice = 0
     try:
         os.sched_setaffinity(0, {args.client_cpu})
     except (AttributeError, OSError) as e:

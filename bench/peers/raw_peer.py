@@ -21,6 +21,26 @@ import json
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 clients: set[asyncio.Transport] = set()
+COALESCE = False  # --coalesce: frames of all broadcasts handled in one loop tick go out in one write
+_pending: list[bytes] = []
+
+
+def _flush() -> None:
+    data = b"".join(_pending)
+    _pending.clear()
+    for t in list(clients):
+        t.write(data)
+
+
+def broadcast_frame(frame: bytes) -> int:
+    if COALESCE:
+        if not _pending:
+            asyncio.get_running_loop().call_soon(_flush)
+        _pending.append(frame)
+        return len(clients)
+    for t in list(clients):
+        t.write(frame)
+    return len(clients)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -79,10 +99,7 @@ class Conn(asyncio.Protocol):
             if method == "POST" and path == "/api/broadcast":
                 data = json.loads(body)["data"]
                 frame = text_frame(json.dumps({"type": "broadcast", "data": data}, separators=(",", ":")).encode())
-                sent = 0
-                for t in list(clients):
-                    t.write(frame)
-                    sent += 1
+                sent = broadcast_frame(frame)
                 self.respond(b'{"sent":%d}' % sent, b"application/json")
             elif path == "/healthz":
                 self.respond(b"ok", b"text/plain")
@@ -106,7 +123,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8005)
+    ap.add_argument("--coalesce", action="store_true",
+                    help="batch the frames of all broadcasts of one loop iteration into one write per client")
     args = ap.parse_args()
+    global COALESCE
+    COALESCE = args.coalesce
     try:
         import uvloop
 

