@@ -103,3 +103,12 @@ async def test_health_ready_metrics_openapi_static(server: Running) -> None:
     assert status == 200 and "pushgate.js" in page
     status, js = await server.api("GET", "/pushgate.js")
     assert status == 200 and "WebSocket" in js
+
+
+async def test_unknown_paths_and_methods_get_json_errors(server: Running) -> None:
+    status, err = await server.api("GET", "/api/nope")
+    assert status == 404 and err["error"]["code"] == "not_found"
+    status, err = await server.api("GET", "/api/publish")
+    assert status == 405 and err["error"]["code"] == "method_not_allowed"
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"x" * (2 << 20)) as r:
+        assert r.status == 413 and (await r.json())["error"]["code"] == "too_large"
