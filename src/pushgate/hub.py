@@ -8,6 +8,7 @@ message).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ class Connection(ABC):
     def send_payload(self, payload: bytes) -> None:
         self.send(Outgoing(payload))
 
+    def flush(self) -> None:  # noqa: B027 - a no-op for transports that write at once
+        """Write what :meth:`send` queued (transports that coalesce writes override this)."""
+
 
 @dataclass(slots=True)
 class ChannelState:
@@ -94,13 +98,35 @@ class ChannelState:
 
 
 class Hub:
-    """Local connection indexes and fan-out."""
+    """Local connection indexes and fan-out.
+
+    Write coalescing: transports that buffer (:class:`WsConnection`) queue frames and ask the hub
+    to flush them; the hub flushes every such connection once, at the end of the current loop
+    iteration. Under load many publications arrive in one iteration (one broker read holds
+    many), and each connection then gets one ``write()`` for all of them instead of one per
+    frame; the system call is most of a delivery's cost.
+    """
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, set[Connection]] = {}
         self.channels: dict[str, ChannelState] = {}
         self.delivered = 0  # frames handed to transports, for metrics
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+
+    def want_flush(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this loop iteration (call once per pending batch)."""
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
 
     def add(self, conn: Connection) -> bool:
         """Register ``conn``; True if it is its user's first connection on this node."""

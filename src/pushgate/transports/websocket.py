@@ -45,22 +45,38 @@ class WsConnection(Connection):
         self._ws = ws
         self._transport = transport
         self._limit = node.config.write_buffer_limit
+        self._hub = node.hub
+        self._pending: list[bytes] | None = None
         self.close_task: asyncio.Task[Any] | None = None
 
     def send(self, out: Outgoing) -> None:
-        # Hot path: one write of shared bytes, one buffer check; no await, no encoding.
+        # Hot path: queue the shared pre-framed bytes; the hub flushes once per loop iteration.
         if self.closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [out.ws()]
+            self._hub.want_flush(self)
+        else:
+            pending.append(out.ws())
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self.closed:
             return
         transport = self._transport
         if transport.is_closing():
             self.closed = True
             return
-        transport.write(out.ws())
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if transport.get_write_buffer_size() > self._limit:
             self._node.metrics.slow_consumers.inc()
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and recover")
 
     def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.flush()  # frames queued before the close must precede the close frame
         if self.closed:
             return
         self.closed = True
