@@ -21,8 +21,13 @@ Two measurements (the numbers the cluster issue asks for):
 
 Every (placement|config, rate) is measured ``--runs`` times, each on a freshly started cluster;
 tables quote medians. Per-process CPU time (``/proc/PID/stat``) of Redis, each node and the
-client, and per-core busy/steal time (``/proc/stat``), are recorded for every measurement so the
-bottleneck can be read off.
+client, and per-core busy/steal/irq time (``/proc/stat``), are recorded for every measurement so
+the bottleneck can be read off. A measurement during which other processes or the hypervisor
+took more than ``--max-noise`` % of a core is redone (``--noise-retries``); the least noisy
+attempt is used. The nodes run from a snapshot of ``src/`` taken at start (commit + dirty state
+recorded), so edits to the tree during a run do not change the code under test.
+Diagnostics: ``--gc-log`` (GC pauses of the nodes per latency window, and whether the slowest 1 %
+of messages overlap them), ``--py-spy DIR`` (sampled profile of every node in run 1).
 
 Examples::
 
@@ -31,7 +36,8 @@ Examples::
     python bench/cluster.py --only latency --rates 1000,10000 --duration 10
 
 Results: ``bench/results/cluster-<timestamp>.json`` (every run, raw) and ``.md`` (the tables).
-The load client reuses ``bench/fanout.py``'s building blocks (WSClient, Stats, connect_clients...).
+The fan-out load client is ``bench/fanout.py``'s WSClient/Stats (plus a fast path for 16-bit-length
+frames); the latency clients parse every frame (few connections, ~10k frames/s).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -108,10 +115,13 @@ def snapshot_src(dest: Path) -> str:
     return h.hexdigest()[:12]
 
 
+NODE_EXTRA_PATH: list[str] = []  # --node-path: prepended to the nodes' PYTHONPATH (e.g. to try hiredis)
+
+
 def node_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)
-    src = str(PUSHGATE_SRC)
+    src = os.pathsep.join([str(PUSHGATE_SRC), *NODE_EXTRA_PATH])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -857,9 +867,10 @@ class FanClient(WSClient):
     __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
+        st = self.stats
+        st.reads += 1  # type: ignore[attr-defined]  # reads per delivered frame: how much the server coalesced
         if self.ready and not self.buf and data[0] == 0x81 and data[1] == 126 and len(data) >= 4:
             ln = (data[2] << 8) | data[3]
-            st = self.stats
             if ln + 4 == len(data) and data.find(st.marker, 4, 40) >= 0:
                 if self.sample_me and st.sample is None:
                     st.sample = data[4:]
@@ -914,6 +925,7 @@ async def _round(groups: list[tuple[Stats, list[WSClient]]], marker: bytes, expe
             c.finished = False
         st.marker = marker
         st.sample = None
+        st.reads = 0  # type: ignore[attr-defined]
         st.reset_round(expect, len(cl))
 
 
@@ -960,6 +972,7 @@ async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Name
             t_conn = time.perf_counter()
             for port, n in zip(cluster.ports, per, strict=True):
                 st = Stats()
+                st.reads = 0  # type: ignore[attr-defined]
                 cl = await connect_subscribers(port, n, st, args.connect_batch, args.connect_timeout)
                 groups.append((st, cl))
             res["connect_seconds"] = round(time.perf_counter() - t_conn, 2)
@@ -1005,6 +1018,8 @@ async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Name
                 expected=total_clients * m,
                 deliveries_per_s=round(delivered / elapsed, 1),
                 deliveries_per_node_cpu_s=round(delivered / node_cpu, 1) if node_cpu > 0 else None,
+                # frames per client socket read; ~ frames per server write() when the client keeps up
+                frames_per_read=round(delivered / max(1, sum(st.reads for st, _ in groups)), 2),
                 node_cpu_pct_sum=round(100 * node_cpu / md["window_s"], 1),
                 meter=md,
                 complete=delivered == total_clients * m and not incomplete,
@@ -1129,7 +1144,7 @@ def summarize_fanout(results: list[dict[str, Any]], args: argparse.Namespace) ->
                                "noise_pct": _med(rs, "noise_pct")}
         row["clients"] = rs[0]["clients"] if rs else None
         row["messages"] = rs[0]["messages"] if rs else None
-        for key in ("deliveries_per_s", "deliveries_per_node_cpu_s", "node_cpu_pct_sum", "elapsed_s",
+        for key in ("deliveries_per_s", "deliveries_per_node_cpu_s", "frames_per_read", "node_cpu_pct_sum", "elapsed_s",
                     "connect_seconds", "subscribe_seconds", "kb_per_conn", "frame_payload_bytes"):
             row[key] = _med(rs, key)
         row["deliveries_per_s_all"] = [r["deliveries_per_s"] for r in rs]
@@ -1183,13 +1198,14 @@ def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
 
 
 def render_fanout(rows: list[dict[str, Any]], runs: int) -> str:
-    lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node | deliveries per node-CPU-s "
-             "| vs 1 node | node CPU % (sum) | redis CPU % | client CPU % | core0 / core1 busy % | noise % | runs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node "
+             "| deliveries per node-CPU-s | vs 1 node | frames per client read | node CPU % (sum) | redis CPU % | client CPU % | core0 / core1 busy % "
+             "| noise % | runs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if not r["deliveries_per_s"]:
             err = (r["errors"][0] if r["errors"] else "no data").replace("|", "/").splitlines()[0][:80]
-            lines.append(f"| {r['config']} | | | failed: {err} | | | | | | | | | 0/{runs} |")
+            lines.append(f"| {r['config']} | | | failed: {err} | | | | | | | | | | 0/{runs} |")
             continue
         xs = r["deliveries_per_s_all"]
         spread = f" ({min(xs):,.0f}-{max(xs):,.0f})" if len(xs) > 1 else ""
@@ -1199,7 +1215,8 @@ def render_fanout(rows: list[dict[str, Any]], runs: int) -> str:
             f"| {r['config']} ({r['label']}) | {r['clients']:,} | {r['messages']} "
             f"| {r['deliveries_per_s']:,.0f}{spread} "
             f"| {_f(r.get('vs_1_node'), '.2f')}x | {_f(r['deliveries_per_node_cpu_s'], ',.0f')} "
-            f"| {_f(r.get('per_cpu_vs_1_node'), '.2f')}x | {_f(r['node_cpu_pct_sum'], '.0f')} "
+            f"| {_f(r.get('per_cpu_vs_1_node'), '.2f')}x | {_f(r['frames_per_read'], '.2f')} "
+            f"| {_f(r['node_cpu_pct_sum'], '.0f')} "
             f"| {_f(c.get('redis'), '.1f')} | {_f(c.get('client'), '.0f')} "
             f"| {_f(b['core0'], '.0f')} / {_f(b['core1'], '.0f')} | {_f(r['noise_pct'], '.0f')} "
             f"| {r['runs_ok']}/{runs}{inc} |")
@@ -1256,6 +1273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run the latency nodes under a wrapper that logs their GC pauses; reports them per window")
     ap.add_argument("--py-spy", default=None, metavar="DIR",
                     help="profile every node with py-spy during the latency windows of run 1 (adds overhead)")
+    ap.add_argument("--node-path", default="", metavar="DIR[:DIR]",
+                    help="extra import path for the nodes only, after src/ (e.g. a `pip install --target` dir "
+                         "with hiredis, to compare redis-py's parsers without touching the environment)")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
@@ -1287,8 +1307,14 @@ async def amain(args: argparse.Namespace) -> int:
     started = time.strftime("%Y%m%d-%H%M%S")
     logdir = Path(tempfile.mkdtemp(prefix="pushgate-cluster-"))
     src_hash = snapshot_src(logdir / "src")
+    NODE_EXTRA_PATH[:] = [p for p in args.node_path.split(os.pathsep) if p]
+    probe = ("import redis, redis.utils as u; "
+             "print(redis.__version__, 'hiredis' if u.HIREDIS_AVAILABLE else 'pure-python parser')")
+    node_probe = subprocess.run([sys.executable, "-c", probe], env=node_env(), capture_output=True, text=True,
+                                timeout=60).stdout.strip()
+    print(f"# nodes: redis-py {node_probe}", file=sys.stderr, flush=True)
     src_state = {"git_head": _git("rev-parse", "--short", "HEAD"), "src_dirty": _git("status", "--short", "src"),
-                 "src_sha256_12": src_hash}
+                 "src_sha256_12": src_hash, "node_redis_py": node_probe, "node_path": NODE_EXTRA_PATH}
     dirty = "uncommitted changes in src/" if src_state["src_dirty"] else "clean src/"
     print(f"# code under test: {src_state['git_head']} + {dirty} (snapshot {src_hash})", file=sys.stderr, flush=True)
     print(f"# cluster bench: runs={args.runs} rates={args.rates_list} peer={args.peer_rates_list} "
@@ -1302,8 +1328,9 @@ async def amain(args: argparse.Namespace) -> int:
         fan_results = await fanout_part(args, logdir)
 
     code = f"{src_state['git_head']}" + (" + uncommitted src/ changes" if src_state["src_dirty"] else "")
+    code += f"; nodes' redis-py: {node_probe}"
     sections = [f"## pushgate cluster benchmark ({started}, code: {code})\n",
-                "Command: `python bench/cluster.py " + " ".join(sys.argv[1:]) + "`\n"]
+                "Command: `" + shlex.join(["python", "bench/cluster.py", *sys.argv[1:]]) + "`\n"]
     lat_rows = fan_rows = None
     if lat_results:
         lat_rows = summarize_latency(lat_results, args)
