@@ -1199,8 +1199,8 @@ def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
 
 def render_fanout(rows: list[dict[str, Any]], runs: int) -> str:
     lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node "
-             "| deliveries per node-CPU-s | vs 1 node | frames per client read | node CPU % (sum) | redis CPU % | client CPU % | core0 / core1 busy % "
-             "| noise % | runs |",
+             "| deliveries per node-CPU-s | vs 1 node | frames per client read | node CPU % (sum) | redis CPU % "
+             "| client CPU % | core0 / core1 busy % | noise % | runs |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if not r["deliveries_per_s"]:

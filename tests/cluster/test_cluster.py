@@ -383,3 +383,18 @@ async def test_pubsub_link_drop_is_filled_from_history(cluster_node: Callable[..
     finally:
         await clients.close()
         r.close()
+
+
+async def test_connect_storm_on_redis_backed_node(cluster_node: Callable[..., Process]) -> None:
+    """Hundreds of simultaneous handshakes (each writes presence) all succeed: no pool exhaustion."""
+    n1 = cluster_node("n1")
+    clients = Clients()
+    try:
+        results = await asyncio.gather(*(clients.connect(n1, f"u{i}") for i in range(300)),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, failures[:3]
+        _, online = await api(n1, "GET", "/api/online")
+        assert online["connections"] == 300 and online["users"] == 300
+    finally:
+        await asyncio.gather(*(c.close() for c in clients.all), return_exceptions=True)

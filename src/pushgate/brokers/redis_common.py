@@ -27,13 +27,15 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from pushgate.brokers.base import ChannelEvent, UserMessage
+
+MAX_POOL_CONNECTIONS = 256  # per node process, shared by broker, presence and leases
 
 __all__ = [
     "Keys",
@@ -235,7 +237,13 @@ class RedisConnection:
             if self.cluster:
                 self._client = RedisCluster.from_url(self.base_url, **opts)
             else:
-                self._client = Redis.from_url(self.base_url, **opts)
+                # A blocking pool: under a connect storm (every handshake writes presence) callers
+                # wait briefly for a free connection instead of failing with "Too many connections".
+                pool = BlockingConnectionPool.from_url(
+                    self.base_url, max_connections=MAX_POOL_CONNECTIONS,
+                    timeout=self.connect_timeout + self.socket_timeout, **opts,
+                )
+                self._client = Redis.from_pool(pool)
         return self._client
 
     def acquire(self) -> RedisClient:
