@@ -70,6 +70,7 @@ from fanout import (  # noqa: E402  (bench/fanout.py: the shared load-client bui
     RESULTS_DIR,
     Stats,
     WSClient,
+    connect_clients,
     cpu_seconds,
     cpu_ticks,
     free_port,
@@ -882,33 +883,8 @@ class FanClient(WSClient):
 
 
 async def connect_subscribers(port: int, n: int, stats: Stats, batch: int, timeout: float) -> list[WSClient]:
-    """fanout.connect_clients with FanClient: batches of `batch`, each upgraded and welcomed before the next."""
-    loop = asyncio.get_running_loop()
-    req, accept = make_handshake(port)
-    clients: list[WSClient] = []
-    deadline = time.monotonic() + timeout
-    while len(clients) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"connected only {stats.ready}/{n} clients within {timeout:.0f}s")
-        k = min(batch, n - len(clients))
-        base = len(clients)
-        coros = [loop.create_connection(
-            lambda first=(base + j == 0): FanClient(stats, req, accept, sample_me=first), HOST, port)
-            for j in range(k)]
-        res = await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True),
-                                     max(1.0, deadline - time.monotonic()))
-        for r in res:
-            if isinstance(r, BaseException):
-                raise RuntimeError(f"connect failed after {len(clients)} clients: {r!r}")
-            clients.append(r[1])
-        want = len(clients)
-        while stats.ready + stats.failed < want:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {stats.ready}/{want} clients welcomed within {timeout:.0f}s")
-            await asyncio.sleep(0.005)
-        if stats.failed:
-            raise RuntimeError(f"{stats.failed} handshakes failed: {stats.fail_reason}")
-    return clients
+    """fanout.connect_clients with FanClient (counts `message` frames)."""
+    return await connect_clients(port, n, stats, batch, timeout, client_class=FanClient)
 
 
 def _subscribe_all(clients: list[WSClient], frame: bytes) -> None:

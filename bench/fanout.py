@@ -369,8 +369,13 @@ def make_handshake(port: int, path: str = "/ws") -> tuple[bytes, bytes]:
     return req, accept
 
 
-async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: float) -> list[WSClient]:
-    """Open n connections in batches; each batch must be fully upgraded+welcomed before the next."""
+async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: float,
+                          client_class: type[WSClient] | None = None) -> list[WSClient]:
+    """Open n connections in batches; each batch must be fully upgraded+welcomed before the next.
+
+    ``client_class`` (a WSClient subclass, default WSClient) lets other benchmarks count other frames.
+    """
+    cls = client_class or WSClient
     loop = asyncio.get_running_loop()
     req, accept = make_handshake(port)
     clients: list[WSClient] = []
@@ -381,7 +386,7 @@ async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: 
         k = min(batch, n - len(clients))
         base = len(clients)
         coros = [loop.create_connection(
-            lambda first=(base + j == 0): WSClient(stats, req, accept, sample_me=first), HOST, port)
+            lambda first=(base + j == 0): cls(stats, req, accept, sample_me=first), HOST, port)
             for j in range(k)]
         res = await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True),
                                      max(1.0, deadline - time.monotonic()))
