@@ -168,10 +168,8 @@ class Hub:
         self.delivered += n
         return n
 
-    def to_channel(self, pub: Publication, out: Outgoing) -> int:
-        st = self.channels.get(pub.channel)
-        if st is None:
-            return 0
+    def to_channel(self, st: ChannelState, pub: Publication, out: Outgoing) -> int:
+        """Deliver one publication of ``st``'s channel; held for subscribers still replaying history."""
         for held in st.pending.values():
             held.append(pub)
         return self.fanout(st.subscribers, out)

@@ -427,10 +427,7 @@ class Node:
     def _deliver(self, st: ChannelState, pub: Publication) -> None:
         """Hot path: frame once, hand the same bytes to every local subscriber."""
         st.last = StreamPosition(pub.epoch, pub.offset)
-        out = message_outgoing(pub)
-        for held in st.pending.values():
-            held.append(pub)
-        self.hub.fanout(st.subscribers, out)
+        self.hub.to_channel(st, pub, message_outgoing(pub))
 
     async def _fill_gap(self, channel: str, st: ChannelState) -> None:
         """Deliver what this node missed (offset gap or link loss) from history, then resume live."""

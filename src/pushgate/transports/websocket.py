@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from ..errors import AuthError, ClientError, CloseCode, PushgateError
+from ..errors import AuthError, ClientError, CloseCode
 from ..hub import Connection, Outgoing
 from ..protocol import jsonwire
 from .session import JsonSession
@@ -151,13 +151,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     try:
         await node.register(conn)
-    except PushgateError as exc:
-        log.warning("cannot register %s: %s", conn_id, exc)
-        await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"broker unavailable")
-        await node.unregister(conn)
-        return ws
-    except Exception:
-        log.exception("cannot register %s", conn_id)
+    except Exception as exc:
+        log.warning("cannot register %s: %r", conn_id, exc)
         await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"broker unavailable")
         await node.unregister(conn)
         return ws
