@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import ConfigError, PushgateError
 
 if TYPE_CHECKING:
-    from .brokers.base import StreamPosition
+    from .backends.broker import StreamPosition
     from .node import Node
 
 

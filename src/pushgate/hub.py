@@ -9,81 +9,15 @@ message).
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .brokers.base import Publication, StreamPosition
-from .protocol import jsonwire, wsframe
+from .backends.broker import Publication, StreamPosition
+from .protocol.outgoing import Outgoing
 
-
-class Outgoing:
-    """One server frame's JSON payload, with its per-transport encodings made lazily, once."""
-
-    __slots__ = ("_sse", "_sse_chunk", "_ws", "event_id", "payload")
-
-    def __init__(self, payload: bytes, event_id: str | None = None) -> None:
-        self.payload = payload
-        self.event_id = event_id  # SSE `id:` (epoch:offset of a publication) for Last-Event-ID
-        self._ws: bytes | None = None
-        self._sse: bytes | None = None
-        self._sse_chunk: bytes | None = None
-
-    def ws(self) -> bytes:
-        if self._ws is None:
-            self._ws = wsframe.server_frame(self.payload)
-        return self._ws
-
-    def sse(self) -> bytes:
-        if self._sse is None:
-            head = b"id: " + self.event_id.encode() + b"\n" if self.event_id else b""
-            self._sse = head + b"data: " + self.payload + b"\n\n"
-        return self._sse
-
-    def sse_chunk(self) -> bytes:
-        """The SSE event as one HTTP/1.1 chunk, for streams with chunked transfer encoding."""
-        if self._sse_chunk is None:
-            self._sse_chunk = chunk(self.sse())
-        return self._sse_chunk
-
-
-def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked HTTP/1.1 body (RFC 9112 §7.1)."""
-    return b"%x\r\n" % len(data) + data + b"\r\n"
-
-
-def message_outgoing(pub: Publication) -> Outgoing:
-    """The frame of one publication, for every transport."""
-    payload = jsonwire.message_frame(pub.channel, pub.data, pub.offset, pub.epoch)
-    return Outgoing(payload, f"{pub.epoch}:{pub.offset}")
-
-
-class Connection(ABC):
-    """A client connection as the hub and node see it; transports subclass it."""
-
-    transport_name = "?"
-
-    def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None = None) -> None:
-        self.id = conn_id
-        self.user = user
-        self.claims = claims
-        self.channels: set[str] = set()
-        self.closed = False
-
-    @abstractmethod
-    def send(self, out: Outgoing) -> None:
-        """Queue a frame without blocking. Hot path: must not encode, await or raise."""
-
-    @abstractmethod
-    def close(self, code: int, reason: str) -> None:
-        """Start closing with ``code`` (see :class:`~pushgate.errors.CloseCode`); returns at once."""
-
-    def send_payload(self, payload: bytes) -> None:
-        self.send(Outgoing(payload))
-
-    def flush(self) -> None:  # noqa: B027 - a no-op for transports that write at once
-        """Write what :meth:`send` queued (transports that coalesce writes override this)."""
+if TYPE_CHECKING:
+    from .web.connection import Connection
 
 
 @dataclass(slots=True)

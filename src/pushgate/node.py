@@ -1,6 +1,6 @@
 """A node: one process's hub wired to the broker, presence store, lease store and scheduler.
 
-The node is the broker's :class:`~pushgate.brokers.base.BrokerHandler`: publications arrive
+The node is the broker's :class:`~pushgate.backends.broker.BrokerHandler`: publications arrive
 here in per-channel offset order, are framed once and handed to the hub. It also keeps each
 channel's stream whole on this node: an offset gap (a lost pub/sub message) or a broker link
 loss is filled from history before live traffic continues, and if history cannot fill it the
@@ -29,26 +29,26 @@ import msgspec
 
 from .app import App, ClientInfo, call_maybe_async
 from .auth import Authenticator
-from .brokers import create_stores
-from .brokers.base import (
+from .backends import create_stores
+from .backends.broker import (
     Broker,
     ChannelEvent,
-    ChannelPresence,
     HistoryOptions,
     HistoryResult,
-    LeaseStore,
-    OnlineCounts,
-    PresenceStore,
     Publication,
     StreamPosition,
     UserMessage,
 )
+from .backends.lease import LeaseStore
+from .backends.presence import ChannelPresence, OnlineCounts, PresenceStore
 from .config import CHANNEL_RE, Config
 from .errors import ClientError, CloseCode, Reject
-from .hub import ChannelState, Connection, Hub, Outgoing, message_outgoing
+from .hub import ChannelState, Hub
 from .metrics import NodeMetrics
 from .protocol import jsonwire
+from .protocol.outgoing import Outgoing, message_outgoing
 from .scheduler import Scheduler
+from .web.connection import Connection
 
 log = logging.getLogger(__name__)
 

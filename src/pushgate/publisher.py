@@ -22,15 +22,8 @@ from typing import Any
 
 import msgspec
 
-from .brokers import create_stores
-from .brokers.base import (
-    Broker,
-    ChannelEvent,
-    HistoryOptions,
-    Publication,
-    StreamPosition,
-    UserMessage,
-)
+from .backends import create_stores
+from .backends.broker import Broker, ChannelEvent, HistoryOptions, Publication, StreamPosition, UserMessage
 from .errors import CloseCode
 from .node import valid_channel, valid_users
 

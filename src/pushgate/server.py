@@ -19,12 +19,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .api.routes import add_routes, api_middleware
 from .app import App
 from .config import Config
 from .node import Node
-from .transports.sse import sse_handler
-from .transports.websocket import websocket_handler
+from .web.api import add_routes, api_middleware
+from .web.sse import sse_handler
+from .web.websocket import websocket_handler
 
 log = logging.getLogger("pushgate")
 NODE_KEY = web.AppKey("node", Node)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from pushgate.brokers import HistoryOptions, StreamPosition, UserMessage
+from pushgate.backends import HistoryOptions, StreamPosition, UserMessage
 
 from ..servers import RedisServer, start_redis
 from .conftest import Backend, Recorder

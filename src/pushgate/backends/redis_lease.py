@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from redis.commands.core import AsyncScript
 
-from pushgate.brokers.redis_common import Keys, RedisClient, RedisConnection, millis
+from pushgate.backends.redis_common import Keys, RedisClient, RedisConnection, millis
 
 __all__ = ["RedisLeaseStore"]
 
@@ -38,7 +38,7 @@ class RedisLeaseStore:
     """Leases over one Redis/Valkey server or cluster; every lease key is its own slot.
 
     Needs no ``start``: it borrows the shared command client on each call (see
-    :class:`~pushgate.brokers.redis_common.RedisConnection`). :meth:`close` (not part of the
+    :class:`~pushgate.backends.redis_common.RedisConnection`). :meth:`close` (not part of the
     ``LeaseStore`` protocol) closes the client when no started store holds it any more.
     """
 

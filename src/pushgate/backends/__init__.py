@@ -6,23 +6,20 @@ or ``redis+cluster://host:port``.
 
 from __future__ import annotations
 
-from pushgate.brokers.base import (
+from pushgate.backends.broker import (
     Broker,
     BrokerHandler,
     ChannelEvent,
-    ChannelPresence,
     HistoryOptions,
     HistoryResult,
     HistoryStore,
-    LeaseStore,
-    NodeInfo,
-    OnlineCounts,
-    PresenceStore,
     Publication,
     StreamPosition,
     UserMessage,
 )
-from pushgate.brokers.memory import MemoryBroker, MemoryLeaseStore, MemoryPresenceStore
+from pushgate.backends.lease import LeaseStore
+from pushgate.backends.memory import MemoryBroker, MemoryLeaseStore, MemoryPresenceStore
+from pushgate.backends.presence import ChannelPresence, NodeInfo, OnlineCounts, PresenceStore
 
 __all__ = [
     "Broker",
@@ -59,7 +56,7 @@ def create_stores(
     if scheme == "memory":
         return MemoryBroker(), MemoryPresenceStore(), MemoryLeaseStore()
     # Imported here so a memory-only node never imports redis-py.
-    from pushgate.brokers.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
+    from pushgate.backends.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
 
     try:
         conn = RedisConnection(url)

@@ -8,9 +8,9 @@ The implementation lives in ``redis_broker``, ``redis_presence`` and ``redis_lea
 
 from __future__ import annotations
 
-from pushgate.brokers.redis_broker import RedisBroker
-from pushgate.brokers.redis_common import RedisConnection
-from pushgate.brokers.redis_lease import RedisLeaseStore
-from pushgate.brokers.redis_presence import RedisPresenceStore
+from pushgate.backends.redis_broker import RedisBroker
+from pushgate.backends.redis_common import RedisConnection
+from pushgate.backends.redis_lease import RedisLeaseStore
+from pushgate.backends.redis_presence import RedisPresenceStore
 
 __all__ = ["RedisBroker", "RedisConnection", "RedisLeaseStore", "RedisPresenceStore"]

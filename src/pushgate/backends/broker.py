@@ -1,4 +1,4 @@
-"""The narrow interfaces a node is built from: broker (+ history), presence store, lease store.
+"""The broker interface: how publications move between nodes, with per-channel history.
 
 A *broker* moves publications between nodes. It never knows about connections: it hands what
 arrives to a :class:`BrokerHandler` (the node implements it). History lives with the broker
@@ -6,7 +6,7 @@ because a publication's offset must be assigned atomically with its append to hi
 fan-out; :class:`HistoryStore` is the read side of that, usable on its own (e.g. by the HTTP API).
 
 Every implementation has a memory version (the single-node default, and the reference in
-tests) and a Redis/Valkey version; one conformance suite (``tests/brokers``) runs over each.
+tests) and a Redis/Valkey version; one conformance suite (``tests/backends``) runs over each.
 
 Data (``data`` fields) is always *raw JSON bytes*: it is parsed once at the edge that
 received it and never re-encoded on the way to subscribers.
@@ -15,7 +15,7 @@ received it and never re-encoded on the way to subscribers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 
@@ -30,7 +30,6 @@ class StreamPosition:
     epoch: str
     offset: int
 
-
 @dataclass(frozen=True, slots=True)
 class Publication:
     """One message published to a channel, as every subscriber will see it."""
@@ -40,7 +39,6 @@ class Publication:
     offset: int
     epoch: str
 
-
 @dataclass(frozen=True, slots=True)
 class ChannelEvent:
     """A join or leave of ``user`` in ``channel`` (sent only where the namespace enables it)."""
@@ -48,7 +46,6 @@ class ChannelEvent:
     channel: str
     kind: Literal["join", "leave"]
     user: str | None
-
 
 @dataclass(frozen=True, slots=True)
 class UserMessage:
@@ -65,7 +62,6 @@ class UserMessage:
     code: int = 0
     reason: str = ""
 
-
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
     """Publications after a position, oldest first, and where the stream stands now.
@@ -78,14 +74,12 @@ class HistoryResult:
     position: StreamPosition
     complete: bool = True
 
-
 @dataclass(frozen=True, slots=True)
 class HistoryOptions:
     """How much history a channel keeps: newest ``size`` publications for ``ttl`` seconds."""
 
     size: int = 100
     ttl: float = 300.0
-
 
 class BrokerHandler(Protocol):
     """What a broker calls when traffic arrives. Implemented by the node; must not block."""
@@ -102,7 +96,6 @@ class BrokerHandler(Protocol):
         """The broker lost (False) or regained (True) its link; after True, all upstream
         subscriptions are back in place and the node should fill gaps from history."""
 
-
 class HistoryStore(Protocol):
     """Read side of per-channel history."""
 
@@ -114,7 +107,6 @@ class HistoryStore(Protocol):
         ...
 
     async def position(self, channel: str) -> StreamPosition: ...
-
 
 class Broker(HistoryStore, Protocol):
     """Moves publications between nodes; assigns offsets and keeps history as it publishes."""
@@ -150,88 +142,3 @@ class Broker(HistoryStore, Protocol):
 
     async def broadcast(self, data: bytes) -> None:
         """Deliver ``data`` to every node (every connection); not kept in history."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelPresence:
-    """Who is subscribed to a channel, cluster-wide."""
-
-    channel: str
-    users: list[str]  # distinct, sorted; anonymous connections are counted but not listed
-    connections: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """One live node and its local counts."""
-
-    node: str
-    connections: int
-    users: int
-
-
-@dataclass(frozen=True, slots=True)
-class OnlineCounts:
-    """Cluster-wide online figures: distinct users across all nodes, and per node."""
-
-    connections: int
-    users: int
-    nodes: dict[str, NodeInfo] = field(default_factory=dict)
-
-
-class PresenceStore(Protocol):
-    """Who is connected and subscribed where, cluster-wide, exact even when a node dies.
-
-    Connection ids are globally unique (they start with the node id). A node registers itself
-    with :meth:`heartbeat` at least every ``node_ttl / 3`` seconds; entries of a node whose
-    heartbeat lapsed stop counting at once and are purged by :meth:`purge_dead_nodes`.
-    """
-
-    async def start(self, node_id: str) -> None: ...
-
-    async def close(self) -> None:
-        """Clean shutdown: remove this node and all its entries at once."""
-
-    async def heartbeat(self) -> None: ...
-
-    async def add_connection(self, conn_id: str, user: str | None) -> None: ...
-
-    async def remove_connection(self, conn_id: str, user: str | None) -> None: ...
-
-    async def join(self, channel: str, conn_id: str, user: str | None) -> None: ...
-
-    async def leave(self, channel: str, conn_id: str) -> None: ...
-
-    async def presence(self, channel: str) -> ChannelPresence: ...
-
-    async def online(self) -> OnlineCounts: ...
-
-    async def nodes(self) -> list[str]:
-        """Ids of live nodes, sorted."""
-        ...
-
-    async def purge_dead_nodes(self) -> list[str]:
-        """Remove every entry of nodes whose heartbeat lapsed; return their ids."""
-        ...
-
-    async def resync(
-        self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]
-    ) -> None:
-        """Re-register all of this node's entries (after a link loss or a purge by others).
-
-        ``connections``: conn_id → user; ``channels``: channel → {conn_id: user}.
-        """
-
-
-class LeaseStore(Protocol):
-    """Leases for leader election (periodic jobs) and once-per-tick claims."""
-
-    async def acquire(self, name: str, holder: str, ttl: float) -> bool:
-        """Take or renew lease ``name`` for ``holder``; True if ``holder`` holds it now."""
-        ...
-
-    async def release(self, name: str, holder: str) -> None: ...
-
-    async def claim_once(self, key: str, ttl: float) -> bool:
-        """True for exactly one caller per ``key`` within ``ttl`` seconds, cluster-wide."""
-        ...

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from pushgate.brokers import (
+from pushgate.backends import (
     Broker,
     ChannelEvent,
     LeaseStore,
@@ -31,8 +31,8 @@ from pushgate.brokers import (
     Publication,
     UserMessage,
 )
-from pushgate.brokers.redis import RedisBroker, RedisLeaseStore, RedisPresenceStore
-from pushgate.brokers.redis_common import Keys
+from pushgate.backends.redis import RedisBroker, RedisLeaseStore, RedisPresenceStore
+from pushgate.backends.redis_common import Keys
 
 from ..helpers import timeout as scaled
 from ..helpers import wait_for

@@ -33,7 +33,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
-from pushgate.brokers.base import ChannelEvent, UserMessage
+from pushgate.backends.broker import ChannelEvent, UserMessage
 
 MAX_POOL_CONNECTIONS = 256  # per node process, shared by broker, presence and leases
 

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from pushgate.brokers import (
+from pushgate.backends import (
     ChannelEvent,
     HistoryOptions,
     LeaseStore,
@@ -22,7 +22,7 @@ from pushgate.brokers import (
     UserMessage,
     create_stores,
 )
-from pushgate.brokers.redis import RedisBroker
+from pushgate.backends.redis import RedisBroker
 
 from .conftest import Backend, Recorder, same_slot_name, wait_until
 

@@ -26,7 +26,7 @@ from typing import Literal
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from pushgate.brokers.redis_common import backoff_delays
+from pushgate.backends.redis_common import backoff_delays
 
 __all__ = ["PubSubLink"]
 

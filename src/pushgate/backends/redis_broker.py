@@ -9,7 +9,7 @@ runs on one shard and SPUBLISH stays on that shard.
 redis-py 8.1 does have a sharded ``ClusterPubSub``, but it polls its per-node connections
 round-robin and, like plain ``PubSub``, reconnects and resubscribes silently. This broker needs
 to know when its link dropped (to report ``on_link_state`` and let the node recover from
-history), so it keeps its own :class:`~pushgate.brokers.redis_pubsub.PubSubLink` per server, or
+history), so it keeps its own :class:`~pushgate.backends.redis_pubsub.PubSubLink` per server, or
 per cluster primary, and maps each topic to the primary that owns its slot.
 """
 
@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from pushgate.brokers.base import (
+from pushgate.backends.broker import (
     BrokerHandler,
     ChannelEvent,
     HistoryOptions,
@@ -36,7 +36,7 @@ from pushgate.brokers.base import (
     StreamPosition,
     UserMessage,
 )
-from pushgate.brokers.redis_common import (
+from pushgate.backends.redis_common import (
     PUBLICATION_TAG,
     Keys,
     RedisClient,
@@ -47,7 +47,7 @@ from pushgate.brokers.redis_common import (
     encode_user_message,
     millis,
 )
-from pushgate.brokers.redis_pubsub import PubSubLink
+from pushgate.backends.redis_pubsub import PubSubLink
 
 __all__ = ["RedisBroker"]
 

@@ -17,8 +17,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..brokers import is_unavailable
-from ..brokers.base import StreamPosition
+from ..backends import is_unavailable
+from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from .openapi import openapi_document
 

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from ..errors import AuthError, ClientError, CloseCode
-from ..hub import Connection, Outgoing
 from ..protocol import jsonwire
+from ..protocol.outgoing import Outgoing
+from .connection import Connection
 from .session import JsonSession
 
 if TYPE_CHECKING:

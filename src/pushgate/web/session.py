@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..app import call_maybe_async
-from ..brokers import is_unavailable
-from ..brokers.base import StreamPosition
+from ..backends import is_unavailable
+from ..backends.broker import StreamPosition
 from ..errors import ClientError
-from ..hub import Connection, message_outgoing
 from ..protocol import jsonwire
 from ..protocol.jsonwire import Ping, Presence, Publish, Rpc, Send, Subscribe, Unsubscribe
+from ..protocol.outgoing import message_outgoing
+from .connection import Connection
 
 if TYPE_CHECKING:
     from ..node import Node

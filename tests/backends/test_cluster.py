@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from pushgate.brokers import HistoryOptions, UserMessage
+from pushgate.backends import HistoryOptions, UserMessage
 
 from ..servers import ValkeyCluster
 from .conftest import Backend

@@ -14,18 +14,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pushgate.brokers.base import (
+from pushgate.backends.broker import (
     BrokerHandler,
     ChannelEvent,
-    ChannelPresence,
     HistoryOptions,
     HistoryResult,
-    NodeInfo,
-    OnlineCounts,
     Publication,
     StreamPosition,
     UserMessage,
 )
+from pushgate.backends.presence import ChannelPresence, NodeInfo, OnlineCounts
 
 __all__ = ["MemoryBroker", "MemoryLeaseStore", "MemoryPresenceStore", "select_history"]
 

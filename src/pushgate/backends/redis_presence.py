@@ -1,6 +1,6 @@
 """Redis/Valkey presence: exact, cluster-wide, and self-cleaning when a node dies.
 
-Every entry is stored per node (see the key layout in :mod:`pushgate.brokers.redis_common`):
+Every entry is stored per node (see the key layout in :mod:`pushgate.backends.redis_common`):
 a node's connections and user counts in hashes tagged with the node id, and its members of a
 channel in ``P:pres:{channel}:node``. Readers first ask which registered nodes are live (their
 ``alive`` key exists) and then read only those nodes' entries, so a dead node's users vanish
@@ -24,8 +24,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from pushgate.brokers.base import ChannelPresence, NodeInfo, OnlineCounts
-from pushgate.brokers.redis_common import (
+from pushgate.backends.presence import ChannelPresence, NodeInfo, OnlineCounts
+from pushgate.backends.redis_common import (
     Keys,
     RedisClient,
     RedisConnection,

@@ -19,10 +19,11 @@ import msgspec
 from aiohttp import web
 
 from ..app import ClientInfo
-from ..brokers.base import StreamPosition
+from ..backends.broker import StreamPosition
 from ..errors import AuthError, ClientError
-from ..hub import Connection, Outgoing, chunk, message_outgoing
 from ..protocol import jsonwire
+from ..protocol.outgoing import Outgoing, chunk, message_outgoing
+from .connection import Connection
 from .websocket import handshake_credentials
 
 if TYPE_CHECKING:

@@ -1,1 +1,0 @@
-"""HTTP API, health, readiness, metrics and the OpenAPI document."""

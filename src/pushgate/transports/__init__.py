@@ -1,1 +1,0 @@
-"""Thin transports: move bytes between sockets and the node (WebSocket, SSE)."""
