@@ -14,8 +14,9 @@ from typing import Any
 
 import jwt
 
-from .config import CHANNEL_RE, Config
+from .config import Config
 from .errors import AuthError, ConfigError
+from .names import CHANNEL_RE
 
 log = logging.getLogger(__name__)
 

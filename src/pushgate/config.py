@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import tomllib
 import types
 import typing
@@ -23,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:.@/=+#$]{1,255}$")
+from .names import CHANNEL_RE
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import secrets
 import socket
 import time
 import weakref
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -41,10 +41,11 @@ from .backends.broker import (
 )
 from .backends.lease import LeaseStore
 from .backends.presence import ChannelPresence, OnlineCounts, PresenceStore
-from .config import CHANNEL_RE, Config
+from .config import Config
 from .errors import ClientError, CloseCode, Reject
 from .hub import ChannelState, Hub
 from .metrics import NodeMetrics
+from .names import valid_channel, valid_users
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
 from .scheduler import Scheduler
@@ -52,7 +53,6 @@ from .web.connection import Connection
 
 log = logging.getLogger(__name__)
 
-MAX_USERS_PER_SEND = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +62,6 @@ class SubscribeResult:
     position: StreamPosition
     recovered: bool
     replay: list[Publication]
-
-
-def valid_channel(channel: str) -> str:
-    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
-        raise ClientError("bad_request", "invalid channel name (1-255 chars of A-Za-z0-9_-:.@/=+#$)")
-    return channel
 
 
 class Node:
@@ -495,18 +489,6 @@ class Node:
 
 def _match(channel: str, pattern: Any) -> bool:
     return isinstance(pattern, str) and fnmatch.fnmatchcase(channel, pattern)
-
-
-def valid_users(users: Iterable[Any]) -> list[str]:
-    targets = list(dict.fromkeys(users))
-    if not targets:
-        raise ClientError("bad_request", "at least one user is required")
-    if len(targets) > MAX_USERS_PER_SEND:
-        raise ClientError("bad_request", f"at most {MAX_USERS_PER_SEND} users per call")
-    for user in targets:
-        if not isinstance(user, str) or not CHANNEL_RE.match(user):
-            raise ClientError("bad_request", f"invalid user id {user!r}")
-    return targets
 
 
 __all__ = ["Node", "Reject", "SubscribeResult"]

@@ -25,7 +25,7 @@ import msgspec
 from .backends import create_stores
 from .backends.broker import Broker, ChannelEvent, HistoryOptions, Publication, StreamPosition, UserMessage
 from .errors import CloseCode
-from .node import valid_channel, valid_users
+from .names import valid_channel, valid_users
 
 
 class _Ignore:
