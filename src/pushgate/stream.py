@@ -1,0 +1,217 @@
+"""One channel's stream on this node, as a state machine without I/O.
+
+Publications reach a node in per-channel offset order, but not always whole: a pub/sub message
+can be lost (an offset gap), the broker link can drop and come back (anything in between is
+lost), and a subscriber that recovers from history must see its replay, then live traffic, with
+nothing missing, repeated or reordered. :class:`ChannelStream` keeps those promises for one
+channel. It is fed events and answers with what to do; the node carries the answers out (fan
+out, read history, close connections), the way h11 and python-websockets keep protocol state
+apart from sockets. So every ordering rule here is tested with plain method calls
+(``tests/test_stream.py``), not through sockets and timing.
+
+Events in::
+
+    publication(pub)            a live publication arrived from the broker
+    begin(sub) / cancel(sub)    a subscriber starts replaying history / gave up
+    finish(sub, replay_end)     the subscriber's replay is sent: make it live
+    link_restored()             the broker link came back: fill what was missed
+    fill_done(result)           the history read of a fill finished (None: it failed)
+
+Answers out: :data:`DELIVER` (fan this publication out to the live subscribers), :data:`SKIP`
+(nothing to do), :class:`StartFill` (read history after ``since``, then call
+:meth:`ChannelStream.fill_done`) and :class:`FillOutcome` (deliver these, release these held
+subscribers with their catch-up, and tell the live subscribers to resync when history could
+not prove the stream whole — the node closes them with 4002 so they reconnect and recover).
+
+Subscribers are opaque hashable keys (the node uses its connections).
+
+State, per channel:
+
+* ``last``: the position of the newest publication handed out here; anything at or before it
+  in the same epoch is a duplicate and is skipped. A different epoch means history was reset:
+  the publication is delivered and becomes the new position (offsets restart).
+* ``held``: subscribers replaying history. Live publications are appended to their lists
+  instead of being sent; :meth:`finish` returns the ones newer than the replay.
+* ``filling``: while a fill is in flight, arriving publications are buffered (not delivered),
+  so the fill's history and the buffer can be merged in offset order. A subscriber that
+  finishes its replay during a fill stays held until the fill ends (its catch-up is computed
+  against its own replay position, so it gets neither a gap nor a duplicate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from .backends.broker import HistoryResult, Publication, StreamPosition
+
+
+class _Verdict:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DELIVER: Final = _Verdict("DELIVER")
+"""Fan the publication out to the channel's live subscribers (already recorded as delivered)."""
+SKIP: Final = _Verdict("SKIP")
+"""Nothing to do: a duplicate, or buffered while a fill is in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartFill:
+    """Read the channel's history after ``since``, then report it to :meth:`ChannelStream.fill_done`."""
+
+    since: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class FillOutcome:
+    """What a finished fill asks for, carried out in this order.
+
+    1. ``deliver``: publications to fan out to the live subscribers, oldest first.
+    2. ``release``: subscribers that finished their replay during the fill, each with the
+       publications it still needs; send those, then make the subscriber live.
+    3. ``resync``: True when the gap could not be filled: every live subscriber (the released
+       ones too, whose catch-up may span the same gap) must reconnect and recover from history
+       itself (close code 4002).
+    """
+
+    deliver: tuple[Publication, ...] = ()
+    resync: bool = False
+    release: tuple[tuple[Hashable, tuple[Publication, ...]], ...] = ()
+
+
+@dataclass(slots=True)
+class _Held:
+    publications: list[Publication] = field(default_factory=list)
+    replay_end: StreamPosition | None = None  # set when the replay finished during a fill
+
+
+def newer(pub: Publication, position: StreamPosition) -> bool:
+    """True unless ``pub`` is at or before ``position`` in the same epoch."""
+    return pub.epoch != position.epoch or pub.offset > position.offset
+
+
+class ChannelStream:
+    """One channel's ordering, dedupe, held replays and gap fills on this node (no I/O)."""
+
+    __slots__ = ("_buffer", "_held", "gap_fill", "last")
+
+    def __init__(self, position: StreamPosition, *, gap_fill: bool = True) -> None:
+        self.last = position
+        #: fill offset gaps from history; off for channels without history (nothing to fill from)
+        self.gap_fill = gap_fill
+        self._held: dict[Hashable, _Held] = {}
+        self._buffer: list[Publication] | None = None  # not None while a fill is in flight
+
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def filling(self) -> bool:
+        return self._buffer is not None
+
+    @property
+    def held(self) -> int:
+        """How many subscribers are replaying (or waiting for a fill to end)."""
+        return len(self._held)
+
+    def is_held(self, sub: Hashable) -> bool:
+        return sub in self._held
+
+    # -- live traffic (hot path) --------------------------------------------------------------
+    def publication(self, pub: Publication) -> _Verdict | StartFill:
+        """A live publication arrived. Hot path: a few comparisons, no allocation when delivering."""
+        buffer = self._buffer
+        if buffer is not None:
+            buffer.append(pub)
+            return SKIP
+        last = self.last
+        if pub.epoch == last.epoch:
+            if pub.offset <= last.offset:
+                return SKIP  # already delivered (e.g. by a fill)
+            if pub.offset > last.offset + 1 and self.gap_fill:
+                self._buffer = [pub]
+                return StartFill(last)
+        self._record(pub)
+        return DELIVER
+
+    def _record(self, pub: Publication) -> None:
+        self.last = StreamPosition(pub.epoch, pub.offset)
+        if self._held:
+            for held in self._held.values():
+                if held.replay_end is None or newer(pub, held.replay_end):
+                    held.publications.append(pub)
+
+    # -- subscribers replaying history --------------------------------------------------------
+    def begin(self, sub: Hashable) -> None:
+        """``sub`` starts reading history: hold live publications for it from now on."""
+        self._held[sub] = _Held()
+
+    def cancel(self, sub: Hashable) -> None:
+        """``sub`` gave up (error, unsubscribe, disconnect) before it went live."""
+        self._held.pop(sub, None)
+
+    def finish(self, sub: Hashable, replay_end: StreamPosition) -> list[Publication] | None:
+        """``sub`` has sent its replay, which ends at ``replay_end``.
+
+        Returns the held publications newer than the replay (send them, then ``sub`` is live),
+        or None while a fill is in flight: ``sub`` stays held and comes back in the fill's
+        :attr:`FillOutcome.release` with exactly what it still needs. Also None for an unknown
+        ``sub`` (cancelled meanwhile): nothing to send, do not make it live.
+        """
+        held = self._held.get(sub)
+        if held is None:
+            return None
+        if self._buffer is not None:
+            held.replay_end = replay_end
+            held.publications = [p for p in held.publications if newer(p, replay_end)]
+            return None
+        del self._held[sub]
+        return [p for p in held.publications if newer(p, replay_end)]
+
+    # -- gaps and fills ----------------------------------------------------------------------
+    def link_restored(self) -> StartFill | None:
+        """The broker link is back: whatever was published meanwhile must come from history."""
+        if self._buffer is not None:
+            return None  # a fill already in flight will read history after this point anyway
+        self._buffer = []
+        return StartFill(self.last)
+
+    def fill_done(self, result: HistoryResult | None) -> FillOutcome:
+        """The history read of a fill finished; ``None`` when it failed (broker unreachable)."""
+        buffered = self._buffer or []
+        self._buffer = None
+        deliver: list[Publication] = []
+        resync = result is None or not result.complete
+        if resync:
+            if result is not None:
+                self.last = result.position  # subscribers recover from history; go on from here
+            candidates: Iterable[Publication] = buffered
+        else:
+            assert result is not None
+            candidates = [*result.publications, *buffered]
+        for pub in candidates:
+            if newer(pub, self.last):
+                self._record(pub)
+                deliver.append(pub)
+        release: list[tuple[Hashable, tuple[Publication, ...]]] = []
+        for sub, held in list(self._held.items()):
+            if held.replay_end is not None:
+                del self._held[sub]
+                release.append((sub, tuple(held.publications)))
+        return FillOutcome(tuple(deliver), resync, tuple(release))
+
+
+__all__ = [
+    "DELIVER",
+    "SKIP",
+    "ChannelStream",
+    "FillOutcome",
+    "StartFill",
+    "newer",
+]

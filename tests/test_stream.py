@@ -1,0 +1,180 @@
+"""The per-channel stream state machine, driven by plain method calls (no sockets, no loop)."""
+
+from __future__ import annotations
+
+from pushgate.backends.broker import HistoryResult, Publication, StreamPosition
+from pushgate.stream import DELIVER, SKIP, ChannelStream, FillOutcome, StartFill
+
+E = "e1"
+
+
+def pub(offset: int, epoch: str = E) -> Publication:
+    return Publication("ch", b'{"n":%d}' % offset, offset, epoch)
+
+
+def offsets(pubs: object) -> list[int]:
+    return [p.offset for p in pubs]  # type: ignore[attr-defined]
+
+
+def stream(at: int = 0, *, gap_fill: bool = True) -> ChannelStream:
+    return ChannelStream(StreamPosition(E, at), gap_fill=gap_fill)
+
+
+# -- live order and duplicates ----------------------------------------------------------------
+def test_consecutive_publications_are_delivered_and_advance_the_position() -> None:
+    s = stream(3)
+    assert s.publication(pub(4)) is DELIVER
+    assert s.publication(pub(5)) is DELIVER
+    assert s.last == StreamPosition(E, 5)
+
+
+def test_a_duplicate_or_older_publication_is_dropped() -> None:
+    s = stream(3)
+    assert s.publication(pub(4)) is DELIVER
+    assert s.publication(pub(4)) is SKIP
+    assert s.publication(pub(2)) is SKIP
+    assert s.last == StreamPosition(E, 4)
+
+
+def test_a_new_epoch_is_delivered_and_restarts_offsets() -> None:
+    s = stream(40)
+    assert s.publication(pub(1, "e2")) is DELIVER
+    assert s.last == StreamPosition("e2", 1)
+    assert s.publication(pub(2, "e2")) is DELIVER
+
+
+# -- gaps ---------------------------------------------------------------------------------------
+def test_a_single_missing_message_starts_a_fill_from_the_last_position() -> None:
+    s = stream(3)
+    action = s.publication(pub(5))  # 4 was lost on the way
+    assert action == StartFill(StreamPosition(E, 3))
+    assert s.filling
+    assert s.publication(pub(6)) is SKIP  # buffered until the fill ends
+
+
+def test_fill_then_live_order_is_history_first_then_buffered_without_duplicates() -> None:
+    s = stream(3)
+    assert isinstance(s.publication(pub(5)), StartFill)
+    assert s.publication(pub(6)) is SKIP
+    history = HistoryResult([pub(4), pub(5), pub(6)], StreamPosition(E, 6), complete=True)
+    out = s.fill_done(history)
+    assert offsets(out.deliver) == [4, 5, 6]
+    assert not out.resync and not s.filling
+    assert s.publication(pub(7)) is DELIVER
+    assert s.publication(pub(6)) is SKIP
+
+
+def test_fill_keeps_buffered_publications_newer_than_the_history_read() -> None:
+    s = stream(3)
+    s.publication(pub(5))
+    s.publication(pub(7))
+    out = s.fill_done(HistoryResult([pub(4), pub(5), pub(6)], StreamPosition(E, 6)))
+    assert offsets(out.deliver) == [4, 5, 6, 7]
+
+
+def test_without_history_a_gap_is_not_filled() -> None:
+    s = stream(3, gap_fill=False)
+    assert s.publication(pub(9)) is DELIVER
+    assert not s.filling
+
+
+def test_a_fill_that_history_cannot_prove_asks_the_subscribers_to_resync() -> None:
+    # The 4002 path: publications after `since` were already trimmed from history.
+    s = stream(3)
+    s.publication(pub(50))
+    s.publication(pub(51))
+    out = s.fill_done(HistoryResult([], StreamPosition(E, 50), complete=False))
+    assert out.resync
+    assert offsets(out.deliver) == [51]  # go on from where history stands
+    assert s.last == StreamPosition(E, 51)
+
+
+def test_a_failed_history_read_asks_the_subscribers_to_resync() -> None:
+    s = stream(3)
+    s.publication(pub(5))
+    out = s.fill_done(None)
+    assert out == FillOutcome(deliver=(pub(5),), resync=True)
+    assert s.publication(pub(6)) is DELIVER
+
+
+def test_link_restored_starts_one_fill_at_a_time() -> None:
+    s = stream(7)
+    assert s.link_restored() == StartFill(StreamPosition(E, 7))
+    assert s.link_restored() is None
+    assert s.publication(pub(9)) is SKIP
+    out = s.fill_done(HistoryResult([pub(8), pub(9)], StreamPosition(E, 9)))
+    assert offsets(out.deliver) == [8, 9]
+
+
+def test_nothing_missed_while_the_link_was_down_delivers_nothing_twice() -> None:
+    s = stream(7)
+    s.link_restored()
+    out = s.fill_done(HistoryResult([], StreamPosition(E, 7)))
+    assert out == FillOutcome()
+
+
+# -- subscribers replaying history --------------------------------------------------------------
+def test_live_publications_are_held_for_a_replaying_subscriber() -> None:
+    s = stream(3)
+    s.begin("a")
+    assert s.publication(pub(4)) is DELIVER  # live subscribers get it now
+    assert s.publication(pub(5)) is DELIVER
+    assert s.is_held("a")
+    # its replay from history already had 4: only 5 is still owed
+    assert offsets(s.finish("a", StreamPosition(E, 4)) or []) == [5]
+    assert not s.is_held("a")
+
+
+def test_a_held_subscriber_whose_replay_covers_everything_gets_nothing_twice() -> None:
+    s = stream(3)
+    s.begin("a")
+    s.publication(pub(4))
+    assert s.finish("a", StreamPosition(E, 4)) == []
+
+
+def test_a_held_subscriber_in_a_new_epoch_keeps_publications_of_the_other_epoch() -> None:
+    s = stream(3)
+    s.begin("a")
+    s.publication(pub(1, "e2"))
+    assert offsets(s.finish("a", StreamPosition(E, 3)) or []) == [1]
+
+
+def test_cancel_forgets_a_held_subscriber() -> None:
+    s = stream(3)
+    s.begin("a")
+    s.cancel("a")
+    assert s.held == 0
+    assert s.finish("a", StreamPosition(E, 3)) is None
+
+
+def test_a_subscriber_finishing_during_a_fill_is_released_with_exactly_what_it_lacks() -> None:
+    s = stream(3)
+    s.begin("a")
+    assert isinstance(s.publication(pub(6)), StartFill)  # 4 and 5 were lost
+    # "a" read history up to 5 and sent that replay while the node was still filling
+    assert s.finish("a", StreamPosition(E, 5)) is None
+    assert s.is_held("a")
+    s.publication(pub(7))
+    out = s.fill_done(HistoryResult([pub(4), pub(5), pub(6)], StreamPosition(E, 6)))
+    assert offsets(out.deliver) == [4, 5, 6, 7]
+    assert [(sub, offsets(p)) for sub, p in out.release] == [("a", [6, 7])]
+    assert not out.resync and s.held == 0
+
+
+def test_a_subscriber_still_reading_history_when_the_fill_ends_stays_held() -> None:
+    s = stream(3)
+    s.begin("a")
+    s.publication(pub(5))
+    out = s.fill_done(HistoryResult([pub(4), pub(5)], StreamPosition(E, 5)))
+    assert out.release == ()
+    assert offsets(s.finish("a", StreamPosition(E, 4)) or []) == [5]
+
+
+def test_released_subscribers_resync_too_when_the_fill_fails() -> None:
+    s = stream(3)
+    s.begin("a")
+    s.publication(pub(6))
+    assert s.finish("a", StreamPosition(E, 4)) is None
+    out = s.fill_done(None)
+    assert out.resync
+    assert [sub for sub, _ in out.release] == ["a"]
