@@ -3,7 +3,8 @@
 :class:`Server` is what tests and embedding code start; :func:`serve` is what ``pushgate serve``
 runs: uvloop, signal handling and the graceful drain (``/readyz`` → 503, new connections
 refused, open ones closed with 1012 in paced batches over ``drain_period``, then exit 0).
-``serve_workers`` runs K such processes on one port with SO_REUSEPORT.
+``serve_workers`` runs K such processes on one port with SO_REUSEPORT. The routes themselves
+are :func:`pushgate.web.build_app`'s: this module is only the composition root and the process.
 """
 
 from __future__ import annotations
@@ -14,40 +15,15 @@ import os
 import signal
 import subprocess
 import sys
-from importlib import resources
-from pathlib import Path
 
 from aiohttp import web
 
 from .app import App
 from .config import Config
 from .node import Node
-from .web.api import add_routes, api_middleware
-from .web.sse import sse_handler
-from .web.websocket import websocket_handler
+from .web.app import build_app
 
 log = logging.getLogger("pushgate")
-NODE_KEY = web.AppKey("node", Node)
-STATIC_DIR = Path(str(resources.files("pushgate") / "static"))
-
-
-def build_web_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[api_middleware], client_max_size=max(1 << 20, node.config.max_message_size))
-    app[NODE_KEY] = node
-    add_routes(app)
-    app.router.add_get("/ws", websocket_handler)
-    app.router.add_get("/sse", sse_handler)
-
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC_DIR / "index.html")
-
-    async def client_js(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC_DIR / "pushgate.js", headers={"Content-Type": "text/javascript"})
-
-    app.router.add_get("/", index)
-    app.router.add_get("/pushgate.js", client_js)
-    app.router.add_static("/static/", STATIC_DIR, show_index=False)
-    return app
 
 
 class Server:
@@ -56,7 +32,7 @@ class Server:
     def __init__(self, config: Config, *, app: App | None = None, node: Node | None = None) -> None:
         self.config = config
         self.node = node or Node(config, app=app)
-        self.web_app = build_web_app(self.node)
+        self.web_app = build_app(self.node)
         self.runner: web.AppRunner | None = None
         self.port = config.port
 

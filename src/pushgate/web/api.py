@@ -3,6 +3,9 @@
 Request bodies are decoded with msgspec into typed structs; ``data`` stays raw JSON and goes to
 subscribers byte for byte. With an API key configured every ``/api`` call needs
 ``Authorization: Bearer <key>``; without one only loopback peers may call it.
+
+:class:`Api` holds the node it serves; :meth:`Api.routes` and :meth:`Api.middleware` are
+mounted by :func:`pushgate.web.build_app` (or on any aiohttp application).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..backends import is_unavailable
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
+from ..names import valid_channel
+from .errors import classify, error_response
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -50,16 +54,6 @@ class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str = "disconnected by server"
 
 
-def error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _node(request: web.Request) -> Node:
-    from ..server import NODE_KEY
-
-    return request.app[NODE_KEY]
-
-
 async def _body(request: web.Request, kind: type[T]) -> T:
     raw = await request.read()
     try:
@@ -75,73 +69,8 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Auth for /api, and one place that turns errors into JSON error bodies."""
-    if not request.path.startswith("/api/") or request.path == "/api/openapi.json":
-        return await handler(request)
-    node = _node(request)
-    key = node.config.api_key
-    if key:
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            return error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
-    elif not _is_loopback(request.remote):
-        return error(403, "forbidden", "no API key configured: only loopback clients may call /api")
-    try:
-        return await handler(request)
-    except ClientError as exc:
-        return error(400, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        return error(exc.status, code, exc.reason)
-    except Exception as exc:
-        if is_unavailable(exc):
-            return error(503, "unavailable", "broker unavailable, retry later")
-        log.exception("API %s %s failed", request.method, request.path)
-        return error(500, "internal", "internal error")
-
-
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
-
-
-async def publish(request: web.Request) -> web.Response:
-    body = await _body(request, PublishBody)
-    pos = await _node(request).publish(body.channel, bytes(body.data))
-    return _json({"epoch": pos.epoch, "offset": pos.offset})
-
-
-async def broadcast(request: web.Request) -> web.Response:
-    body = await _body(request, BroadcastBody)
-    await _node(request).broadcast(bytes(body.data))
-    return _json({})
-
-
-async def send(request: web.Request) -> web.Response:
-    body = await _body(request, SendBody)
-    await _node(request).send_to_users(body.users, bytes(body.data), sender=body.sender)
-    return _json({})
-
-
-async def disconnect(request: web.Request) -> web.Response:
-    body = await _body(request, DisconnectBody)
-    await _node(request).disconnect_user(body.user, CloseCode.DISCONNECTED, body.reason)
-    return _json({})
-
-
-async def online(request: web.Request) -> web.Response:
-    counts = await _node(request).online()
-    nodes = {n: {"connections": i.connections, "users": i.users} for n, i in counts.nodes.items()}
-    return _json({"connections": counts.connections, "users": counts.users, "nodes": nodes})
-
-
-async def presence(request: web.Request) -> web.Response:
-    p = await _node(request).channel_presence(request.match_info["channel"])
-    return _json({"channel": p.channel, "users": p.users, "connections": p.connections})
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -157,71 +86,156 @@ def _int_param(request: web.Request, name: str) -> int | None:
     return number
 
 
-async def history(request: web.Request) -> web.Response:
-    channel = request.match_info["channel"]
-    since_offset = _int_param(request, "since_offset")
-    limit = _int_param(request, "limit")
-    epoch = request.query.get("epoch")
-    since = None
-    if since_offset is not None:
-        if not epoch:
-            current = await _node(request).broker.position(channel)
-            epoch = current.epoch
-        since = StreamPosition(epoch, since_offset)
-    res = await _node(request).history(channel, since, limit)
-    return _json(
-        {
-            "channel": channel,
-            "epoch": res.position.epoch,
-            "offset": res.position.offset,
-            "complete": res.complete,
-            "publications": [{"offset": p.offset, "data": msgspec.Raw(p.data)} for p in res.publications],
-        }
-    )
+class Api:
+    """The HTTP API (``/api/*``) of one node, as its own aiohttp application.
+
+    Being a sub-application scopes :meth:`middleware` (API-key auth, JSON error bodies) to the
+    API by routing, not by matching path strings, so it stays right when the whole app is
+    mounted under a prefix. The OpenAPI document is public: the middleware lets it through.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def routes(self) -> list[web.RouteDef]:
+        """The API's routes, relative to where it is mounted (``/api`` in :func:`build_app`)."""
+        return [
+            web.post("/publish", self.publish),
+            web.post("/broadcast", self.broadcast),
+            web.post("/send", self.send),
+            web.post("/disconnect", self.disconnect),
+            web.get("/online", self.online),
+            web.get("/presence/{channel}", self.presence),
+            web.get("/history/{channel}", self.history),
+            web.get("/channels", self.channels),
+            web.get("/nodes", self.nodes),
+            web.get("/openapi.json", self.openapi),
+        ]
+
+    def application(self) -> web.Application:
+        """The API as an application to mount with ``add_subapp("/api", ...)``.
+
+        The request body limit is the serving (root) application's ``client_max_size``.
+        """
+        app = web.Application(middlewares=[self.middleware])
+        app.add_routes(self.routes())
+        return app
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Auth for the API, and the one place that turns its errors into JSON error bodies."""
+        if getattr(request.match_info.route, "handler", None) == self.openapi:
+            return await handler(request)
+        key = self.node.config.api_key
+        if key:
+            header = request.headers.get("Authorization", "")
+            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return error_response(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+        elif not _is_loopback(request.remote):
+            return error_response(403, "forbidden", "no API key configured: only loopback clients may call /api")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(*classify(exc))
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict.internal:
+                log.exception("API %s %s failed", request.method, request.path)
+            return error_response(*verdict)
+
+    async def publish(self, request: web.Request) -> web.Response:
+        body = await _body(request, PublishBody)
+        pos = await self.node.publish(body.channel, bytes(body.data))
+        return _json({"epoch": pos.epoch, "offset": pos.offset})
+
+    async def broadcast(self, request: web.Request) -> web.Response:
+        body = await _body(request, BroadcastBody)
+        await self.node.broadcast(bytes(body.data))
+        return _json({})
+
+    async def send(self, request: web.Request) -> web.Response:
+        body = await _body(request, SendBody)
+        await self.node.send_to_users(body.users, bytes(body.data), sender=body.sender)
+        return _json({})
+
+    async def disconnect(self, request: web.Request) -> web.Response:
+        body = await _body(request, DisconnectBody)
+        await self.node.disconnect_user(body.user, CloseCode.DISCONNECTED, body.reason)
+        return _json({})
+
+    async def online(self, request: web.Request) -> web.Response:
+        counts = await self.node.online()
+        nodes = {n: {"connections": i.connections, "users": i.users} for n, i in counts.nodes.items()}
+        return _json({"connections": counts.connections, "users": counts.users, "nodes": nodes})
+
+    async def presence(self, request: web.Request) -> web.Response:
+        p = await self.node.channel_presence(request.match_info["channel"])
+        return _json({"channel": p.channel, "users": p.users, "connections": p.connections})
+
+    async def history(self, request: web.Request) -> web.Response:
+        # Validate before anything touches the broker: asking a Redis broker for the position of
+        # a channel creates its meta key, and an invalid name must not create keys.
+        channel = valid_channel(request.match_info["channel"])
+        since_offset = _int_param(request, "since_offset")
+        limit = _int_param(request, "limit")
+        epoch = request.query.get("epoch")
+        since = None
+        if since_offset is not None:
+            if not epoch:
+                epoch = (await self.node.broker.position(channel)).epoch
+            since = StreamPosition(epoch, since_offset)
+        res = await self.node.history(channel, since, limit)
+        return _json(
+            {
+                "channel": channel,
+                "epoch": res.position.epoch,
+                "offset": res.position.offset,
+                "complete": res.complete,
+                "publications": [{"offset": p.offset, "data": msgspec.Raw(p.data)} for p in res.publications],
+            }
+        )
+
+    async def channels(self, request: web.Request) -> web.Response:
+        local = self.node.local_channels()
+        return _json({"channels": [{"channel": c, "subscribers": n} for c, n in sorted(local.items())]})
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        return _json({"nodes": await self.node.presence.nodes()})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
 
 
-async def channels(request: web.Request) -> web.Response:
-    local = _node(request).local_channels()
-    return _json({"channels": [{"channel": c, "subscribers": n} for c, n in sorted(local.items())]})
+class Probes:
+    """``/healthz`` (the process is up), ``/readyz`` (send traffic here) and ``/metrics``.
 
+    Outside the API on purpose: load balancers and Prometheus call them without an API key.
+    """
 
-async def nodes(request: web.Request) -> web.Response:
-    return _json({"nodes": await _node(request).presence.nodes()})
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+        ]
 
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    async def healthz(self, request: web.Request) -> web.Response:
+        node = self.node
+        return _json({"status": "ok", "node": node.id, "scheduler_leader": node.scheduler.is_leader})
 
+    async def readyz(self, request: web.Request) -> web.Response:
+        node = self.node
+        if node.ready:
+            return _json({"status": "ready", "node": node.id})
+        reason = "draining" if node.draining else "broker unavailable" if not node.broker.healthy else "starting"
+        return _json({"status": "unavailable", "reason": reason, "node": node.id}, status=503)
 
-async def healthz(request: web.Request) -> web.Response:
-    node = _node(request)
-    return _json({"status": "ok", "node": node.id, "scheduler_leader": node.scheduler.is_leader})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    node = _node(request)
-    if node.ready:
-        return _json({"status": "ready", "node": node.id})
-    reason = "draining" if node.draining else "broker unavailable" if not node.broker.healthy else "starting"
-    return _json({"status": "unavailable", "reason": reason, "node": node.id}, status=503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(_node(request).metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/publish", publish)
-    app.router.add_post("/api/broadcast", broadcast)
-    app.router.add_post("/api/send", send)
-    app.router.add_post("/api/disconnect", disconnect)
-    app.router.add_get("/api/online", online)
-    app.router.add_get("/api/presence/{channel}", presence)
-    app.router.add_get("/api/history/{channel}", history)
-    app.router.add_get("/api/channels", channels)
-    app.router.add_get("/api/nodes", nodes)
-    app.router.add_get("/api/openapi.json", openapi)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.node.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,11 +1,17 @@
-"""The client connection as the hub and node see it; every transport subclasses it."""
+"""The client connection as the hub and node see it, and the socket-backed base every transport
+shares (the slow-consumer policy lives here, once)."""
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import CloseCode
 from ..protocol.outgoing import Outgoing
+
+if TYPE_CHECKING:
+    from ..metrics import NodeMetrics
 
 
 class Connection(ABC):
@@ -33,3 +39,28 @@ class Connection(ABC):
 
     def flush(self) -> None:  # noqa: B027 - a no-op for transports that write at once
         """Write what :meth:`send` queued (transports that coalesce writes override this)."""
+
+
+class TransportConnection(Connection):
+    """A connection that writes straight to an asyncio transport, with a bounded write buffer.
+
+    Bounded everything: a peer that reads slower than we publish would otherwise grow our
+    buffer without limit. Each transport compares ``transport.get_write_buffer_size()`` with
+    ``write_limit`` right after its write (one comparison, inline, on the hot path) and calls
+    :meth:`cut_slow_consumer` when it is over: the policy (count it, close with 4001 so the
+    client reconnects with backoff and recovers from history) is written only here.
+    """
+
+    SLOW_CONSUMER_REASON = "slow consumer: reconnect and recover"
+
+    def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None, *,
+                 transport: asyncio.Transport, write_limit: int, metrics: NodeMetrics) -> None:
+        super().__init__(conn_id, user, claims)
+        self._transport = transport
+        self._limit = write_limit
+        self._metrics = metrics
+
+    def cut_slow_consumer(self) -> None:
+        """The peer let more than ``write_limit`` bytes pile up: drop it (cold path)."""
+        self._metrics.slow_consumers.inc()
+        self.close(CloseCode.SLOW_CONSUMER, self.SLOW_CONSUMER_REASON)

@@ -7,7 +7,9 @@ publishes is started without waiting for each one's broker round trip (the broke
 order and batches them), their replies are sent in order as they complete, and any other
 command first waits for the publishes before it. At most ``MAX_INFLIGHT_PUBLISHES`` are in
 flight per connection; past that the reader waits, which pushes back on the client.
-No exception escapes: client mistakes become error replies, anything else an ``internal`` one.
+No exception escapes: every failure becomes an error reply classified by
+:func:`pushgate.web.errors.classify` (the same codes the HTTP API answers); a server bug is an
+``internal`` reply without detail, and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..app import call_maybe_async
-from ..backends import is_unavailable
 from ..backends.broker import StreamPosition
 from ..errors import ClientError
 from ..protocol import jsonwire
 from ..protocol.jsonwire import Ping, Presence, Publish, Rpc, Send, Subscribe, Unsubscribe
 from ..protocol.outgoing import message_outgoing
 from .connection import Connection
+from .errors import classify
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -62,14 +64,11 @@ class JsonSession:
             return
         try:
             await self._dispatch(cmd)
-        except ClientError as exc:
-            self._error(cmd.id, exc.code, exc.message)
         except Exception as exc:
-            if is_unavailable(exc):
-                self._error(cmd.id, "unavailable", "broker unavailable, retry later")
-                return
-            log.exception("command %s of %s failed", type(cmd).__name__, self.conn.id)
-            self._error(cmd.id, "internal", "internal error")
+            verdict = classify(exc)
+            if verdict.internal:
+                log.exception("command %s of %s failed", type(cmd).__name__, self.conn.id)
+            self._error(cmd.id, verdict.code, verdict.message)
 
     def _start_publish(self, cmd: Publish) -> None:
         # Tasks start in creation order and node.publish reaches the broker's queue before its
@@ -88,13 +87,11 @@ class JsonSession:
             if exc is None:
                 pos = task.result()
                 self.conn.send_payload(jsonwire.ok_frame(rid, {"epoch": pos.epoch, "offset": pos.offset}))
-            elif isinstance(exc, ClientError):
-                self._error(rid, exc.code, exc.message)
-            elif is_unavailable(exc):
-                self._error(rid, "unavailable", "broker unavailable, retry later")
-            else:
+                continue
+            verdict = classify(exc)
+            if verdict.internal:
                 log.error("publish of %s failed", self.conn.id, exc_info=exc)
-                self._error(rid, "internal", "internal error")
+            self._error(rid, verdict.code, verdict.message)
 
     async def _settle_publishes(self) -> None:
         await asyncio.wait([task for _, task in self._inflight])

@@ -18,29 +18,27 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from ..app import ClientInfo
 from ..backends.broker import StreamPosition
-from ..errors import AuthError, ClientError
+from ..errors import ClientError, CloseCode
 from ..protocol import jsonwire
 from ..protocol.outgoing import Outgoing, chunk, message_outgoing
-from .connection import Connection
-from .websocket import handshake_credentials
+from .connection import TransportConnection
+from .errors import classify, error_response
+from .handshake import Refusal, accept
 
 if TYPE_CHECKING:
+    from ..metrics import NodeMetrics
     from ..node import Node
 
 log = logging.getLogger(__name__)
 
 
-class SseConnection(Connection):
+class SseConnection(TransportConnection):
     transport_name = "sse"
 
-    def __init__(self, node: Node, conn_id: str, user: str | None, claims: dict[str, Any] | None,
-                 transport: asyncio.Transport) -> None:
-        super().__init__(conn_id, user, claims)
-        self._node = node
-        self._transport = transport
-        self._limit = node.config.write_buffer_limit
+    def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None, *,
+                 transport: asyncio.Transport, write_limit: int, metrics: NodeMetrics) -> None:
+        super().__init__(conn_id, user, claims, transport=transport, write_limit=write_limit, metrics=metrics)
         self.done = asyncio.Event()
         # HTTP/1.1 responses without a length are chunked (RFC 9112 §7.1): since we write to the
         # transport directly, each write must carry its own chunk framing.
@@ -51,6 +49,7 @@ class SseConnection(Connection):
         self._transport.write(chunk(data) if self.chunked else data)
 
     def send(self, out: Outgoing) -> None:
+        # Hot path: the event bytes (with chunk framing) are encoded once per publication.
         if self.closed:
             return
         if self._transport.is_closing():
@@ -58,8 +57,7 @@ class SseConnection(Connection):
             return
         self._transport.write(out.sse_chunk() if self.chunked else out.sse())
         if self._transport.get_write_buffer_size() > self._limit:
-            self._node.metrics.slow_consumers.inc()
-            self.close(4001, "slow consumer")
+            self.cut_slow_consumer()
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -71,7 +69,9 @@ class SseConnection(Connection):
         self.done.set()
 
 
-def _positions(request: web.Request, channels: list[str]) -> dict[str, StreamPosition]:
+def positions(request: web.Request, channels: list[str]) -> dict[str, StreamPosition]:
+    """Where each channel resumes: ``since=<channel>:<epoch>:<offset>``, else ``Last-Event-ID``
+    when there is exactly one channel. Raises :class:`ClientError` ``bad_request``."""
     out: dict[str, StreamPosition] = {}
     for item in request.query.getall("since", []):
         channel, _, rest = item.rpartition(":")
@@ -88,44 +88,51 @@ def _positions(request: web.Request, channels: list[str]) -> dict[str, StreamPos
     return out
 
 
-async def sse_handler(request: web.Request) -> web.StreamResponse:
-    from ..server import NODE_KEY
+class SseHandler:
+    """``GET /sse``: aiohttp handler object holding the node it serves (mount it anywhere)."""
 
-    node: Node = request.app[NODE_KEY]
-    error: tuple[int, str, str] | None = None
-    if node.draining:
-        return web.json_response({"error": {"code": "draining", "message": "node is shutting down"}}, status=503)
-    channels = request.query.getall("channel", [])
-    try:
-        node.auth.check_origin(request.headers.get("Origin"))
-        token, user = handshake_credentials(request)
-        identity = node.auth.identify(token=token, user=user)
-        since = _positions(request, channels)
-        node.check_capacity()
-        conn_id = node.new_connection_id()
-        await node.run_connect_hooks(ClientInfo(conn_id, identity.user, node.id, "sse", identity.claims))
-    except AuthError as exc:
-        error = (exc.status, "unauthorized" if exc.status == 401 else "forbidden", str(exc))
-    except ClientError as exc:
-        status = {"rejected": 403, "connection_limit": 503}.get(exc.code, 400)
-        error = (status, exc.code, exc.message)
-    except Exception:
-        log.exception("connect hook failed")
-        error = (500, "internal", "connect hook failed")
-    if error is not None:
-        status, code, message = error
-        return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    transport = request.transport
-    assert transport is not None
-    conn = SseConnection(node, conn_id, identity.user, identity.claims, transport)
-    conn.chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    try:
-        await node.register(conn)
-        conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        node = self.node
+        channels = request.query.getall("channel", [])
+        try:
+            # the request is parsed before admission, so connect hooks only see well-formed ones
+            since = positions(request, channels)
+        except ClientError as exc:
+            return error_response(*classify(exc))
+        admitted = await accept(node, request, SseConnection.transport_name)
+        if isinstance(admitted, Refusal):
+            return admitted.response()  # no upgrade to close after: a full node is a plain 503
+
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        conn = SseConnection(admitted.client, admitted.user, admitted.claims, transport=transport,
+                             write_limit=node.config.write_buffer_limit, metrics=node.metrics)
+        conn.chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        try:
+            try:
+                await node.register(conn)
+            except Exception as exc:
+                log.warning("cannot register %s: %r", conn.id, exc)
+                conn.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
+                return resp
+            conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
+            await self._subscribe_all(conn, channels, since)
+            await self._keep_alive(conn, transport)
+        finally:
+            conn.closed = True
+            await node.unregister(conn)
+        return resp
+
+    async def _subscribe_all(self, conn: SseConnection, channels: list[str],
+                             since: dict[str, StreamPosition]) -> None:
+        """Subscribe to each requested channel; a refused one is an error event, the rest go on."""
+        node = self.node
         for channel in channels:
             try:
                 result = await node.subscribe(conn, channel, since.get(channel))
@@ -134,14 +141,14 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
                 continue
             for pub in (*result.replay, *node.finish_subscribe(conn, channel, result)):
                 conn.send(message_outgoing(pub))
+
+    async def _keep_alive(self, conn: SseConnection, transport: asyncio.Transport) -> None:
+        """Wait for the close, writing a comment every ``sse_ping_interval`` so proxies keep the stream."""
+        interval = self.node.config.sse_ping_interval
         while not conn.closed:
             try:
-                await asyncio.wait_for(conn.done.wait(), node.config.sse_ping_interval)
+                await asyncio.wait_for(conn.done.wait(), interval)
             except TimeoutError:
                 if transport.is_closing():
                     break
                 conn.write(b": ping\n\n")
-    finally:
-        conn.closed = True
-        await node.unregister(conn)
-    return resp

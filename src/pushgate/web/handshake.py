@@ -1,0 +1,89 @@
+"""The handshake every transport runs before it accepts a connection, written once.
+
+:func:`accept` runs, in this order: drain check → origin check → credentials → identify →
+capacity → connect hooks. It answers the :class:`~pushgate.app.ClientInfo` of the connection
+to open, or a :class:`Refusal` the transport sends in its own way (an HTTP error response, or
+for a WebSocket over the connection limit an upgrade followed by close 4003, because a browser
+cannot read the status of a refused upgrade but can read a close code).
+
+Before this module ``/ws`` and ``/sse`` each had their own copy and they had drifted: a hook's
+``Reject`` was 403 on one and 400 on the other. Every refusal is classified by
+:func:`pushgate.web.errors.classify`, so the same cause gives the same status and code on
+every transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..app import ClientInfo
+from ..errors import CloseCode
+from .errors import classify, error_response
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+log = logging.getLogger(__name__)
+
+DRAINING_MESSAGE = "node is shutting down; connect to another node"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a connection is not accepted, as the client will see it."""
+
+    status: int
+    code: str
+    message: str
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        """The close code a transport that upgrades first should use, or None to answer HTTP.
+
+        Only a full node is told after the upgrade: that is the refusal a browser must tell
+        apart (back off, maybe land on another node) and cannot see in a refused handshake.
+        """
+        return CloseCode.CONNECTION_LIMIT if self.code == "connection_limit" else None
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message)
+
+
+def credentials(request: web.Request) -> tuple[str | None, str | None]:
+    """(token, user) from ``?token=`` or ``Authorization: Bearer <token>``, and ``?user=``.
+
+    The query parameter wins because browsers cannot set headers on a WebSocket handshake.
+    """
+    token = request.query.get("token")
+    header = request.headers.get("Authorization", "")
+    if not token and header.lower().startswith("bearer "):
+        token = header[7:].strip()
+    return token, request.query.get("user")
+
+
+async def accept(node: Node, request: web.Request, transport_name: str) -> ClientInfo | Refusal:
+    """Admit one connection over ``transport_name`` ("websocket", "sse"), or say why not.
+
+    Never raises for a refusal: client mistakes and hook refusals become a :class:`Refusal`
+    with their message; a crashing connect hook is logged with its traceback and becomes a
+    500 ``internal`` whose message does not leak the exception.
+    """
+    if node.draining:
+        return Refusal(503, "draining", DRAINING_MESSAGE)
+    try:
+        node.auth.check_origin(request.headers.get("Origin"))
+        token, user = credentials(request)
+        identity = node.auth.identify(token=token, user=user)
+        node.check_capacity()
+        info = ClientInfo(node.new_connection_id(), identity.user, node.id, transport_name, identity.claims)
+        await node.run_connect_hooks(info)
+    except Exception as exc:
+        status, code, message = verdict = classify(exc)
+        if verdict.internal:
+            log.exception("%s handshake failed (connect hook?)", transport_name)
+        return Refusal(status, code, message)
+    return info
