@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import aiohttp
+import pytest
+import redis.asyncio
 
 from .conftest import Running, ServerFactory
+from .servers import RedisServer, start_redis
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path)
+    yield server
+    server.stop()
 
 
 async def test_publish_returns_position_and_reaches_subscribers(server: Running) -> None:
@@ -41,6 +54,29 @@ async def test_history_endpoint(make_server: ServerFactory) -> None:
     assert [p["offset"] for p in limited["publications"]] == [5]
     status, err = await server.api("GET", "/api/history/h?limit=-1")
     assert status == 400 and err["error"]["code"] == "bad_request"
+
+
+async def test_history_validates_the_name_before_asking_for_a_position(server: Running) -> None:
+    for query in ("since_offset=1", "since_offset=1&epoch=e", "", "limit=1"):
+        status, err = await server.api("GET", f"/api/history/bad%20name%21?{query}")
+        assert status == 400 and err["error"]["code"] == "bad_request", query
+
+
+async def test_history_of_an_invalid_name_creates_no_redis_key(redis_server: RedisServer,
+                                                               make_server: ServerFactory) -> None:
+    # redis_server first: fixtures stop in reverse order, so the node stops before its Redis
+    server = await make_server(broker=redis_server.url)
+    store = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        status, err = await server.api("GET", "/api/history/zzmarker%20bad%21?since_offset=1")
+        assert status == 400 and err["error"]["code"] == "bad_request"
+        assert await store.keys("*zzmarker*") == []
+        # the control: the same request for a valid name does touch the store, so the check can see keys
+        status, _ = await server.api("GET", "/api/history/zzmarker-ok?since_offset=1")
+        assert status == 200
+        assert await store.keys("*zzmarker-ok*") != []
+    finally:
+        await store.aclose()
 
 
 async def test_presence_channels_nodes(server: Running) -> None:

@@ -1,0 +1,146 @@
+"""One handshake for every transport: the same refusal gives the same status, code and body on
+``/ws`` and ``/sse`` (real servers on free ports, real HTTP requests)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+import pushgate
+from pushgate.errors import CloseCode
+
+from ..conftest import Running, ServerFactory
+from ..helpers import timeout
+
+SECRET = "handshake-test-secret-long-enough-for-hs256"
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+TRANSPORTS = ("/ws", "/sse")
+
+
+async def attempt(running: Running, path: str, query: str = "",
+                  headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """Status and JSON body of a refused handshake on ``path`` (a WebSocket upgrade for /ws)."""
+    sent = {**(UPGRADE if path == "/ws" else {}), **(headers or {})}
+    async with aiohttp.ClientSession() as s, s.get(f"{running.url}{path}?{query}", headers=sent) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def refusals(running: Running, query: str = "", headers: dict[str, str] | None = None
+                   ) -> dict[str, tuple[int, Any]]:
+    return {path: await attempt(running, path, query, headers) for path in TRANSPORTS}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def test_draining_is_503_on_every_transport(make_server: ServerFactory) -> None:
+    running = await make_server()
+    await running.node.drain()
+    got = await refusals(running, "user=late")
+    body = error("draining", "node is shutting down; connect to another node")
+    assert got == {"/ws": (503, body), "/sse": (503, body)}
+
+
+async def test_bad_origin_is_403_on_every_transport(make_server: ServerFactory) -> None:
+    running = await make_server(allowed_origins="https://app.example.com")
+    for headers in ({"Origin": "https://evil.example.com"}, None):
+        got = await refusals(running, "user=alice", headers)
+        assert got["/ws"] == got["/sse"]
+        status, body = got["/ws"]
+        assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+async def test_missing_and_expired_tokens_are_401_on_every_transport(make_server: ServerFactory) -> None:
+    running = await make_server(jwt_secret=SECRET)
+    expired = jwt.encode({"sub": "alice", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+    for query in ("", "user=alice", f"token={expired}"):
+        got = await refusals(running, query)
+        assert got["/ws"] == got["/sse"], query
+        status, body = got["/ws"]
+        assert status == 401 and body["error"]["code"] == "unauthorized", query
+    assert (await attempt(running, "/sse", f"token={expired}"))[1] == error("unauthorized", "token expired")
+    # the Authorization header is read the same way by both
+    got = await refusals(running, headers={"Authorization": f"Bearer {expired}"})
+    assert got["/ws"] == got["/sse"] == (401, error("unauthorized", "token expired"))
+
+
+async def test_invalid_dev_mode_user_is_400_bad_request_on_every_transport(server: Running) -> None:
+    got = await refusals(server, "user=not%20valid")
+    assert got["/ws"] == got["/sse"] == (400, error("bad_request", "invalid user id"))
+
+
+async def test_hook_reject_is_403_on_every_transport(make_server: ServerFactory) -> None:
+    app = pushgate.App()
+
+    @app.on_connect
+    def gate(client: pushgate.ClientInfo) -> None:
+        if client.user == "mallory":
+            raise pushgate.Reject("mallory is banned")
+        if client.user == "eve":
+            raise pushgate.Reject("not today", code="banned")
+
+    running = await make_server(app=app)
+    got = await refusals(running, "user=mallory")
+    assert got["/ws"] == got["/sse"] == (403, error("rejected", "mallory is banned"))
+    # an application's own code: still a refusal, still 403 (it was 400 on /sse before)
+    got = await refusals(running, "user=eve")
+    assert got["/ws"] == got["/sse"] == (403, error("banned", "not today"))
+    assert (await running.api("GET", "/api/online"))[1]["connections"] == 0
+
+
+async def test_hook_crash_is_500_without_the_exception_text(make_server: ServerFactory,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    app = pushgate.App()
+
+    @app.on_connect
+    async def flaky(client: pushgate.ClientInfo) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    running = await make_server(app=app)
+    with caplog.at_level(logging.ERROR, logger="pushgate.web.handshake"):
+        got = await refusals(running, "user=bob")
+    assert got["/ws"] == got["/sse"] == (500, error("internal", "internal error"))
+    # the server logs it with the traceback: a server bug, not client input
+    logged = [r for r in caplog.records if r.name == "pushgate.web.handshake"]
+    assert len(logged) == 2 and all(r.exc_info and "hunter2" in str(r.exc_info[1]) for r in logged)
+
+
+async def test_full_node_websocket_closes_4003_sse_answers_503(make_server: ServerFactory) -> None:
+    app = pushgate.App()
+    hooked: list[str | None] = []
+    app.on_connect(lambda client: hooked.append(client.user))
+    running = await make_server(app=app, max_connections=1)
+    await running.client("user=first")
+    # a browser cannot read the status of a refused upgrade, so /ws upgrades and closes with 4003
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{running.ws_url}?user=late")
+        msg = await asyncio.wait_for(ws.receive(), timeout(5))
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == CloseCode.CONNECTION_LIMIT
+        assert msg.extra == "node is at its connection limit"
+        await ws.close()
+    # an SSE client can: a plain 503
+    assert await attempt(running, "/sse", "user=late") == (
+        503, error("connection_limit", "node is at its connection limit"))
+    assert hooked == ["first"]  # capacity is checked before the connect hooks run
+
+
+async def test_accepted_connections_tell_hooks_their_transport(make_server: ServerFactory) -> None:
+    app = pushgate.App()
+    seen: list[tuple[str | None, str]] = []
+    app.on_connect(lambda client: seen.append((client.user, client.transport)))
+    running = await make_server(app=app)
+    ws = await running.client("user=alice")
+    assert ws.welcome["user"] == "alice"
+    async with aiohttp.ClientSession() as s, s.get(f"{running.url}/sse?user=bob") as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        assert b'"type":"welcome"' in await asyncio.wait_for(r.content.readline(), timeout(5))
+    assert seen == [("alice", "websocket"), ("bob", "sse")]
