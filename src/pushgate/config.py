@@ -269,16 +269,26 @@ def load_config(
 
 
 def _validate(cfg: Config) -> None:
+    # The backends own the list of URL schemes and the key-prefix rule (one place, light to
+    # import: no redis-py), so a scheme the backends accept is never refused here and vice versa.
+    from .backends.validation import check_prefix, check_url
+
     if not 0 <= cfg.port <= 65535:
         raise ConfigError("port", "must be 0..65535")
     if cfg.workers < 1:
         raise ConfigError("workers", "must be >= 1")
-    if cfg.workers > 1 and cfg.broker.startswith("memory"):
+    try:
+        scheme = check_url(cfg.broker)
+    except ValueError as exc:
+        raise ConfigError("broker", str(exc)) from exc
+    if cfg.workers > 1 and scheme == "memory":
         raise ConfigError(
             "workers", "--workers > 1 needs a shared broker (--broker redis://...): memory brokers cannot share"
         )
-    if not cfg.broker.startswith(("memory://", "redis://", "rediss://", "redis+cluster://")):
-        raise ConfigError("broker", "must start with memory://, redis://, rediss:// or redis+cluster://")
+    try:
+        check_prefix(cfg.redis_prefix)
+    except ValueError as exc:
+        raise ConfigError("redis_prefix", str(exc)) from exc
     if cfg.jwt_secret and cfg.jwt_public_key:
         raise ConfigError("jwt_secret", "set either jwt_secret or jwt_public_key, not both")
     positive = ("max_message_size", "max_subscriptions", "write_buffer_limit", "ping_interval",

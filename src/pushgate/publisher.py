@@ -12,6 +12,11 @@ The Python counterpart of Spring's ``SimpMessagingTemplate.convertAndSend`` /
 Publications go through the same atomic publish-and-append as a node's, so offsets, history
 and recovery are identical whichever way a message entered the cluster. Use the same
 ``prefix`` and history settings as the nodes.
+
+A publisher only sends: its broker is started publish-only (``start(None)``), so it opens the
+command connection and no pub/sub connection, subscribes to nothing and receives nothing.
+Names are checked with :mod:`pushgate.names` before anything is sent; a broker that cannot be
+reached raises :class:`pushgate.errors.BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -22,36 +27,18 @@ from typing import Any
 
 import msgspec
 
-from .backends import create_stores
-from .backends.broker import Broker, ChannelEvent, HistoryOptions, Publication, StreamPosition, UserMessage
+from .backends import create_broker
+from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
 from .errors import CloseCode
 from .names import valid_channel, valid_users
 
 
-class _Ignore:
-    """A publisher receives nothing: every incoming event is dropped."""
-
-    def on_publication(self, pub: Publication) -> None:
-        pass
-
-    def on_channel_event(self, event: ChannelEvent) -> None:
-        pass
-
-    def on_user_message(self, user: str, message: UserMessage) -> None:
-        pass
-
-    def on_broadcast(self, data: bytes) -> None:
-        pass
-
-    def on_link_state(self, up: bool) -> None:
-        pass
-
-
 class Publisher:
+    """Publishes into a pushgate cluster through its broker (see the module docstring)."""
+
     def __init__(self, url: str, *, prefix: str = "pg", history_size: int = 100,
                  history_ttl: float = 300.0) -> None:
-        broker, _presence, _leases = create_stores(url, prefix=prefix)
-        self._broker: Broker = broker
+        self._broker: Broker = create_broker(url, prefix=prefix)
         self._history = HistoryOptions(history_size, history_ttl)
         self._started = False
 
@@ -65,7 +52,7 @@ class Publisher:
 
     async def start(self) -> None:
         if not self._started:
-            await self._broker.start(_Ignore())
+            await self._broker.start(None)  # publish-only: no pub/sub link
             self._started = True
 
     async def close(self) -> None:

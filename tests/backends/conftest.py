@@ -31,8 +31,8 @@ from pushgate.backends import (
     Publication,
     UserMessage,
 )
-from pushgate.backends.redis import RedisBroker, RedisLeaseStore, RedisPresenceStore
-from pushgate.backends.redis_common import Keys
+from pushgate.backends.redis import LinkOptions, RedisBroker, RedisLeaseStore, RedisPresenceStore
+from pushgate.backends.redis.keys import Keys
 
 from ..helpers import timeout as scaled
 from ..helpers import wait_for
@@ -115,9 +115,13 @@ class Backend:
         if self.kind == "memory":
             broker = MemoryBroker()
         else:
-            opts.setdefault("backoff_min", 0.05)
-            opts.setdefault("backoff_max", 0.5)
-            broker = RedisBroker(self.url, prefix=self.prefix, **opts)
+            # Link settings may be given one by one (ping_interval=..., backoff_min=...); tests
+            # reconnect faster than production: backoff 0.05 .. 0.5 s unless a test says otherwise.
+            link_fields = {f for f in LinkOptions.__dataclass_fields__}
+            link = {k: opts.pop(k) for k in list(opts) if k in link_fields}
+            link.setdefault("backoff_min", 0.05)
+            link.setdefault("backoff_max", 0.5)
+            broker = RedisBroker(self.url, prefix=self.prefix, links=LinkOptions(**link), **opts)
         await broker.start(recorder)
         self._closers.append(broker.close)
         return broker, recorder

@@ -1,10 +1,24 @@
 """Brokers, presence and lease stores: memory (single node) and Redis/Valkey (cluster).
 
-Pick an implementation with :func:`create_stores` and a URL: ``memory://``, ``redis://host:port/db``
-or ``redis+cluster://host:port``.
+Pick an implementation with :func:`create_stores` and a URL: ``memory://``,
+``redis://host:port/db``, ``redis+cluster://host:port`` and the other schemes of
+:data:`SUPPORTED_SCHEMES` (:mod:`.validation` has the table).
+
+Layout, one file per interface and per implementation::
+
+    broker.py   presence.py   lease.py           interfaces (typing.Protocol) and their data
+    history.py                                   the history rules, once, and their Python version
+    broker_memory.py  presence_memory.py  lease_memory.py   single-node implementations
+    redis/                                       Redis/Valkey implementations (see its __init__)
+    validation.py                                URL schemes and key prefix, checked without redis-py
+
+Modules inside this package import from the specific module, never from this one, so that
+importing any of them does not pull in the rest (and never redis-py for a memory node).
 """
 
 from __future__ import annotations
+
+import sys
 
 from pushgate.backends.broker import (
     Broker,
@@ -17,11 +31,16 @@ from pushgate.backends.broker import (
     StreamPosition,
     UserMessage,
 )
+from pushgate.backends.broker_memory import MemoryBroker
 from pushgate.backends.lease import LeaseStore
-from pushgate.backends.memory import MemoryBroker, MemoryLeaseStore, MemoryPresenceStore
+from pushgate.backends.lease_memory import MemoryLeaseStore
 from pushgate.backends.presence import ChannelPresence, NodeInfo, OnlineCounts, PresenceStore
+from pushgate.backends.presence_memory import MemoryPresenceStore
+from pushgate.backends.validation import SUPPORTED_SCHEMES, check_url
+from pushgate.errors import BrokerUnavailable
 
 __all__ = [
+    "SUPPORTED_SCHEMES",
     "Broker",
     "BrokerHandler",
     "ChannelEvent",
@@ -39,6 +58,8 @@ __all__ = [
     "Publication",
     "StreamPosition",
     "UserMessage",
+    "check_url",
+    "create_broker",
     "create_stores",
     "is_unavailable",
 ]
@@ -49,37 +70,43 @@ def create_stores(
 ) -> tuple[Broker, PresenceStore, LeaseStore]:
     """Build the broker, presence store and lease store named by ``url``.
 
-    ``memory://`` gives the single-node trio; ``redis://`` and ``redis+cluster://`` (also
-    ``rediss://``, ``valkey://``) give the Redis/Valkey trio sharing one key ``prefix``.
+    ``memory://`` gives the single-node trio; the Redis/Valkey schemes give the Redis trio
+    sharing one connection pool and one key ``prefix``. Raises ValueError for an unsupported
+    scheme or a prefix the key layout cannot hold.
     """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
+    if check_url(url) == "memory":
         return MemoryBroker(), MemoryPresenceStore(), MemoryLeaseStore()
     # Imported here so a memory-only node never imports redis-py.
     from pushgate.backends.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
 
-    try:
-        conn = RedisConnection(url)
-    except ValueError:
-        pass
-    else:
-        return (
-            RedisBroker(conn, prefix=prefix),
-            RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
-            RedisLeaseStore(conn, prefix=prefix),
-        )
-    raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
+    conn = RedisConnection(url)
+    return (
+        RedisBroker(conn, prefix=prefix),
+        RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
+        RedisLeaseStore(conn, prefix=prefix),
+    )
+
+
+def create_broker(url: str, *, prefix: str = "pg") -> Broker:
+    """Just the broker named by ``url`` (for publishers, which need no presence or leases)."""
+    if check_url(url) == "memory":
+        return MemoryBroker()
+    from pushgate.backends.redis import RedisBroker
+
+    return RedisBroker(url, prefix=prefix)
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means the broker cannot be reached right now (a retry may succeed)."""
-    from pushgate.errors import BrokerUnavailable
+    """True when ``exc`` means the broker cannot be reached right now (a retry may succeed).
 
+    The stores raise :class:`~pushgate.errors.BrokerUnavailable` for that; plain connection
+    errors and timeouts count too, and so does an untranslated redis-py error (if redis-py is
+    loaded at all), for code that talks to Redis some other way.
+    """
     if isinstance(exc, BrokerUnavailable | ConnectionError | TimeoutError):
         return True
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover
+    if "redis" not in sys.modules:
         return False
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
+    from pushgate.backends.redis.connection import unavailable
+
+    return unavailable(exc) is not None

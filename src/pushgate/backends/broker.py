@@ -5,8 +5,12 @@ arrives to a :class:`BrokerHandler` (the node implements it). History lives with
 because a publication's offset must be assigned atomically with its append to history and its
 fan-out; :class:`HistoryStore` is the read side of that, usable on its own (e.g. by the HTTP API).
 
-Every implementation has a memory version (the single-node default, and the reference in
-tests) and a Redis/Valkey version; one conformance suite (``tests/backends``) runs over each.
+Every implementation has a memory version (``broker_memory``, the single-node default and the
+reference in tests) and a Redis/Valkey version (``redis/broker``); one conformance suite
+(``tests/backends``) runs over each. The history rules both follow are in ``history``.
+
+Errors: a broker that cannot reach its backing service raises
+:class:`pushgate.errors.BrokerUnavailable` (translated once, at the backend boundary).
 
 Data (``data`` fields) is always *raw JSON bytes*: it is parsed once at the edge that
 received it and never re-encoded on the way to subscribers.
@@ -66,8 +70,8 @@ class UserMessage:
 class HistoryResult:
     """Publications after a position, oldest first, and where the stream stands now.
 
-    ``complete`` is False when the requested ``since`` could not be honoured: the epoch
-    changed, or publications after ``since`` have already been trimmed away.
+    ``complete`` is False when the requested ``since`` could not be honoured (the epoch
+    changed, or publications after ``since`` were trimmed): rule 7 of :mod:`.history`.
     """
 
     publications: list[Publication]
@@ -102,8 +106,7 @@ class HistoryStore(Protocol):
     async def history(
         self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
     ) -> HistoryResult:
-        """Publications with offset > ``since.offset`` (all kept ones when ``since`` is None),
-        oldest first, at most ``limit`` (the newest ``limit`` when ``since`` is None)."""
+        """What a reader gets from the channel's history: rules 6-8 of :mod:`.history`."""
         ...
 
     async def position(self, channel: str) -> StreamPosition: ...
@@ -111,7 +114,13 @@ class HistoryStore(Protocol):
 class Broker(HistoryStore, Protocol):
     """Moves publications between nodes; assigns offsets and keeps history as it publishes."""
 
-    async def start(self, handler: BrokerHandler) -> None: ...
+    async def start(self, handler: BrokerHandler | None) -> None:
+        """Connect and hand incoming traffic to ``handler``.
+
+        ``None`` starts a *publish-only* broker (what :class:`pushgate.Publisher` uses): it can
+        publish, send, broadcast and read history, opens no subscription link, and refuses
+        :meth:`subscribe`/:meth:`subscribe_user` with RuntimeError.
+        """
 
     async def close(self) -> None: ...
 

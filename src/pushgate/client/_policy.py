@@ -1,14 +1,16 @@
 """When to reconnect and how long to wait: the close-code table and backoff, with no I/O.
 
 These are the rules of docs/protocol.md#close-codes, kept in one place so that the connection
-loop only asks "what now?" and tests can check the table without a server.
+loop only asks "what now?" and tests can check the table without a server. The delays come from
+:func:`pushgate.backoff.backoff`, the one policy shared with the server's Redis links and
+``pushgate.js`` (re-exported here so ``pushgate.client.backoff`` keeps working).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
 from enum import StrEnum
+
+from ..backoff import backoff
 
 __all__ = ["Action", "backoff", "close_code_action", "handshake_is_fatal"]
 
@@ -54,31 +56,3 @@ def handshake_is_fatal(status: int) -> bool:
     rate-limited or banned. Restart the client once the credential problem is fixed.
     """
     return 400 <= status < 500 and status not in _TRANSIENT_4XX
-
-
-def backoff(
-    min_delay: float = 0.5,
-    max_delay: float = 20.0,
-    *,
-    factor: float = 2.0,
-    rng: random.Random | None = None,
-) -> Iterator[float]:
-    """Reconnect delays in seconds, forever: exponential backoff with full jitter.
-
-    The n-th delay (n = 0, 1, ...) is uniform in ``[0, min(max_delay, min_delay * factor**n)]``, so
-    the first one is already random within ``[0, min_delay]``. Full jitter spreads a crowd of clients
-    that lost the same node over the whole window instead of bringing them back in synchronised
-    waves (the "thundering herd" after a restart). The cap stops growing once it reaches
-    ``max_delay``, so the generator never overflows however long it runs.
-
-    The client restarts the generator once a connection has stayed up longer than ``max_delay``.
-    """
-    if min_delay <= 0 or max_delay < min_delay:
-        raise ValueError("need 0 < min_delay <= max_delay")
-    if factor < 1:
-        raise ValueError("factor must be >= 1")
-    draw = rng.uniform if rng is not None else random.uniform
-    cap = min_delay
-    while True:
-        yield draw(0.0, cap)
-        cap = min(max_delay, cap * factor)

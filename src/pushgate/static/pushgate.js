@@ -41,6 +41,27 @@
     return 'backoff'; // 1000 (server-initiated), 1006, 1009, 1011, 4000-4499, anything else
   }
 
+  /** Reconnect window defaults (ms), the same as pushgate.backoff (0.5 s .. 20 s). */
+  const DEFAULT_MIN_DELAY = 500;
+  const DEFAULT_MAX_DELAY = 20000;
+
+  /**
+   * The one backoff policy of pushgate (src/pushgate/backoff.py has the reasoning): the delay
+   * before retry number `attempt` (0, 1, 2, ...) of a run of failures is uniform in
+   * [0, min(maxDelay, minDelay * 2^attempt)] — random from the first retry on (full jitter),
+   * doubling, capped. A crowd of clients that lost the same node comes back spread out.
+   * @param {number} attempt failures so far in this run (0 for the first retry)
+   * @param {number} [minDelay=500] ms
+   * @param {number} [maxDelay=20000] ms
+   * @returns {number} delay in whole ms
+   */
+  function backoffDelay(attempt, minDelay, maxDelay) {
+    const lo = minDelay === undefined ? DEFAULT_MIN_DELAY : minDelay;
+    const hi = maxDelay === undefined ? DEFAULT_MAX_DELAY : maxDelay;
+    const cap = Math.min(hi, lo * Math.pow(2, Math.max(0, attempt)));
+    return Math.round(Math.random() * cap);
+  }
+
   /** Error type used to reject command promises. `code` is the server's snake_case code,
    *  or one of the client-side codes: timeout, disconnected, closed, message_too_big. */
   class PushgateError extends Error {
@@ -92,7 +113,7 @@
     constructor(url, options) {
       const o = options || {};
       this.url = url;
-      this.options = Object.assign({ minDelay: 500, maxDelay: 20000, requestTimeout: 10000,
+      this.options = Object.assign({ minDelay: DEFAULT_MIN_DELAY, maxDelay: DEFAULT_MAX_DELAY, requestTimeout: 10000,
         maxMessageSize: 65536, pingInterval: 0, autoConnect: true }, o);
       /** @type {string} one of Pushgate.STATES */
       this.state = STATES.DISCONNECTED;
@@ -244,9 +265,7 @@
       if (immediate && !this._immediateUsed) {
         this._immediateUsed = true; // a server closing with 1012/4002 again soon gets backoff
       } else {
-        // Exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].
-        const cap = Math.min(this.options.maxDelay, this.options.minDelay * Math.pow(2, this._attempts));
-        delay = Math.round(Math.random() * cap);
+        delay = backoffDelay(this._attempts, this.options.minDelay, this.options.maxDelay);
         this._attempts += 1;
       }
       this._setState(STATES.DISCONNECTED, { code: code, reason: reason, delay: delay });
@@ -406,8 +425,8 @@
           return; // retried on the next welcome
         }
         if (err.code === 'unavailable') { // broker down: retry this channel with backoff
-          const cap = Math.min(this.options.maxDelay, this.options.minDelay * Math.pow(2, sub.retries++));
-          setTimeout(() => { if (this._subs.get(channel) === sub) this._sendSubscribe(channel); }, Math.random() * cap);
+          const delay = backoffDelay(sub.retries++, this.options.minDelay, this.options.maxDelay);
+          setTimeout(() => { if (this._subs.get(channel) === sub) this._sendSubscribe(channel); }, delay);
           return;
         }
         this._subs.delete(channel); // refused for good (permission_denied, rejected, limit_exceeded, ...)
@@ -489,5 +508,5 @@
   }
 
   return { Client: Client, PushgateError: PushgateError, STATES: STATES, closeCodeAction: closeCodeAction,
-    version: '0.1.0' };
+    backoffDelay: backoffDelay, version: '0.1.0' };
 });

@@ -1,6 +1,6 @@
 """Redis/Valkey presence: exact, cluster-wide, and self-cleaning when a node dies.
 
-Every entry is stored per node (see the key layout in :mod:`pushgate.backends.redis_common`):
+Every entry is stored per node (see the key layout in :mod:`.keys`):
 a node's connections and user counts in hashes tagged with the node id, and its members of a
 channel in ``P:pres:{channel}:node``. Readers first ask which registered nodes are live (their
 ``alive`` key exists) and then read only those nodes' entries, so a dead node's users vanish
@@ -11,7 +11,8 @@ The store keeps a mirror of this node's own entries. When a heartbeat finds this
 everything from the mirror, so the node heals without help.
 
 Multi-key work is done per slot (one Lua script per node's keys, pipelines elsewhere), so the
-same code runs on a single server and on a cluster.
+same code runs on a single server and on a cluster. Errors reaching Redis leave every public
+method as :class:`pushgate.errors.BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -25,39 +26,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from pushgate.backends.presence import ChannelPresence, NodeInfo, OnlineCounts
-from pushgate.backends.redis_common import (
-    Keys,
-    RedisClient,
-    RedisConnection,
-    decode_user,
-    encode_user,
-    millis,
-)
+from pushgate.backends.redis import scripts
+from pushgate.backends.redis.connection import RedisClient, RedisConnection, millis, translate_errors
+from pushgate.backends.redis.envelope import decode_user, encode_user
+from pushgate.backends.redis.keys import Keys
 
 __all__ = ["RedisPresenceStore"]
 
 log = logging.getLogger(__name__)
-
-# KEYS: conns, users. ARGV: conn id, encoded user.
-_ADD_LUA = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 and ARGV[2] ~= '' then
-  redis.call('HINCRBY', KEYS[2], string.sub(ARGV[2], 2), 1)
-end
-return 0
-"""
-
-# KEYS: conns, users. ARGV: conn id. The user comes from the stored entry, not the caller.
-_REMOVE_LUA = """
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  if v ~= '' then
-    local u = string.sub(v, 2)
-    if redis.call('HINCRBY', KEYS[2], u, -1) <= 0 then redis.call('HDEL', KEYS[2], u) end
-  end
-end
-return 0
-"""
 
 
 class RedisPresenceStore:
@@ -86,17 +62,19 @@ class RedisPresenceStore:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    @translate_errors
     async def start(self, node_id: str) -> None:
         """Register ``node_id``, dropping whatever a crashed process with the same id left."""
         self._node = node_id
         client = self._client = self._conn.acquire()
-        self._add = client.register_script(_ADD_LUA)
-        self._remove = client.register_script(_REMOVE_LUA)
+        self._add = client.register_script(scripts.PRESENCE_ADD)
+        self._remove = client.register_script(scripts.PRESENCE_REMOVE)
         if isinstance(client, RedisCluster):
             await client.initialize()
         await self._delete_node(node_id)
         await self.heartbeat()
 
+    @translate_errors
     async def close(self) -> None:
         if self._client is None:
             return
@@ -110,6 +88,7 @@ class RedisPresenceStore:
             self._client = None
             await self._conn.release()
 
+    @translate_errors
     async def heartbeat(self) -> None:
         keys = self._keys
         pipe = self._require().pipeline(transaction=False)
@@ -125,6 +104,7 @@ class RedisPresenceStore:
 
     # --- connections and channels -------------------------------------------------------------
 
+    @translate_errors
     async def add_connection(self, conn_id: str, user: str | None) -> None:
         self._conns[conn_id] = user
         keys = self._keys
@@ -132,6 +112,7 @@ class RedisPresenceStore:
             keys=[keys.node_conns(self._node), keys.node_users(self._node)], args=[conn_id, encode_user(user)]
         )
 
+    @translate_errors
     async def remove_connection(self, conn_id: str, user: str | None) -> None:
         self._conns.pop(conn_id, None)
         keys = self._keys
@@ -139,6 +120,7 @@ class RedisPresenceStore:
             keys=[keys.node_conns(self._node), keys.node_users(self._node)], args=[conn_id]
         )
 
+    @translate_errors
     async def join(self, channel: str, conn_id: str, user: str | None) -> None:
         self._channels.setdefault(channel, {})[conn_id] = user
         keys = self._keys
@@ -147,6 +129,7 @@ class RedisPresenceStore:
         pipe.execute_command("SADD", keys.node_channels(self._node), channel)
         await pipe.execute()
 
+    @translate_errors
     async def leave(self, channel: str, conn_id: str) -> None:
         members = self._channels.get(channel)
         if members is not None:
@@ -170,6 +153,7 @@ class RedisPresenceStore:
 
     # --- reading ------------------------------------------------------------------------------
 
+    @translate_errors
     async def presence(self, channel: str) -> ChannelPresence:
         live = await self.nodes()
         if not live:
@@ -185,6 +169,7 @@ class RedisPresenceStore:
             users.update(u for u in map(decode_user, values) if u is not None)
         return ChannelPresence(channel=channel, users=sorted(users), connections=connections)
 
+    @translate_errors
     async def online(self) -> OnlineCounts:
         live = await self.nodes()
         if not live:
@@ -204,6 +189,7 @@ class RedisPresenceStore:
             nodes[node] = NodeInfo(node=node, connections=conns, users=len(users))
         return OnlineCounts(connections=total, users=len(all_users), nodes=nodes)
 
+    @translate_errors
     async def nodes(self) -> list[str]:
         registered = await self._registered()
         alive = await self._alive(registered)
@@ -211,6 +197,7 @@ class RedisPresenceStore:
 
     # --- repair -------------------------------------------------------------------------------
 
+    @translate_errors
     async def purge_dead_nodes(self) -> list[str]:
         registered = await self._registered()
         alive = await self._alive(registered)
@@ -224,6 +211,7 @@ class RedisPresenceStore:
                 await self._cmd("DEL", self._keys.alive(node))
         return dead
 
+    @translate_errors
     async def resync(self, connections: dict[str, str | None], channels: dict[str, dict[str, str | None]]) -> None:
         self._conns = dict(connections)
         self._channels = {ch: dict(members) for ch, members in channels.items() if members}

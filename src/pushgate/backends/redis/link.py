@@ -10,8 +10,10 @@ and every subscriber has to fill the gap from history. So this module drives a b
   sent tells solicited unsubscribes from the ones a cluster sends when a slot migrates away;
 * a PING goes out whenever the link has been quiet for ``ping_interval``; no byte back within
   ``ping_timeout`` means the link is silently dead (TCP keepalive alone takes minutes);
-* after a drop it reconnects with backoff + jitter, resubscribes every topic it holds, and only
-  reports itself up once every SUBSCRIBE is confirmed.
+* after a drop it reconnects with the shared backoff policy (:mod:`pushgate.backoff`),
+  resubscribes every topic it holds, and only reports itself up once every SUBSCRIBE is confirmed.
+
+Which link carries which topic is not this module's business: that is :mod:`.links`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from pushgate.backends.redis_common import backoff_delays
+from pushgate.backoff import backoff
 
-__all__ = ["PubSubLink"]
+__all__ = ["LinkOptions", "PubSubLink"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,36 @@ _Expect = tuple[Literal["sub", "unsub", "ping"], bytes]
 _MESSAGE_KINDS = (b"message", b"smessage")
 _SUBSCRIBE_KINDS = (b"subscribe", b"ssubscribe")
 _UNSUBSCRIBE_KINDS = (b"unsubscribe", b"sunsubscribe")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """How every pub/sub link of a broker keeps itself alive (one value shared by all links).
+
+    * ``ping_interval``: a PING goes out after this long without any byte from the server;
+      ``ping_timeout``: no reply within it means the link is silently dead (TCP keepalive
+      alone takes minutes to notice a frozen server or a dropped route).
+    * ``backoff_min``/``backoff_max``: the reconnect window of :func:`pushgate.backoff.backoff`;
+      tighter than a client's (0.5 .. 20 s) because a node sits next to its Redis.
+    * ``confirm_timeout``: how long a subscribe waits for the server's confirmation.
+    * ``connect_timeout``: bound of one connect + handshake (a frozen server accepts TCP
+      connections and never answers).
+    """
+
+    ping_interval: float = 5.0
+    ping_timeout: float = 3.0
+    backoff_min: float = 0.1
+    backoff_max: float = 5.0
+    confirm_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.ping_interval <= 0 or self.ping_timeout <= 0:
+            raise ValueError("ping_interval and ping_timeout must be > 0")
+        if self.confirm_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("confirm_timeout and connect_timeout must be > 0")
+        if not 0 < self.backoff_min <= self.backoff_max:
+            raise ValueError("need 0 < backoff_min <= backoff_max")
 
 
 class _LinkDead(Exception):
@@ -61,12 +94,7 @@ class PubSubLink:
         on_state: Callable[[], None],
         on_misrouted: Callable[[bytes], None] | None = None,
         on_connect_failed: Callable[[], None] | None = None,
-        ping_interval: float = 5.0,
-        ping_timeout: float = 3.0,
-        backoff_min: float = 0.1,
-        backoff_max: float = 5.0,
-        confirm_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
+        options: LinkOptions,
     ) -> None:
         self.name = name
         self.topics: set[bytes] = set()
@@ -78,11 +106,11 @@ class PubSubLink:
         self._on_state = on_state
         self._on_misrouted = on_misrouted
         self._on_connect_failed = on_connect_failed
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
-        self._backoff = (backoff_min, backoff_max)
-        self._confirm_timeout = confirm_timeout
-        self._connect_timeout = connect_timeout
+        self._ping_interval = options.ping_interval
+        self._ping_timeout = options.ping_timeout
+        self._backoff = (options.backoff_min, options.backoff_max)
+        self._confirm_timeout = options.confirm_timeout
+        self._connect_timeout = options.connect_timeout
         self._conn: AbstractConnection | None = None
         self._expect: deque[_Expect] = deque()
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
@@ -161,7 +189,7 @@ class PubSubLink:
             log.debug("pub/sub %s: send failed: %r", self.name, exc)
 
     async def _run(self) -> None:
-        delays = backoff_delays(*self._backoff)
+        delays = backoff(*self._backoff)
         while not self._closing:
             conn = self._factory()
             try:
@@ -186,7 +214,7 @@ class PubSubLink:
                 self._first_attempt.set()
                 self._on_state()  # the owner now counts this link as down
             if was_up:
-                delays = backoff_delays(*self._backoff)
+                delays = backoff(*self._backoff)
             elif self._on_connect_failed is not None:
                 self._on_connect_failed()
             await asyncio.sleep(next(delays))

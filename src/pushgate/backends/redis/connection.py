@@ -1,0 +1,224 @@
+"""The Redis/Valkey deployment named by a URL, its shared command client, and error translation.
+
+Every store of one node shares one :class:`RedisConnection` (one connection pool). Pub/sub
+connections are separate (:meth:`RedisConnection.pubsub_connection`), owned by the links.
+
+Errors: redis-py raises its own exception tree, and which of its errors mean "Redis cannot be
+reached right now" is a Redis detail. The stores translate those, once, at their public methods
+(:func:`translate_errors`, or an inline ``except UNAVAILABLE_ERRORS`` on the publish hot path)
+into :class:`pushgate.errors.BrokerUnavailable`, raised ``from`` the original. Everything else
+(a wrong type, a script bug) stays what it is: retrying it would not help.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, ParamSpec, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff, NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pushgate.backends.validation import CLUSTER_SCHEMES, SINGLE_SCHEMES
+from pushgate.backoff import backoff_cap
+from pushgate.errors import BrokerUnavailable
+
+__all__ = [
+    "MAX_POOL_CONNECTIONS",
+    "UNAVAILABLE_ERRORS",
+    "RedisClient",
+    "RedisConnection",
+    "millis",
+    "translate_errors",
+    "unavailable",
+]
+
+MAX_POOL_CONNECTIONS = 256  # per node process, shared by broker, presence and leases
+
+RedisClient = Redis | RedisCluster
+
+# "Cannot reach Redis right now": refused/reset connections and timeouts (redis-py's and the
+# builtins; redis-py's ConnectionError covers BusyLoading, MaxConnections and auth failures),
+# a cluster without a quorum or mid-failover (CLUSTERDOWN, MASTERDOWN, TRYAGAIN) and a slot no
+# node serves yet.
+UNAVAILABLE_ERRORS: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _cluster_unreachable(exc: RedisClusterException) -> bool:
+    """redis-py reports "no startup node reachable" as a bare RedisClusterException; its other
+    RedisClusterExceptions are usage errors (cross-slot keys, a command without keys)."""
+    return isinstance(exc.__cause__, UNAVAILABLE_ERRORS) or "cannot be connected" in str(exc)
+
+
+def unavailable(exc: BaseException) -> BrokerUnavailable | None:
+    """The BrokerUnavailable that ``exc`` stands for, or None if it is some other failure."""
+    if isinstance(exc, BrokerUnavailable):
+        return exc
+    if isinstance(exc, UNAVAILABLE_ERRORS) or (isinstance(exc, RedisClusterException) and _cluster_unreachable(exc)):
+        return BrokerUnavailable(f"Redis unavailable: {exc}")
+    return None
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def translate_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Wrap a store's public async method: Redis-unreachable errors become BrokerUnavailable.
+
+    Costs one try/except per call when nothing fails. Not used on the publish hot path, which
+    translates inline where the pipelined results are handed out.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (*UNAVAILABLE_ERRORS, RedisClusterException) as exc:
+            translated = unavailable(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    return wrapper
+
+
+class CommandBackoff(AbstractBackoff):
+    """redis-py's command retries (a pooled connection that died with a server restart), timed by
+    the shared policy of :mod:`pushgate.backoff` in a short window: 0.05 s growing to 1 s."""
+
+    def __init__(self, min_delay: float = 0.05, max_delay: float = 1.0) -> None:
+        self._window = (min_delay, max_delay)
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        # redis-py counts failures from 1; the policy numbers retries from 0.
+        return random.uniform(0.0, backoff_cap(failures - 1, *self._window))
+
+
+def millis(seconds: float) -> int:
+    """Seconds to a positive millisecond count for PX / PEXPIRE."""
+    return max(1, round(seconds * 1000))
+
+
+class RedisConnection:
+    """One Redis/Valkey deployment named by URL, and the command client the stores share.
+
+    ``redis://host:port/db`` (also ``rediss://``, ``unix://``, ``valkey://``) is a single
+    server; ``redis+cluster://host:port`` (``rediss+cluster://``, ``valkey+cluster://``) is a
+    cluster reached through that seed node; the scheme table is :mod:`pushgate.backends.validation`.
+    The command client is created on first use and closed when the last started store releases
+    it (:meth:`release`), so a broker, presence store and lease store built by ``create_stores``
+    share one connection pool. The lease store has no lifecycle in its protocol, so it borrows
+    the client without holding it: closing the node's broker and presence store closes the pool.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        health_check_interval: float = 10.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise ValueError(f"not a Redis URL: {url!r}")
+        scheme = scheme.lower()
+        if scheme in CLUSTER_SCHEMES:
+            self.cluster = True
+            self.base_url = f"{CLUSTER_SCHEMES[scheme]}://{rest}"
+        elif scheme in SINGLE_SCHEMES:
+            self.cluster = False
+            self.base_url = f"{SINGLE_SCHEMES[scheme]}://{rest}"
+        else:
+            raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        self.url = url
+        self.health_check_interval = health_check_interval
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self._client: RedisClient | None = None
+        self._users = 0
+
+    @property
+    def client(self) -> RedisClient:
+        """The shared command client; created on demand (so a lease store works unstarted)."""
+        if self._client is None:
+            opts: dict[str, Any] = {
+                "socket_keepalive": True,
+                "health_check_interval": self.health_check_interval,
+                "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": self.connect_timeout,
+                # from_url clients retry nothing by default; a pooled connection that died
+                # with a server restart must be reconnected, not surfaced as an error.
+                "retry": Retry(CommandBackoff(), 3),
+            }
+            if self.cluster:
+                self._client = RedisCluster.from_url(self.base_url, **opts)
+            else:
+                # A blocking pool: under a connect storm (every handshake writes presence) callers
+                # wait briefly for a free connection instead of failing with "Too many connections".
+                pool = BlockingConnectionPool.from_url(
+                    self.base_url, max_connections=MAX_POOL_CONNECTIONS,
+                    timeout=self.connect_timeout + self.socket_timeout, **opts,
+                )
+                self._client = Redis.from_pool(pool)
+        return self._client
+
+    def acquire(self) -> RedisClient:
+        self._users += 1
+        return self.client
+
+    async def release(self) -> None:
+        self._users = max(0, self._users - 1)
+        await self.close_if_unused()
+
+    async def close_if_unused(self) -> None:
+        """Close the client unless a started broker or presence store still holds it."""
+        if self._users == 0 and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def pubsub_connection(self, host: str | None = None, port: int | None = None) -> AbstractConnection:
+        """A fresh, unconnected connection for pub/sub, to the URL's server or a cluster node.
+
+        RESP2 and no redis-py retries or health checks: the link owns reconnects and its own
+        PING-based liveness check, and a health check would steal replies from its reader.
+        """
+        kwargs: dict[str, Any] = dict(parse_url(self.base_url))
+        connection_class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
+        if host is not None:
+            kwargs["host"] = host
+        if port is not None:
+            kwargs["port"] = port
+        kwargs.update(
+            socket_keepalive=True,
+            socket_timeout=None,
+            socket_connect_timeout=self.connect_timeout,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
+        return connection_class(**kwargs)

@@ -1,0 +1,118 @@
+"""Every Lua script of the Redis/Valkey stores, in one place.
+
+Scripts exist where a read and a write must be one step. Each script touches keys of one hash
+tag only (see :mod:`.keys`), so it runs unchanged on a single server and on a cluster.
+
+The history scripts (``PUBLISH``, ``HISTORY``) are the Redis copy of the history rules written
+in :mod:`pushgate.backends.history`; the comments name the rule numbers used there. They must
+run inside Redis because the offset is assigned atomically with the append and the fan-out, and
+a reader must see the meta hash and the list at the same instant.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HISTORY", "LEASE_ACQUIRE", "LEASE_RELEASE", "PRESENCE_ADD", "PRESENCE_REMOVE", "PUBLISH"]
+
+# KEYS: meta, history. ARGV: data, size, ttl ms, meta ttl ms, candidate epoch, topic, publish cmd.
+# Returns {epoch, offset}.
+PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then  -- rule 2: a missing meta key starts a new epoch with no history
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)  -- rule 1
+local size = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+if size > 0 and ttl > 0 then  -- rule 3: keep the newest size, for ttl after the newest
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('LTRIM', KEYS[2], -size, -1)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('DEL', KEYS[2])
+end
+local meta_ttl = tonumber(ARGV[4])  -- rule 5: meta outlives the history
+if ttl > meta_ttl then meta_ttl = ttl end
+redis.call('PEXPIRE', KEYS[1], meta_ttl)
+redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+return {epoch, offset}
+"""
+
+# Rule 4 (every publish appends or deletes the list, and the meta key outlives it) means list
+# index i holds offset ``oldest + i``. KEYS: meta, history. ARGV: candidate epoch, meta ttl ms,
+# has since (0/1), since epoch, since offset, limit (-1 = all).
+# Returns {epoch, offset, complete, offset of the first entry, entries}.
+HISTORY = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local offset = 0
+if not epoch then  -- rules 2 and 8: reading creates the epoch
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+end
+local llen = redis.call('LLEN', KEYS[2])
+local oldest = offset - llen + 1
+local limit = tonumber(ARGV[6])
+local complete = 1
+local first = 0
+if ARGV[3] == '1' then  -- rule 7
+  local since = tonumber(ARGV[5])
+  if ARGV[4] == epoch and since <= offset and since >= oldest - 1 then
+    first = since + 1 - oldest
+  else
+    complete = 0
+  end
+elseif limit >= 0 and limit < llen then  -- rule 6
+  first = llen - limit
+end
+local last = llen - 1
+if limit >= 0 and first + limit - 1 < last then last = first + limit - 1 end
+local entries = {}
+if first <= last then entries = redis.call('LRANGE', KEYS[2], first, last) end
+return {epoch, offset, complete, oldest + first, entries}
+"""
+
+# KEYS: node conns, node users. ARGV: conn id, encoded user. Counts a user once per connection.
+PRESENCE_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 and ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[2], string.sub(ARGV[2], 2), 1)
+end
+return 0
+"""
+
+# KEYS: node conns, node users. ARGV: conn id. The user comes from the stored entry, not the caller.
+PRESENCE_REMOVE = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if v ~= '' then
+    local u = string.sub(v, 2)
+    if redis.call('HINCRBY', KEYS[2], u, -1) <= 0 then redis.call('HDEL', KEYS[2], u) end
+  end
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: holder, ttl ms. Take when free, renew when ours.
+LEASE_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: holder.
+LEASE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
