@@ -28,13 +28,12 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import ConfigError, PushgateError
 
 if TYPE_CHECKING:
     from .backends.broker import StreamPosition
-    from .node import Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +62,18 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+class Pusher(Protocol):
+    """What an :class:`App` needs from the server to push: the node implements it."""
+
+    async def publish_json(self, channel: str, data: Any) -> StreamPosition: ...
+
+    async def broadcast_json(self, data: Any) -> None: ...
+
+    async def send_json(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None: ...
+
+
 class App:
-    """Hooks and rpc handlers, plus a handle to the running node for server-side pushes."""
+    """Hooks and rpc handlers, plus a handle to the running server for server-side pushes."""
 
     def __init__(self) -> None:
         self.connect_hooks: list[ConnectHook] = []
@@ -72,7 +81,7 @@ class App:
         self.publish_hooks: list[PublishHook] = []
         self.disconnect_hooks: list[DisconnectHook] = []
         self.rpc_handlers: dict[str, RpcHandler] = {}
-        self._node: Node | None = None
+        self._pusher: Pusher | None = None
 
     # -- registration (decorators) --
     def on_connect(self, fn: F) -> F:
@@ -99,23 +108,24 @@ class App:
         return register
 
     # -- server-side pushes from handlers --
-    def bind(self, node: Node) -> None:
-        self._node = node
+    def bind(self, pusher: Pusher) -> None:
+        """Attach to a running server (the node calls this when it starts)."""
+        self._pusher = pusher
 
     @property
-    def node(self) -> Node:
-        if self._node is None:
+    def pusher(self) -> Pusher:
+        if self._pusher is None:
             raise PushgateError("the app is not attached to a running node yet")
-        return self._node
+        return self._pusher
 
     async def publish(self, channel: str, data: Any) -> StreamPosition:
-        return await self.node.publish_json(channel, data)
+        return await self.pusher.publish_json(channel, data)
 
     async def broadcast(self, data: Any) -> None:
-        await self.node.broadcast_json(data)
+        await self.pusher.broadcast_json(data)
 
     async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
-        await self.node.send_json(users, data, sender=sender)
+        await self.pusher.send_json(users, data, sender=sender)
 
 
 def load_app(spec: str) -> App:

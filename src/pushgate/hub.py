@@ -1,34 +1,21 @@
 """This node's connections, indexed by id, user and channel, and the fan-out over them.
 
-The hub knows nothing about brokers or clusters: the node tells it what to deliver. A
-payload is wrapped once in :class:`Outgoing`, which frames it once per transport kind on first
-use; every connection then writes those same bytes (no per-connection encoding, no task per
-message).
+The hub knows nothing about brokers, clusters or stream order (that is :mod:`pushgate.stream`):
+the node tells it what to deliver. A payload is wrapped once in :class:`Outgoing`, which frames
+it once per transport kind on first use; every connection then writes those same bytes (no
+per-connection encoding, no task per message).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .backends.broker import Publication, StreamPosition
 from .protocol.outgoing import Outgoing
 
 if TYPE_CHECKING:
     from .web.connection import Connection
-
-
-@dataclass(slots=True)
-class ChannelState:
-    """Local subscribers of one channel and where its stream stands on this node."""
-
-    subscribers: set[Connection] = field(default_factory=set)
-    # connections replaying history: live publications are held for them until the replay is sent
-    pending: dict[Connection, list[Publication]] = field(default_factory=dict)
-    last: StreamPosition | None = None  # newest publication delivered here
-    filling: list[Publication] | None = None  # set while the node fills a gap from history
 
 
 class Hub:
@@ -44,7 +31,9 @@ class Hub:
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, set[Connection]] = {}
-        self.channels: dict[str, ChannelState] = {}
+        #: live subscribers per channel (subscribers still replaying history are held by the
+        #: channel's :class:`~pushgate.stream.ChannelStream` and join here when they go live)
+        self.channels: dict[str, set[Connection]] = {}
         self.delivered = 0  # frames handed to transports, for metrics
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
@@ -87,11 +76,31 @@ class Hub:
             return True
         return False
 
+    def add_sub(self, channel: str, conn: Connection) -> bool:
+        """Make ``conn`` a live subscriber of ``channel``; True if it is the channel's first here."""
+        subs = self.channels.get(channel)
+        if subs is None:
+            self.channels[channel] = {conn}
+            return True
+        subs.add(conn)
+        return False
+
+    def remove_sub(self, channel: str, conn: Connection) -> bool:
+        """Forget ``conn`` in ``channel``; True if the channel has no live subscriber left here."""
+        subs = self.channels.get(channel)
+        if subs is None:
+            return True
+        subs.discard(conn)
+        if subs:
+            return False
+        del self.channels[channel]
+        return True
+
     def user_count(self) -> int:
         return len(self.users)
 
     def subscription_count(self) -> int:
-        return sum(len(st.subscribers) + len(st.pending) for st in self.channels.values())
+        return sum(len(subs) for subs in self.channels.values())
 
     # -- fan-out (hot path) --
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:
@@ -102,11 +111,10 @@ class Hub:
         self.delivered += n
         return n
 
-    def to_channel(self, st: ChannelState, pub: Publication, out: Outgoing) -> int:
-        """Deliver one publication of ``st``'s channel; held for subscribers still replaying history."""
-        for held in st.pending.values():
-            held.append(pub)
-        return self.fanout(st.subscribers, out)
+    def to_channel(self, channel: str, out: Outgoing) -> int:
+        """Deliver one frame to the live subscribers of ``channel`` on this node."""
+        subs = self.channels.get(channel)
+        return self.fanout(subs, out) if subs else 0
 
     def to_user(self, user: str, out: Outgoing) -> int:
         conns = self.users.get(user)

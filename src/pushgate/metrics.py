@@ -6,7 +6,7 @@ fan-out path pays no metrics cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -14,15 +14,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .hub import Hub
 
 
 class _HubCollector(Collector):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, hub: Hub, ready: Callable[[], bool]) -> None:
+        self.hub = hub
+        self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.node.hub
+        hub = self.hub
         yield GaugeMetricFamily("pushgate_connections", "Open client connections", value=len(hub.connections))
         yield GaugeMetricFamily("pushgate_users", "Distinct users connected", value=hub.user_count())
         yield GaugeMetricFamily("pushgate_channels", "Channels with local subscribers", value=len(hub.channels))
@@ -32,13 +33,15 @@ class _HubCollector(Collector):
         yield CounterMetricFamily(
             "pushgate_messages_out", "Frames handed to client transports", value=hub.delivered
         )
-        yield GaugeMetricFamily("pushgate_ready", "1 when ready to serve", value=1 if self.node.ready else 0)
+        yield GaugeMetricFamily("pushgate_ready", "1 when ready to serve", value=1 if self.ready() else 0)
 
 
 class NodeMetrics:
-    def __init__(self, node: Node) -> None:
+    """The node's counters, plus gauges read from ``hub`` and ``ready()`` at scrape time."""
+
+    def __init__(self, hub: Hub, ready: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(node))
+        self.registry.register(_HubCollector(hub, ready))
         r = self.registry
         self.connections_total = Counter("pushgate_connections_opened", "Connections accepted", registry=r)
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)

@@ -1,19 +1,18 @@
 """A node: one process's hub wired to the broker, presence store, lease store and scheduler.
 
-The node is the broker's :class:`~pushgate.backends.broker.BrokerHandler`: publications arrive
-here in per-channel offset order, are framed once and handed to the hub. It also keeps each
-channel's stream whole on this node: an offset gap (a lost pub/sub message) or a broker link
-loss is filled from history before live traffic continues, and if history cannot fill it the
-channel's subscribers are told to reconnect and recover (close 4002).
-
-Transports (WebSocket, SSE) call the node's client operations; the HTTP API calls the same
-operations without a connection.
+The node orchestrates; the parts decide. Client operations arrive here from every transport
+(and, without a connection, from the HTTP API and embedding code); each asks the
+:class:`~pushgate.auth.Authorizer` first. The node is also the broker's
+:class:`~pushgate.backends.broker.BrokerHandler`: a publication that arrives goes through its
+channel's :class:`~pushgate.stream.ChannelStream` (order, dedupe, held replays, gap fills),
+and what the stream says to deliver is framed once and handed to the :class:`~pushgate.hub.Hub`.
+The node carries out the stream's other answers: read history for a fill, release subscribers
+that waited for it, close subscribers with 4002 when history cannot fill a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
 import secrets
@@ -23,12 +22,12 @@ import weakref
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from .app import App, ClientInfo, call_maybe_async
-from .auth import Authenticator
+from .auth import Authenticator, Authorizer
 from .backends import create_stores
 from .backends.broker import (
     Broker,
@@ -43,16 +42,16 @@ from .backends.lease import LeaseStore
 from .backends.presence import ChannelPresence, OnlineCounts, PresenceStore
 from .config import Config
 from .errors import ClientError, CloseCode, Reject
-from .hub import ChannelState, Hub
+from .hub import Hub
 from .metrics import NodeMetrics
 from .names import valid_channel, valid_users
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
 from .scheduler import Scheduler
+from .stream import DELIVER, ChannelStream, FillOutcome, StartFill
 from .web.connection import Connection
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +85,14 @@ class Node:
         self.leases: LeaseStore = leases
         self.app = app or App()
         self.auth = Authenticator(config)
+        self.authorizer = Authorizer(config, self.app)
         self.hub = Hub()
         self.draining = False
         self.started = False
-        self.metrics = NodeMetrics(self)
-        self.scheduler = Scheduler(self)
+        self.metrics = NodeMetrics(self.hub, lambda: self.ready)
+        self.scheduler = Scheduler(config.schedule, self.leases, self.id, config.lease_ttl, self.publish)
+        #: channels this node is subscribed to upstream, each with its stream state
+        self._streams: dict[str, ChannelStream] = {}
         self._boot = secrets.token_hex(3)
         self._seq = count(1)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -227,35 +229,33 @@ class Node:
             self._locks[channel] = lock
         return lock
 
-    async def _acquire(self, channel: str) -> ChannelState:
-        """The channel's local state, subscribing upstream on its first local subscriber."""
-        lock = self._lock(channel)
-        async with lock:
-            st = self.hub.channels.get(channel)
-            if st is None:
+    async def _acquire(self, channel: str) -> ChannelStream:
+        """The channel's stream, subscribing upstream on its first local subscriber."""
+        async with self._lock(channel):
+            stream = self._streams.get(channel)
+            if stream is None:
                 await self.broker.subscribe(channel)
                 try:
                     position = await self.broker.position(channel)
                 except Exception:
                     await self.broker.unsubscribe(channel)
                     raise
-                st = ChannelState(last=position)
-                self.hub.channels[channel] = st
-            return st
+                stream = ChannelStream(position, gap_fill=self.config.history_for(channel)[0] > 0)
+                self._streams[channel] = stream
+            return stream
 
     async def _release(self, channel: str) -> None:
-        """Unsubscribe upstream after the last local subscriber left."""
-        lock = self._lock(channel)
-        async with lock:
-            st = self.hub.channels.get(channel)
-            if st is not None and not st.subscribers and not st.pending:
-                del self.hub.channels[channel]
+        """Unsubscribe upstream after the last local subscriber (live or replaying) left."""
+        async with self._lock(channel):
+            stream = self._streams.get(channel)
+            if stream is not None and not stream.held and channel not in self.hub.channels:
+                del self._streams[channel]
                 await self.broker.unsubscribe(channel)
 
     async def subscribe(
         self, conn: Connection, channel: str, since: StreamPosition | None = None
     ) -> SubscribeResult:
-        """Subscribe ``conn``; it stays *pending* until :meth:`finish_subscribe` is called.
+        """Subscribe ``conn``; it stays *held* until :meth:`finish_subscribe` is called.
 
         Between the two calls live publications are held for ``conn``, so the caller can send
         its reply and the replay, then the held publications, with nothing lost or reordered.
@@ -265,29 +265,23 @@ class Node:
             raise ClientError("already_subscribed", f"already subscribed to {channel!r}")
         if len(conn.channels) >= self.config.max_subscriptions:
             raise ClientError("limit_exceeded", f"at most {self.config.max_subscriptions} subscriptions")
+        await self.authorizer.subscribe(self.client_info(conn), channel)
         ns = self.config.namespace(channel)
-        if ns.subscribe == "authenticated" and conn.user is None:
-            raise ClientError("permission_denied", "this namespace needs an authenticated user")
-        patterns = (conn.claims or {}).get("channels")
-        if isinstance(patterns, list) and not any(_match(channel, p) for p in patterns):
-            raise ClientError("permission_denied", f"token does not allow {channel!r}")
-        for hook in self.app.subscribe_hooks:
-            await call_maybe_async(hook, self.client_info(conn), channel)
         conn.channels.add(channel)
         try:
-            st = await self._acquire(channel)
+            stream = await self._acquire(channel)
         except BaseException:
             conn.channels.discard(channel)
             raise
-        st.pending[conn] = []
+        stream.begin(conn)
         try:
-            result = await self._recover(channel, st, since)
+            result = await self._recover(channel, stream, since)
             if ns.presence:
                 await self.presence.join(channel, conn.id, conn.user)
             if ns.join_leave:
                 await self.broker.publish_event(ChannelEvent(channel, "join", conn.user))
         except BaseException:
-            st.pending.pop(conn, None)
+            stream.cancel(conn)
             conn.channels.discard(channel)
             await self._release(channel)
             raise
@@ -295,36 +289,40 @@ class Node:
         return result
 
     async def _recover(
-        self, channel: str, st: ChannelState, since: StreamPosition | None
+        self, channel: str, stream: ChannelStream, since: StreamPosition | None
     ) -> SubscribeResult:
-        assert st.last is not None
         if since is None:
-            return SubscribeResult(st.last, False, [])
+            return SubscribeResult(stream.last, False, [])
         res = await self.broker.history(channel, since=since)
         if res.complete:
             return SubscribeResult(res.position, True, res.publications)
         return SubscribeResult(res.position, False, [])
 
     def finish_subscribe(self, conn: Connection, channel: str, result: SubscribeResult) -> list[Publication]:
-        """Make ``conn`` a live subscriber; returns held publications newer than the replay."""
-        st = self.hub.channels.get(channel)
-        if st is None or conn not in st.pending:
+        """Make ``conn`` a live subscriber; returns held publications newer than the replay.
+
+        While the node fills a gap in this channel, ``conn`` stays held and gets its catch-up
+        when the fill ends (see :meth:`ChannelStream.finish`).
+        """
+        stream = self._streams.get(channel)
+        if stream is None:
             return []
-        held = st.pending.pop(conn)
-        st.subscribers.add(conn)
         last = result.replay[-1] if result.replay else None
-        base_epoch = last.epoch if last else result.position.epoch
-        base_offset = last.offset if last else result.position.offset
-        return [p for p in held if p.epoch != base_epoch or p.offset > base_offset]
+        replay_end = StreamPosition(last.epoch, last.offset) if last else result.position
+        catch_up = stream.finish(conn, replay_end)
+        if catch_up is None:
+            return []
+        self.hub.add_sub(channel, conn)
+        return catch_up
 
     async def unsubscribe(self, conn: Connection, channel: str) -> None:
         if channel not in conn.channels:
             raise ClientError("not_subscribed", f"not subscribed to {channel!r}")
         conn.channels.discard(channel)
-        st = self.hub.channels.get(channel)
-        if st is not None:
-            st.subscribers.discard(conn)
-            st.pending.pop(conn, None)
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.cancel(conn)
+        self.hub.remove_sub(channel, conn)
         ns = self.config.namespace(channel)
         try:
             if ns.presence:
@@ -339,8 +337,7 @@ class Node:
         """Publish raw JSON ``data``. With ``conn`` it is a client publish: permissions and hooks apply."""
         valid_channel(channel)
         if conn is not None:
-            if not self.config.client_may_publish(channel):
-                raise ClientError("permission_denied", f"clients may not publish to {channel!r}")
+            self.authorizer.publish(conn, channel)  # no await before the broker: keeps client order
             if self.app.publish_hooks:
                 data = await self._run_publish_hooks(conn, channel, data)
         size, ttl = self.config.history_for(channel)
@@ -359,8 +356,17 @@ class Node:
                 value, changed = result, True
         return msgspec.json.encode(value) if changed else data
 
-    async def send_to_users(self, users: Sequence[str], data: bytes, *, sender: str | None) -> None:
-        """Deliver to every connection of each user, wherever it is; ``sender`` is server-stamped."""
+    async def send_to_users(
+        self, users: Sequence[str], data: bytes, *, sender: str | None, conn: Connection | None = None
+    ) -> None:
+        """Deliver to every connection of each user, wherever it is; ``sender`` is server-stamped.
+
+        With ``conn`` it is a client's send: the authorizer decides, and the sender is the
+        connection's user whatever the caller passed.
+        """
+        if conn is not None:
+            self.authorizer.send(conn, users)
+            sender = conn.user
         targets = valid_users(users)
         await self.broker.send_to_users(targets, UserMessage("direct", sender=sender, data=data))
         self.metrics.published_total.inc()
@@ -386,76 +392,80 @@ class Node:
         await self.send_to_users(users, msgspec.json.encode(data), sender=sender)
 
     # -- queries ----------------------------------------------------------------------------
-    async def channel_presence(self, channel: str) -> ChannelPresence:
-        return await self.presence.presence(valid_channel(channel))
+    async def channel_presence(self, channel: str, *, conn: Connection | None = None) -> ChannelPresence:
+        valid_channel(channel)
+        if conn is not None:
+            self.authorizer.presence(conn, channel)
+        return await self.presence.presence(channel)
 
     async def online(self) -> OnlineCounts:
         return await self.presence.online()
 
     async def history(
-        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
+        self,
+        channel: str,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        *,
+        conn: Connection | None = None,
     ) -> HistoryResult:
-        return await self.broker.history(valid_channel(channel), since=since, limit=limit)
+        valid_channel(channel)
+        if conn is not None:
+            self.authorizer.history(conn, channel)
+        return await self.broker.history(channel, since=since, limit=limit)
+
+    async def position(self, channel: str) -> StreamPosition:
+        """Where ``channel``'s history stands (the name is checked before the broker is asked)."""
+        return await self.broker.position(valid_channel(channel))
 
     def local_channels(self) -> dict[str, int]:
-        return {name: len(st.subscribers) + len(st.pending) for name, st in self.hub.channels.items()}
+        """Channels with local subscribers (live or replaying) and how many each has."""
+        return {
+            name: len(self.hub.channels.get(name, ())) + stream.held for name, stream in self._streams.items()
+        }
 
     # -- BrokerHandler: traffic arriving from the broker ------------------------------------
     def on_publication(self, pub: Publication) -> None:
-        st = self.hub.channels.get(pub.channel)
-        if st is None:
+        """Hot path: the stream decides; a delivery is framed once for every local subscriber."""
+        stream = self._streams.get(pub.channel)
+        if stream is None:
             return
-        if st.filling is not None:
-            st.filling.append(pub)
-            return
-        last = st.last
-        if last is not None and pub.epoch == last.epoch:
-            if pub.offset <= last.offset:
-                return  # already delivered (e.g. by a gap fill)
-            if pub.offset > last.offset + 1 and self.config.history_for(pub.channel)[0] > 0:
-                st.filling = [pub]
-                self.spawn(self._fill_gap(pub.channel, st), f"fill-{pub.channel}")
-                return
-        self._deliver(st, pub)
+        action = stream.publication(pub)
+        if action is DELIVER:
+            self.hub.to_channel(pub.channel, message_outgoing(pub))
+        elif isinstance(action, StartFill):
+            self.spawn(self._fill(pub.channel, stream, action), f"fill-{pub.channel}")
 
-    def _deliver(self, st: ChannelState, pub: Publication) -> None:
-        """Hot path: frame once, hand the same bytes to every local subscriber."""
-        st.last = StreamPosition(pub.epoch, pub.offset)
-        self.hub.to_channel(st, pub, message_outgoing(pub))
-
-    async def _fill_gap(self, channel: str, st: ChannelState) -> None:
-        """Deliver what this node missed (offset gap or link loss) from history, then resume live."""
-        since = st.last
+    async def _fill(self, channel: str, stream: ChannelStream, fill: StartFill) -> None:
+        """Read what this node missed (offset gap or link loss) from history, then resume live."""
         res: HistoryResult | None = None
         try:
-            if since is not None:
-                res = await self.broker.history(channel, since=since)
+            res = await self.broker.history(channel, since=fill.since)
         except Exception as exc:
             log.warning("gap fill of %s failed: %s", channel, exc)
-        buffered, st.filling = st.filling or [], None
-        if self.hub.channels.get(channel) is not st:
-            return
-        if res is None or not res.complete:
+        if self._streams.get(channel) is not stream:
+            return  # the channel was released meanwhile; nobody is left to deliver to
+        self._apply_fill(channel, stream.fill_done(res), fill.since)
+
+    def _apply_fill(self, channel: str, outcome: FillOutcome, since: StreamPosition) -> None:
+        for pub in outcome.deliver:
+            self.hub.to_channel(channel, message_outgoing(pub))
+        for sub, catch_up in outcome.release:
+            conn = cast(Connection, sub)
+            for pub in catch_up:
+                conn.send(message_outgoing(pub))
+            self.hub.add_sub(channel, conn)
+        if outcome.resync:
             log.warning("cannot fill gap in %s since %s: asking subscribers to recover", channel, since)
-            for conn in list(st.subscribers):
+            for conn in list(self.hub.channels.get(channel, ())):
                 conn.close(CloseCode.INSUFFICIENT_STATE, "missed messages: reconnect and recover")
-            if res is not None:
-                st.last = res.position
-            for pub in buffered:
-                if st.last is None or pub.epoch != st.last.epoch or pub.offset > st.last.offset:
-                    self._deliver(st, pub)
-            return
-        for pub in [*res.publications, *buffered]:
-            last = st.last
-            if last is None or pub.epoch != last.epoch or pub.offset > last.offset:
-                self._deliver(st, pub)
-        self.metrics.gap_fills_total.inc()
+        else:
+            self.metrics.gap_fills_total.inc()
 
     def on_channel_event(self, event: ChannelEvent) -> None:
-        st = self.hub.channels.get(event.channel)
-        if st is not None:
+        if event.channel in self.hub.channels:
             out = Outgoing(jsonwire.channel_event_frame(event.kind, event.channel, event.user))
-            self.hub.fanout(st.subscribers, out)
+            self.hub.to_channel(event.channel, out)
 
     def on_user_message(self, user: str, message: UserMessage) -> None:
         if message.kind == "direct":
@@ -472,23 +482,24 @@ class Node:
             log.warning("broker link lost: /readyz is 503 until it is back")
             return
         log.info("broker link restored: filling gaps from history and resyncing presence")
-        for channel, st in list(self.hub.channels.items()):
-            if st.filling is None:
-                st.filling = []
-                self.spawn(self._fill_gap(channel, st), f"fill-{channel}")
+        for channel, stream in list(self._streams.items()):
+            fill = stream.link_restored()
+            if fill is not None:
+                self.spawn(self._fill(channel, stream, fill), f"fill-{channel}")
         self.spawn(self._resync_presence(), "presence-resync")
 
     async def _resync_presence(self) -> None:
         connections = {c.id: c.user for c in self.hub.connections.values()}
         channels: dict[str, dict[str, str | None]] = {}
-        for name, st in self.hub.channels.items():
+        for name, stream in self._streams.items():
             if self.config.namespace(name).presence:
-                channels[name] = {c.id: c.user for c in (*st.subscribers, *st.pending)}
+                members = [*self.hub.channels.get(name, ()), *map(_as_connection, stream.held_subscribers())]
+                channels[name] = {c.id: c.user for c in members}
         await self.presence.resync(connections, channels)
 
 
-def _match(channel: str, pattern: Any) -> bool:
-    return isinstance(pattern, str) and fnmatch.fnmatchcase(channel, pattern)
+def _as_connection(sub: object) -> Connection:
+    return cast(Connection, sub)
 
 
 __all__ = ["Node", "Reject", "SubscribeResult"]

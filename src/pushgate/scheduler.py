@@ -15,17 +15,15 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aiohttp
 import msgspec
 
+from .backends.lease import LeaseStore
 from .config import ScheduleConfig
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger(__name__)
 LEASE = "scheduler"
@@ -42,10 +40,29 @@ def load_callable(spec: str) -> Callable[[], Any]:
     return fn  # type: ignore[no-any-return]
 
 
+Publish = Callable[[str, bytes], Awaitable[object]]
+
+
 class Scheduler:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.jobs = list(node.config.schedule)
+    """Runs ``jobs`` while ``holder`` holds the scheduler lease in ``leases``; publishes with ``publish``.
+
+    It needs only these four things, not a whole node, so it can be tested (and embedded) with a
+    lease store and a function.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[ScheduleConfig],
+        leases: LeaseStore,
+        holder: str,
+        lease_ttl: float,
+        publish: Publish,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.leases = leases
+        self.holder = holder
+        self.lease_ttl = lease_ttl
+        self.publish = publish
         self.calls = {job.name: load_callable(job.call) for job in self.jobs if job.call}
         self.is_leader = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -65,7 +82,7 @@ class Scheduler:
         self._tasks.clear()
         if self.is_leader:
             try:
-                await self.node.leases.release(LEASE, self.node.id)
+                await self.leases.release(LEASE, self.holder)
             except Exception as exc:
                 log.warning("could not release scheduler lease: %s", exc)
             self.is_leader = False
@@ -73,17 +90,17 @@ class Scheduler:
             await self._http.close()
 
     async def _lease_loop(self) -> None:
-        ttl = self.node.config.lease_ttl
+        ttl = self.lease_ttl
         while True:
             try:
-                leader = await self.node.leases.acquire(LEASE, self.node.id, ttl)
+                leader = await self.leases.acquire(LEASE, self.holder, ttl)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("scheduler lease check failed: %s", exc)
                 leader = False
             if leader != self.is_leader:
-                log.info("node %s %s the scheduler lease", self.node.id, "took" if leader else "lost")
+                log.info("node %s %s the scheduler lease", self.holder, "took" if leader else "lost")
             self.is_leader = leader
             await asyncio.sleep(ttl / 3)
 
@@ -95,8 +112,8 @@ class Scheduler:
             if not self.is_leader:
                 continue
             try:
-                claim_ttl = max(job.every * 2, self.node.config.lease_ttl * 2)
-                if not await self.node.leases.claim_once(f"tick:{job.name}:{tick}", claim_ttl):
+                claim_ttl = max(job.every * 2, self.lease_ttl * 2)
+                if not await self.leases.claim_once(f"tick:{job.name}:{tick}", claim_ttl):
                     continue
                 await self.run_once(job)
             except asyncio.CancelledError:
@@ -128,5 +145,5 @@ class Scheduler:
                 log.warning("job %s: %s did not return JSON, tick skipped", job.name, job.url)
                 return False
             payload = body
-        await self.node.publish(job.channel, payload)
+        await self.publish(job.channel, payload)
         return True

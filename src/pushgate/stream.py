@@ -123,6 +123,9 @@ class ChannelStream:
     def is_held(self, sub: Hashable) -> bool:
         return sub in self._held
 
+    def held_subscribers(self) -> list[Hashable]:
+        return list(self._held)
+
     # -- live traffic (hot path) --------------------------------------------------------------
     def publication(self, pub: Publication) -> _Verdict | StartFill:
         """A live publication arrived. Hot path: a few comparisons, no allocation when delivering."""
