@@ -177,7 +177,8 @@ class Api:
 
     async def history(self, request: web.Request) -> web.Response:
         # Validate before anything touches the broker: asking a Redis broker for the position of
-        # a channel creates its meta key, and an invalid name must not create keys.
+        # a channel creates its meta key, and an invalid name must not create keys. (The node's
+        # operations check the name as well; this keeps the order obvious here.)
         channel = valid_channel(request.match_info["channel"])
         since_offset = _int_param(request, "since_offset")
         limit = _int_param(request, "limit")
@@ -185,7 +186,7 @@ class Api:
         since = None
         if since_offset is not None:
             if not epoch:
-                epoch = (await self.node.broker.position(channel)).epoch
+                epoch = (await self.node.position(channel)).epoch
             since = StreamPosition(epoch, since_offset)
         res = await self.node.history(channel, since, limit)
         return _json(

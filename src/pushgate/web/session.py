@@ -110,10 +110,10 @@ class JsonSession:
         elif isinstance(cmd, Send):
             if conn.user is None:
                 raise ClientError("permission_denied", "anonymous connections cannot send: no sender to stamp")
-            await node.send_to_users(cmd.to, bytes(cmd.data), sender=conn.user)
+            await node.send_to_users(cmd.to, bytes(cmd.data), sender=conn.user, conn=conn)
             conn.send_payload(jsonwire.ok_frame(cmd.id))
         elif isinstance(cmd, Presence):
-            p = await node.channel_presence(cmd.channel)
+            p = await node.channel_presence(cmd.channel, conn=conn)
             conn.send_payload(
                 jsonwire.ok_frame(cmd.id, {"channel": p.channel, "users": p.users, "connections": p.connections})
             )
