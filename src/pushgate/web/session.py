@@ -108,8 +108,8 @@ class JsonSession:
             await node.unsubscribe(conn, cmd.channel)
             conn.send_payload(jsonwire.ok_frame(cmd.id, {"channel": cmd.channel}))
         elif isinstance(cmd, Send):
-            if conn.user is None:
-                raise ClientError("permission_denied", "anonymous connections cannot send: no sender to stamp")
+            # with conn= the node's Authorizer decides (anonymous connections cannot send) and the
+            # sender is stamped from the connection, whatever the client wrote in "from"
             await node.send_to_users(cmd.to, bytes(cmd.data), sender=conn.user, conn=conn)
             conn.send_payload(jsonwire.ok_frame(cmd.id))
         elif isinstance(cmd, Presence):
