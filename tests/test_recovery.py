@@ -74,3 +74,43 @@ async def test_history_ttl_expires(make_server: ServerFactory) -> None:
     await asyncio.sleep(0.4)  # the TTL itself is what is under test
     _, body = await server.api("GET", "/api/history/ttl")
     assert body["publications"] == [] and body["offset"] == 1
+
+
+async def _lose_publications(server: Running, channel: str, count: int) -> None:
+    """Publish ``count`` messages this node never hears live: as if pub/sub dropped them.
+
+    The node's upstream subscription is switched off around the publishes, so they reach
+    history (the broker assigns offsets and stores them) but not the node.
+    """
+    await server.node.broker.unsubscribe(channel)
+    for i in range(count):
+        await server.node.publish_json(channel, {"lost": i})
+    await server.node.broker.subscribe(channel)
+
+
+async def test_a_single_lost_publication_is_filled_from_history_in_order(server: Running) -> None:
+    c = await server.client("user=a")
+    await c.ok({"type": "subscribe", "channel": "gap1"})
+    await server.node.publish_json("gap1", "first")
+    await _lose_publications(server, "gap1", 1)
+    await server.node.publish_json("gap1", "after")
+    got = await c.messages(3)
+    assert [m["offset"] for m in got] == [1, 2, 3]
+    assert [m["data"] for m in got] == ["first", {"lost": 0}, "after"]
+    await c.nothing_more()
+
+
+async def test_a_gap_history_cannot_fill_closes_subscribers_with_4002(make_server: ServerFactory) -> None:
+    server = await make_server(history_size=2)
+    c = await server.client("user=a")
+    ok = await c.ok({"type": "subscribe", "channel": "gap2"})
+    await _lose_publications(server, "gap2", 5)  # offsets 1..5; history keeps only 4 and 5
+    await server.node.publish_json("gap2", "live")
+    assert await c.wait_closed() == 4002
+    # reconnecting with `since` reports that recovery was impossible, then goes on live
+    c2 = await server.client("user=a")
+    since = {"epoch": ok["epoch"], "offset": ok["offset"]}
+    reply = await c2.ok({"type": "subscribe", "channel": "gap2", "since": since})
+    assert reply["recovered"] is False and reply["offset"] == 6
+    await server.node.publish_json("gap2", "next")
+    assert [m["offset"] for m in await c2.messages(1)] == [7]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,34 @@ def test_serve_with_a_bad_schedule_exits_2(tmp_path: Path, job: dict[str, Any], 
     assert done.returncode == 2, done.stderr
     assert f"config {key}:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the scheduler on its own: a lease store and a publish function, no node -----------------------
+
+async def test_two_schedulers_sharing_a_lease_store_publish_each_tick_once() -> None:
+    from pushgate.backends import MemoryLeaseStore
+    from pushgate.config import ScheduleConfig
+    from pushgate.scheduler import Scheduler
+
+    leases = MemoryLeaseStore()
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(channel: str, data: bytes) -> None:
+        published.append((channel, data))
+
+    job = ScheduleConfig(channel="tick", every=0.2, call="tests.sample_jobs:now", name="tick")
+    schedulers = [Scheduler([job], leases, holder, 1.0, publish) for holder in ("n1", "n2")]
+    started = time.monotonic()
+    for s in schedulers:
+        s.start()
+    try:
+        await wait_for(lambda: len(published) >= 3, seconds=timeout(5), what="three ticks")
+        assert sum(s.is_leader for s in schedulers) == 1
+    finally:
+        for s in schedulers:
+            await s.stop()
+    elapsed = time.monotonic() - started
+    assert all(channel == "tick" for channel, _ in published)
+    # one run per tick: the job ran exactly as often as it was published, at most once per tick
+    assert sample_jobs.calls["now"] == len(published)
+    assert len(published) <= elapsed / job.every + 1
