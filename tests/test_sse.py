@@ -15,6 +15,7 @@ import jwt
 import pytest
 
 import pushgate
+from pushgate.errors import CloseCode
 
 from .conftest import Running, ServerFactory
 from .helpers import timeout, wait_for
@@ -337,3 +338,33 @@ async def test_origin_checks_apply_to_sse(make_server: ServerFactory, open_sse: 
         assert (await refused.resp.json())["error"]["code"] == "forbidden"
     allowed = await open_sse(running, "user=alice", headers={"Origin": "https://app.example.com"})
     assert (await allowed.next("welcome")).data["user"] == "alice"
+
+
+async def test_slow_consumer_gets_a_4001_close_event(make_server: ServerFactory) -> None:
+    """The slow-consumer policy is the WebSocket one: counted, then closed with 4001 (the close
+    event is queued behind what the client has not read yet, so it reads it last)."""
+    running = await make_server(write_buffer_limit=64 * 1024)
+    host, port = running.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        # HTTP/1.0: no chunk framing, so the raw bytes read as the event stream
+        writer.write(f"GET /sse?user=slow&channel=firehose HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(5))
+        await wait_for(lambda: running.node.local_channels().get("firehose") == 1, what="subscription")
+        big = "y" * 4000
+
+        async def cut_off() -> bool:
+            for _ in range(20):
+                await publish(running, "firehose", big)
+            return bool(running.node.metrics.slow_consumers._value.get() >= 1)
+
+        await wait_for(cut_off, seconds=20, interval=0, what="slow consumer to be cut off")
+        await wait_for(lambda: not running.node.hub.connections, seconds=10, what="slow conn removed")
+        # the response ends after the close event (HTTP/1.0: the server closes the connection)
+        stream = await asyncio.wait_for(reader.read(), timeout(20))
+        last = stream.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith(b"event: close\ndata: "), last[:200]
+        close = json.loads(last.removeprefix(b"event: close\ndata: "))
+        assert close == {"code": CloseCode.SLOW_CONSUMER, "reason": "slow consumer: reconnect and recover"}
+    finally:
+        writer.close()
