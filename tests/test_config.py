@@ -201,3 +201,51 @@ def test_bad_namespace_names_the_key(tmp_path: Path, text: str, key: str) -> Non
 def test_toml_only_settings_are_not_read_from_env() -> None:
     cfg = load_config(env={"PUSHGATE_NAMESPACES": "x", "PUSHGATE_SCHEDULE": "y"})
     assert cfg.namespaces == {} and tuple(cfg.schedule) == ()
+
+
+# --- broker URL schemes and key prefix: the backends own the rules -------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://",
+        "redis://127.0.0.1:6379/0",
+        "rediss://127.0.0.1:6380/0",
+        "valkey://127.0.0.1:6379/0",
+        "unix:///run/redis.sock?db=0",
+        "redis+cluster://127.0.0.1:7000",
+        "rediss+cluster://127.0.0.1:7000",
+        "valkey+cluster://127.0.0.1:7000",
+        "REDIS://127.0.0.1:6379/0",  # schemes are case-insensitive, as in create_stores
+    ],
+)
+def test_every_scheme_the_backends_support_passes_validation(url: str) -> None:
+    assert load_config(env={}, cli={"broker": url}).broker == url
+
+
+def test_config_and_backends_share_one_scheme_list() -> None:
+    from pushgate.backends import SUPPORTED_SCHEMES
+    from pushgate.backends.redis import RedisConnection
+
+    for scheme in SUPPORTED_SCHEMES:
+        url = f"{scheme}://127.0.0.1:6379"
+        assert load_config(env={}, cli={"broker": url}).broker == url
+        if scheme != "memory":
+            RedisConnection(url)  # accepted by the Redis backend too, no ValueError
+
+
+@pytest.mark.parametrize("url", ["kafka://x", "nats://localhost:4222", "redis", "127.0.0.1:6379", "", "mem://"])
+def test_unknown_broker_scheme_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={"broker": url})
+    assert info.value.key == "broker"
+    assert "redis://" in str(info.value)  # names what is supported
+
+
+@pytest.mark.parametrize("prefix", ["pg{x}", "{pg", "pg}", "a{b"])
+def test_redis_prefix_with_braces_is_a_config_error(prefix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"PUSHGATE_REDIS_PREFIX": prefix})
+    assert info.value.key == "redis_prefix"
+    assert load_config(env={"PUSHGATE_REDIS_PREFIX": "pg:app-1"}).redis_prefix == "pg:app-1"

@@ -289,6 +289,31 @@ async def test_healthy_after_start_and_not_after_close(backend: Backend) -> None
     assert rec.links.empty()  # a clean close is not a link loss
 
 
+async def test_publish_only_broker(backend: Backend) -> None:
+    """start(None): publishes with offsets and history like any broker, refuses to subscribe."""
+    broker = create_stores(backend.url, prefix=backend.prefix)[0]
+    await broker.start(None)
+    try:
+        pos = await broker.publish("po", b"1", OPTS)
+        assert pos.offset == 1 and broker.healthy
+        assert [p.data for p in (await broker.history("po")).publications] == [b"1"]
+        with pytest.raises(RuntimeError):
+            await broker.subscribe("po")
+        with pytest.raises(RuntimeError):
+            await broker.subscribe_user("u")
+        if backend.multi_node:
+            node, rec = await backend.broker()
+            await node.subscribe("po")
+            await node.subscribe_user("u")
+            pos = await broker.publish("po", b"2", OPTS)
+            got = await rec.next()
+            assert (got.data, got.offset, pos.offset) == (b"2", 2, 2)
+            await broker.send_to_users(["u"], UserMessage("direct", data=b"3"))
+            assert (await rec.next())[0] == "u"
+    finally:
+        await broker.close()
+
+
 # --- presence ---------------------------------------------------------------------------------
 
 

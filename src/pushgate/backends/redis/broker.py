@@ -130,7 +130,13 @@ class RedisBroker:
         self._publish_script = client.register_script(scripts.PUBLISH)
         self._history_script = client.register_script(scripts.HISTORY)
         if isinstance(client, RedisCluster):
-            await client.initialize()
+            try:
+                await client.initialize()
+            except BaseException:
+                # Not started: give the shared client back, so a failed start leaks nothing.
+                self._client = None
+                await self._conn.release()
+                raise
         if handler is None:
             return
         self._links = LinkPool(

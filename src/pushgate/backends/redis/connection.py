@@ -156,6 +156,8 @@ class RedisConnection:
         else:
             raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
         self.url = url
+        # TCP keepalive is a TCP option: redis-py's Unix socket connection refuses the argument.
+        self._tcp = not self.base_url.startswith("unix://")
         self.health_check_interval = health_check_interval
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
@@ -167,7 +169,6 @@ class RedisConnection:
         """The shared command client; created on demand (so a lease store works unstarted)."""
         if self._client is None:
             opts: dict[str, Any] = {
-                "socket_keepalive": True,
                 "health_check_interval": self.health_check_interval,
                 "socket_timeout": self.socket_timeout,
                 "socket_connect_timeout": self.connect_timeout,
@@ -175,6 +176,8 @@ class RedisConnection:
                 # with a server restart must be reconnected, not surfaced as an error.
                 "retry": Retry(CommandBackoff(), 3),
             }
+            if self._tcp:
+                opts["socket_keepalive"] = True
             if self.cluster:
                 self._client = RedisCluster.from_url(self.base_url, **opts)
             else:
@@ -213,8 +216,9 @@ class RedisConnection:
             kwargs["host"] = host
         if port is not None:
             kwargs["port"] = port
+        if self._tcp:
+            kwargs["socket_keepalive"] = True
         kwargs.update(
-            socket_keepalive=True,
             socket_timeout=None,
             socket_connect_timeout=self.connect_timeout,
             health_check_interval=0,

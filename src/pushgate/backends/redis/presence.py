@@ -69,10 +69,16 @@ class RedisPresenceStore:
         client = self._client = self._conn.acquire()
         self._add = client.register_script(scripts.PRESENCE_ADD)
         self._remove = client.register_script(scripts.PRESENCE_REMOVE)
-        if isinstance(client, RedisCluster):
-            await client.initialize()
-        await self._delete_node(node_id)
-        await self.heartbeat()
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            await self._delete_node(node_id)
+            await self._heartbeat()
+        except BaseException:
+            # Not started: give the shared client back, so a failed start leaks nothing.
+            self._client = None
+            await self._conn.release()
+            raise
 
     @translate_errors
     async def close(self) -> None:
@@ -90,6 +96,9 @@ class RedisPresenceStore:
 
     @translate_errors
     async def heartbeat(self) -> None:
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
         keys = self._keys
         pipe = self._require().pipeline(transaction=False)
         pipe.execute_command("SET", keys.alive(self._node), b"1", "PX", self._node_ttl_ms, "GET")
