@@ -84,6 +84,6 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
     except Exception as exc:
         status, code, message = verdict = classify(exc)
         if verdict.internal:
-            log.exception("%s handshake failed (connect hook?)", transport_name)
+            log.exception("%s handshake failed (a connect hook raised)", transport_name)
         return Refusal(status, code, message)
     return info

@@ -40,6 +40,8 @@ MAX_INFLIGHT_PUBLISHES = 256
 
 
 class JsonSession:
+    """The JSON protocol on one connection, whatever carries its frames (today WebSocket)."""
+
     def __init__(self, node: Node, conn: Connection) -> None:
         self.node = node
         self.conn = conn
