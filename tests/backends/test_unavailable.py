@@ -99,3 +99,8 @@ def test_is_unavailable() -> None:
     assert is_unavailable(redis.exceptions.ConnectionError("x"))  # untranslated, from elsewhere
     assert not is_unavailable(redis.exceptions.ResponseError("WRONGTYPE"))
     assert not is_unavailable(ValueError("x"))
+    assert is_unavailable(redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"))
+    assert is_unavailable(redis.exceptions.TryAgainError("TRYAGAIN"))
+    no_node = redis.exceptions.RedisClusterException("Redis Cluster cannot be connected. Please provide ...")
+    assert is_unavailable(no_node)
+    assert not is_unavailable(redis.exceptions.RedisClusterException("EVALSHA - all keys must map to one slot"))
