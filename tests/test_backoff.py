@@ -109,3 +109,28 @@ console.log(JSON.stringify(out));
     assert got["caps"] == expected == [500, 1000, 2000, 4000, 8000, 16000, 20000, 20000, 20000]
     assert got["defaults"] == [DEFAULT_MIN_DELAY * 1000, DEFAULT_MAX_DELAY * 1000]
     assert got["floor"] == 0
+
+
+CLOSE_CODES = [None, 1000, 1001, 1006, 1008, 1009, 1011, 1012, 4000, 4001, 4002, 4003, 4499, 4500, 4501, 4999, 5000]
+
+
+def test_close_code_table_is_one_table() -> None:
+    from pushgate.client import Action, close_code_action
+    from pushgate.errors import CloseCode, close_action
+
+    assert [close_action(c) for c in (1012, 4002)] == ["now", "now"]
+    assert [close_action(c) for c in (1008, 4500, 4501, 4999)] == ["stop"] * 4
+    assert [close_action(c) for c in (None, 1000, 1006, 1011, 4000, 4001, 4003, 4499, 5000)] == ["backoff"] * 9
+    assert all(close_code_action(c) == Action(close_action(c)) for c in CLOSE_CODES)
+    assert [c for c in CloseCode if not c.reconnect] == [
+        CloseCode.POLICY_VIOLATION, CloseCode.DISCONNECTED, CloseCode.PROTOCOL_VIOLATION]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_pushgate_js_follows_the_same_close_code_table() -> None:
+    from pushgate.errors import close_action
+
+    codes = [c for c in CLOSE_CODES if c is not None]
+    script = f"const P = require({json.dumps(str(JS))}); console.log(JSON.stringify({codes}.map(P.closeCodeAction)));"
+    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True, timeout=30)
+    assert json.loads(out.stdout) == [close_action(c) for c in codes]

@@ -10,12 +10,15 @@ Exception tree (one root, so embedding code can catch everything pushgate raises
     └── BrokerUnavailable      the broker link is down; the call may succeed later
 
 Close codes (RFC 6455 §7.4 plus the private range). 4000–4499: reconnect with backoff;
-4500–4999: do not reconnect. ``docs/protocol.md`` has the table a client author needs.
+4500–4999: do not reconnect. :func:`close_action` is the one table of what a client does after
+each code: the Python client uses it, ``pushgate.js`` mirrors it (a test runs both over the same
+codes), and ``docs/protocol.md`` has the table a client author needs.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Literal
 
 
 class CloseCode(IntEnum):
@@ -23,6 +26,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000  # done
     GOING_AWAY = 1001  # peer going away
+    POLICY_VIOLATION = 1008  # not sent by pushgate; proxies/gateways may: do not retry the same thing
     MESSAGE_TOO_BIG = 1009  # frame over max_message_size: do not resend it
     INTERNAL_ERROR = 1011  # reconnect with backoff
     SERVICE_RESTART = 1012  # graceful drain: reconnect now (another node), recover with since
@@ -36,7 +40,30 @@ class CloseCode(IntEnum):
     @property
     def reconnect(self) -> bool:
         """True when a well-behaved client should reconnect after this code."""
-        return self < 4500
+        return close_action(self) != "stop"
+
+
+#: Reconnect at once: the node is draining (another node, or this one restarted, serves us) or
+#: lost the stream's state (recover with ``since`` now).
+RECONNECT_NOW = frozenset({CloseCode.SERVICE_RESTART, CloseCode.INSUFFICIENT_STATE})
+#: The private range where the server says "do not come back".
+STOP_RANGE = range(4500, 5000)
+
+
+def close_action(code: int | None) -> Literal["now", "backoff", "stop"]:
+    """What a client does after the server closed with ``code`` (None: no close frame at all).
+
+    * 1012 (service restart) and 4002 (insufficient state): reconnect now.
+    * 4500–4999 (kicked, protocol violation) and 1008 (policy violation, RFC 6455 §7.4.1):
+      stop; retrying the same thing cannot help.
+    * Anything else (1000 from the server, 1001, 1006 = connection lost, 1009, 1011,
+      4000–4499, unknown codes): reconnect with backoff.
+    """
+    if code in RECONNECT_NOW:
+        return "now"
+    if code is not None and (code in STOP_RANGE or code == CloseCode.POLICY_VIOLATION):
+        return "stop"
+    return "backoff"
 
 
 class PushgateError(Exception):

@@ -120,7 +120,7 @@ async function startProxy(target) {
 test('closeCodeAction follows the close-code table', () => {
   const { closeCodeAction } = Pushgate;
   for (const code of [1012, 4002]) assert.equal(closeCodeAction(code), 'now', String(code));
-  for (const code of [4500, 4501, 4999]) assert.equal(closeCodeAction(code), 'stop', String(code));
+  for (const code of [1008, 4500, 4501, 4999]) assert.equal(closeCodeAction(code), 'stop', String(code));
   for (const code of [1000, 1006, 1009, 1011, 4000, 4001, 4003, 4499]) {
     assert.equal(closeCodeAction(code), 'backoff', String(code));
   }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from ..backoff import backoff
+from ..errors import close_action
 
 __all__ = ["Action", "backoff", "close_code_action", "handshake_is_fatal"]
 
@@ -30,19 +31,9 @@ _TRANSIENT_4XX = frozenset({408, 425, 429})
 def close_code_action(code: int | None) -> Action:
     """Sort a WebSocket close code (``None``: no close frame at all) into now / backoff / stop.
 
-    * 1012 (service restart) and 4002 (insufficient state): the node is draining or lost state;
-      another node (or the same one, restarted) can serve us at once.
-    * 4500-4999: the server says do not come back (kicked, protocol violation).
-    * 1008 (policy violation, RFC 6455 §7.4.1): the peer refuses us on policy grounds; retrying the
-      same thing cannot help. pushgate does not send it today; proxies and gateways may.
-    * Anything else (1000 from the server, 1001, 1006 = connection lost, 1009, 1011, 4000-4499,
-      unknown codes): reconnect with backoff.
+    The table is :func:`pushgate.errors.close_action`, the server's own: one place for both.
     """
-    if code in (1012, 4002):
-        return Action.NOW
-    if code is not None and (4500 <= code <= 4999 or code == 1008):
-        return Action.STOP
-    return Action.BACKOFF
+    return Action(close_action(code))
 
 
 def handshake_is_fatal(status: int) -> bool:

@@ -36,8 +36,9 @@
    * @returns {'stop'|'now'|'backoff'}
    */
   function closeCodeAction(code) {
+    // The same table as pushgate.errors.close_action (tests/test_backoff.py runs both).
     if (code === 1012 || code === 4002) return 'now'; // restart/drain, insufficient state
-    if (code >= 4500 && code <= 4999) return 'stop'; // kicked, protocol violation, ...
+    if ((code >= 4500 && code <= 4999) || code === 1008) return 'stop'; // kicked, protocol/policy violation
     return 'backoff'; // 1000 (server-initiated), 1006, 1009, 1011, 4000-4499, anything else
   }
 
