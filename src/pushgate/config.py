@@ -58,7 +58,9 @@ class Config:
     port: int = _opt(8080, "TCP port for HTTP, WebSocket and SSE")
     node_id: str = _opt("", "this node's id in the cluster (default: hostname-pid)")
     broker: str = _opt(
-        "memory://", "memory:// (one node), redis://host:port/db, or redis+cluster://host:port"
+        "memory://",
+        "memory:// (one node); redis://, rediss://, valkey://, unix:// (one server); "
+        "redis+cluster://, rediss+cluster://, valkey+cluster:// (a cluster)",
     )
     redis_prefix: str = _opt("pg", "key and channel prefix in Redis")
     workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); >1 needs a Redis broker")
