@@ -4,8 +4,8 @@ Layout of a saved session ``<bench>-<timestamp>`` under ``--out-dir`` (default `
 
 * ``<name>.md`` -- the printed tables and notes (committed for runs the docs cite);
 * ``<name>.summary.json`` -- arguments, machine, versions, code under test, the summary rows and one
-  line per attempt with its scalar numbers, CPU meter, profile/GC digest and error, but without the
-  bulky per-message/log fields (committed with the ``.md``);
+  line per attempt with its numbers, CPU meter, profile/GC digest, error and log tail of a failed
+  attempt, but without the per-message latency lists and frame samples (committed with the ``.md``);
 * ``raw/<name>.json.gz`` -- everything (compact JSON, gzipped; ``bench/results/raw/`` is git-ignored).
 
 :func:`load` reads any of them (and the old indented ``.json``); ``--render`` rebuilds the tables
@@ -27,8 +27,8 @@ from typing import Any
 
 from lib.servers import REPO_DIR, RESULTS_DIR
 
-# Per-attempt fields that only the raw file keeps: per-message lists, server logs, frame samples.
-BULKY_RUN_FIELDS = ("slowest", "logs", "server_log_tail", "sample_frame")
+# Per-attempt fields that only the raw file keeps: per-message latency lists, frame samples.
+BULKY_RUN_FIELDS = ("slowest", "sample_frame")
 COMPACT = (",", ":")
 
 
