@@ -72,7 +72,6 @@ from lib.report import first_error, med, spread
 from lib.servers import (
     HOST,
     REPO_DIR,
-    RESULTS_DIR,
     Proc,
     PushgateBuild,
     free_port,
@@ -842,16 +841,23 @@ def _vs_baseline(r: dict[str, Any], baseline: str) -> str:
     return " / ".join(f"{x:.2f}x" if x else "-" for x in r.get("vs_baseline") or [None, None])
 
 
+def _build_columns(rows: list[dict[str, Any]], head: list[str], ratios: str, baseline: str) -> tuple[list[str], Any]:
+    """With several builds: the table head with a build and a ratio column first, and a function giving
+    a row's cells for them ("" for one build)."""
+    if not any("build" in r for r in rows):
+        return head, lambda r: ""
+    return ([f"| build | {ratios} vs {baseline} " + head[0], "|---|---:" + head[1]],
+            lambda r: f"| {r['build']} | {_vs_baseline(r, baseline)} ")
+
+
 def render_latency(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
-    builds = any("build" in r for r in rows)
-    lines = ["| placement | path | offered msg/s | delivered msg/s (in window) | p50 ms | p90 ms | p99 ms | max ms "
+    lines, build_cells = _build_columns(rows, [
+             "| placement | path | offered msg/s | delivered msg/s (in window) | p50 ms | p90 ms | p99 ms | max ms "
              "| p50 / p99 vs n1->n1 | lost | CPU % redis / n1 / n2 / client | core0 / core1 busy % | noise % "
              "| runs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
-    if builds:
-        lines = [f"| build | p50 / p99 vs {baseline} " + lines[0], "|---|---:" + lines[1]]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"], "p50 / p99", baseline)
     for r in rows:
-        pre = f"| {r['build']} | {_vs_baseline(r, baseline)} " if builds else ""
+        pre = build_cells(r)
         if not r["runs_ok"]:
             lines.append(f"{pre}| {r['placement']} | {r['path']} | {r['rate']:,.0f} | failed "
                          f"| | | | | | | | | | 0/{runs} |")
@@ -878,15 +884,14 @@ def render_latency(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
 
 
 def render_fanout(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
-    builds = any("build" in r for r in rows)
-    lines = ["| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node "
+    lines, build_cells = _build_columns(rows, [
+             "| configuration | clients | M | deliveries/s, median (min-max) | vs 1 node "
              "| deliveries per node-CPU-s | vs 1 node | frames per client read | node CPU % (sum) | redis CPU % "
              "| client CPU % | core0 / core1 busy % | noise % | runs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    if builds:
-        lines = [f"| build | deliveries/s / per node-CPU-s vs {baseline} " + lines[0], "|---|---:" + lines[1]]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"],
+        "deliveries/s / per node-CPU-s", baseline)
     for r in rows:
-        pre = f"| {r['build']} | {_vs_baseline(r, baseline)} " if builds else ""
+        pre = build_cells(r)
         if not r["deliveries_per_s"]:
             lines.append(f"{pre}| {r['config']} | | | failed: {first_error(r['errors'])} "
                          f"| | | | | | | | | | 0/{runs} |")
@@ -963,11 +968,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "this repo; repeatable; every cluster is then started once per build (interleaved)")
     ap.add_argument("--baseline", default="pushgate",
                     help="with --pushgate-src: the build the other builds' ratios are against (default pushgate)")
-    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--render", metavar="RESULT",
-                    help="re-print the tables of a saved result (a .json.gz, .summary.json or old .json file, or a "
-                    "session name such as cluster-20261122-052040) and rewrite its .md")
+    report.add_result_options(ap, "cluster-20261122-052040")
     args = ap.parse_args(argv)
     try:
         args.builds = parse_builds(args.pushgate_src)
@@ -977,14 +978,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(args.builds) > 1 and args.baseline not in args.build_names:
         ap.error(f"--baseline {args.baseline!r} is not one of the builds {', '.join(args.build_names)}")
     args.node_paths = [p for p in args.node_path.split(os.pathsep) if p]
-    if args.runs is None:
-        args.runs = 1 if args.quick else 3
-    if args.duration is None:
-        args.duration = 3.0 if args.quick else 10.0
-    if args.clients_per_node is None:
-        args.clients_per_node = 500 if args.quick else 2000
-    if args.messages is None:
-        args.messages = 20 if args.quick else 100
+    report.fill_defaults(args, runs=(1, 3), duration=(3.0, 10.0), clients_per_node=(500, 2000), messages=(20, 100))
     args.rates_list = [float(x) for x in args.rates.split(",") if x.strip()]
     args.peer_rates_list = [float(x) for x in args.peer_rates.split(",") if x.strip()]
     args.placements_list = [p.strip() for p in args.placements.split(",") if p.strip()]
@@ -1112,22 +1106,18 @@ def build_report(doc: dict[str, Any], args: argparse.Namespace, lat_results: lis
     return {"latency": lat_rows, "fanout": fan_rows}, "\n".join(sections)
 
 
-def render_saved(ref: str) -> int:
-    path = report.resolve(ref)
-    doc = report.load(path)
-    sargs = parse_args([])  # defaults for options newer than the file
-    vars(sargs).update(doc["args"])
+def saved_tables(doc: dict[str, Any], sargs: argparse.Namespace) -> str:
+    """--render: the report of a saved session."""
     runs = doc["runs"]
     _, text = build_report(doc, sargs, [r for r in runs if r.get("part") == "latency"],
                            [r for r in runs if r.get("part") == "fanout"])
-    report.rewrite_md(path, text)
-    return 0
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        return render_saved(args.render)
+        return report.render_saved(args.render, lambda: parse_args([]), saved_tables)
     return run_load_client(lambda: amain(args), args.client_cpu)
 
 

@@ -57,7 +57,6 @@ from lib.servers import (
     HOST,
     PEERS_DIR,
     REPO_DIR,
-    RESULTS_DIR,
     Proc,
     PushgateBuild,
     apply_nice,
@@ -475,18 +474,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run pushgate builds from their trees instead of snapshots taken at start")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
-    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--render", metavar="RESULT",
-                    help="re-print the table of a saved result (a .json.gz, .summary.json or old .json file, or a "
-                    "session name such as fanout-20261122-050715) and rewrite its .md")
+    report.add_result_options(ap, "fanout-20261122-050715")
     args = ap.parse_args(argv)
-    if args.runs is None:
-        args.runs = 1 if args.quick else 3
-    if args.quiet_wait is None:
-        args.quiet_wait = 10.0 if args.quick else 180.0
-    if args.deliveries is None:
-        args.deliveries = 100_000 if args.quick else 1_000_000
+    report.fill_defaults(args, runs=(1, 3), quiet_wait=(10.0, 180.0), deliveries=(100_000, 1_000_000))
     args.clients_list = [int(x) for x in args.clients.split(",") if x.strip()]
     args.targets_list = [t.strip() for t in args.targets.split(",") if t.strip()]
     try:
@@ -563,25 +553,21 @@ async def amain(args: argparse.Namespace) -> int:
     return 0 if all(r.get("ok") for r in results if r.get("used")) else 1
 
 
-def render_saved(ref: str) -> int:
-    path = report.resolve(ref)
-    doc = report.load(path)
-    sargs = parse_args([])  # defaults for options newer than the file
-    vars(sargs).update(doc["args"])
+def saved_tables(doc: dict[str, Any], sargs: argparse.Namespace) -> str:
+    """--render: the report of a saved session."""
     targets = [t for t in sargs.targets_list if t not in doc.get("skipped", {})]
     builds = doc.get("pushgate_src") or {}
     if "sha256_12" in builds:  # written before several builds could be compared: {"path", "sha256_12"}
         builds = {"pushgate": builds} if builds.get("sha256_12") else {}
     _, text = build_report(doc["runs"], targets, sargs, doc["versions"], builds, doc.get("skipped", {}),
                            doc["baseline"], doc["started"])
-    report.rewrite_md(path, text)
-    return 0
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        return render_saved(args.render)
+        return report.render_saved(args.render, lambda: parse_args([]), saved_tables)
     args.nice = apply_nice(args.nice)
     return run_load_client(lambda: amain(args), args.client_cpu)
 

@@ -14,6 +14,7 @@ from the attempts, which both the raw and the summary file carry.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -193,3 +194,31 @@ def load(path: Path) -> dict[str, Any]:
 def rewrite_md(path: Path, text: str) -> None:
     print(text)
     md_path(path).write_text(text)
+
+
+def add_result_options(ap: argparse.ArgumentParser, example: str) -> None:
+    """--out-dir, --no-save and --render (``example``: a session name for the help text)."""
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--render", metavar="RESULT",
+                    help="re-print the tables of a saved result (a .json.gz, .summary.json or old .json file, or a "
+                    f"session name such as {example}) and rewrite its .md")
+
+
+def fill_defaults(args: argparse.Namespace, **defaults: tuple[Any, Any]) -> None:
+    """Options left at None get their default: ``name=(with --quick, without)``."""
+    for name, (quick, normal) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else normal)
+
+
+def render_saved(ref: str, defaults: Callable[[], argparse.Namespace],
+                 tables: Callable[[dict[str, Any], argparse.Namespace], str]) -> int:
+    """--render: the tables of a saved result, with the current defaults overlaid by its arguments
+    (for options newer than the file); printed and written to its ``.md``."""
+    path = resolve(ref)
+    doc = load(path)
+    args = defaults()
+    vars(args).update(doc["args"])
+    rewrite_md(path, tables(doc, args))
+    return 0
