@@ -249,3 +249,20 @@ def test_redis_prefix_with_braces_is_a_config_error(prefix: str) -> None:
         load_config(env={"PUSHGATE_REDIS_PREFIX": prefix})
     assert info.value.key == "redis_prefix"
     assert load_config(env={"PUSHGATE_REDIS_PREFIX": "pg:app-1"}).redis_prefix == "pg:app-1"
+
+
+def test_docs_configuration_lists_every_setting_with_its_default() -> None:
+    """docs/configuration.md stays true: one row per setting, with its env var, flag, default and help."""
+    import dataclasses
+    from pathlib import Path
+
+    from pushgate.config import SCALAR_FIELDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    rows = {line for line in doc.splitlines() if line.startswith("| `")}
+    for f in SCALAR_FIELDS:
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "(empty)" if default in (None, "", ()) else repr(default)
+        flag = "--" + f.name.replace("_", "-")
+        expected = f"| `{f.name}` | `PUSHGATE_{f.name.upper()}` | `{flag}` | {shown} | {f.metadata['help']} |"
+        assert expected in rows, f"docs/configuration.md: row for {f.name} missing or stale"

@@ -210,7 +210,8 @@ async def test_slow_consumer_is_closed_and_others_unaffected(make_server: Server
     writer.close()
 
 
-async def test_pipelined_publishes_keep_order_and_replies_come_in_order(server: Running) -> None:
+async def test_pipelined_publishes_keep_order_and_replies_come_in_order(make_server: ServerFactory) -> None:
+    server = await make_server(client_command_burst=1000)  # a burst of 202 commands, under the rate limit
     sub = await server.client("user=s")
     await sub.ok({"type": "subscribe", "channel": "burst"})
     pub = await server.client("user=p")

@@ -45,6 +45,7 @@ class ClientInfo:
     node: str
     transport: str  # "websocket" | "sse"
     claims: dict[str, Any] | None = None
+    address: str | None = None  # the client's IP (through trusted proxies only)
 
 
 ConnectHook = Callable[[ClientInfo], Awaitable[None] | None]

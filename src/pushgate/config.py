@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -91,12 +92,47 @@ class Config:
     lease_ttl: float = _opt(10.0, "seconds of the periodic-job leader lease")
     sse_ping_interval: float = _opt(15.0, "seconds between SSE keep-alive comments")
 
+    # -- security and hardening (docs/security.md) --
+    production: bool = _opt(
+        False, "refuse to start in dev mode (no JWT key), without an API key, or with a weak secret"
+    )
+    jwks_url: str | None = _opt(None, "JWKS URL (https) whose keys verify tokens (RS256/ES256); enables JWT mode")
+    jwt_require_exp: bool = _opt(False, "refuse tokens without an `exp` claim")
+    trusted_proxies: tuple[str, ...] = _opt(
+        (), "comma-separated proxy CIDRs whose X-Forwarded-For / X-Real-IP / Forwarded name the client"
+    )
+    tls_cert: str | None = _opt(None, "PEM certificate chain: serve https and wss on the same port")
+    tls_key: str | None = _opt(None, "PEM private key of tls_cert")
+    max_connections_per_ip: int = _opt(
+        0, "open connections per client address (0 = unlimited); over it the handshake gets 429"
+    )
+    max_connections_per_user: int = _opt(100, "open connections per user on this node (0 = unlimited); over it 429")
+    handshake_timeout: float = _opt(10.0, "seconds a client has to send a complete HTTP request head")
+    keepalive_timeout: float = _opt(30.0, "seconds an idle HTTP keep-alive connection stays open")
+    client_command_rate: float = _opt(100.0, "commands per second per connection (0 = unlimited)")
+    client_command_burst: int = _opt(200, "commands a connection may send at once before `rate_limited` errors")
+    client_publish_bytes_rate: int = _opt(1048576, "publish/send data bytes per second per connection (0 = unlimited)")
+    client_publish_bytes_burst: int = _opt(4194304, "publish/send data bytes a connection may send at once")
+    rate_limit_close_after: int = _opt(
+        100, "`rate_limited` errors in a row before the connection is closed with 4004 (0 = never close)"
+    )
+    max_json_depth: int = _opt(32, "deepest nesting of arrays/objects accepted in `data`")
+    history_max_channels: int = _opt(100000, "memory broker: channels that keep history (oldest dropped first)")
+    history_max_bytes: int = _opt(268435456, "memory broker: bytes of history kept in all (oldest dropped first)")
+    node_publish_rate: float = _opt(
+        50000.0, "publications per second this node accepts (0 = unlimited); over it `rate_limited` / 429"
+    )
+    broker_timeout: float = _opt(5.0, "seconds a broker call may take before it fails with `unavailable`")
+    idempotency_window: float = _opt(
+        120.0, "seconds a publish `idempotency_key` is remembered cluster-wide (a retry within it is not re-applied)"
+    )
+
     namespaces: Mapping[str, NamespaceConfig] = field(default_factory=dict, metadata={"toml_only": True})
     schedule: Sequence[ScheduleConfig] = field(default_factory=tuple, metadata={"toml_only": True})
 
     @property
     def jwt_enabled(self) -> bool:
-        return bool(self.jwt_secret or self.jwt_public_key)
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwks_url)
 
     def namespace(self, channel: str) -> NamespaceConfig:
         """The namespace options that apply to ``channel``."""
@@ -171,7 +207,7 @@ def _coerce(key: str, value: Any) -> Any:
         if typing.get_origin(tp) is tuple:
             if isinstance(value, str):
                 return tuple(p.strip() for p in value.split(",") if p.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
                 return tuple(value)
             raise ValueError(f"expected a list of strings, got {value!r}")
     except ValueError as exc:
@@ -294,13 +330,29 @@ def _validate(cfg: Config) -> None:
     if cfg.jwt_secret and cfg.jwt_public_key:
         raise ConfigError("jwt_secret", "set either jwt_secret or jwt_public_key, not both")
     positive = ("max_message_size", "max_subscriptions", "write_buffer_limit", "ping_interval",
-                "node_ttl", "lease_ttl", "sse_ping_interval")
+                "node_ttl", "lease_ttl", "sse_ping_interval", "handshake_timeout", "keepalive_timeout",
+                "client_command_burst", "client_publish_bytes_burst", "max_json_depth", "broker_timeout",
+                "idempotency_window")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")
-    for key in ("history_size", "history_ttl", "drain_period", "max_connections"):
+    for key in ("history_size", "history_ttl", "drain_period", "max_connections", "max_connections_per_ip",
+                "max_connections_per_user", "rate_limit_close_after", "history_max_channels",
+                "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate"):
         if getattr(cfg, key) < 0:
             raise ConfigError(key, "must be >= 0")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        missing = "tls_cert" if cfg.tls_cert is None else "tls_key"
+        raise ConfigError(missing, "set both tls_cert and tls_key, or neither")
+    if cfg.jwks_url is not None and not cfg.jwks_url.startswith(("https://", "http://")):
+        raise ConfigError("jwks_url", "must be an http(s) URL")
+    if cfg.jwks_url and (cfg.jwt_secret or cfg.jwt_public_key):
+        raise ConfigError("jwks_url", "set one of jwt_secret, jwt_public_key or jwks_url")
+    for cidr in cfg.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
     if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log_level", "must be debug, info, warning or error")
 

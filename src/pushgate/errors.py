@@ -34,6 +34,8 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4001  # client read too slowly: reconnect with backoff, recover with since
     INSUFFICIENT_STATE = 4002  # gap could not be filled: reconnect now, recover with since
     CONNECTION_LIMIT = 4003  # node full: reconnect with backoff (maybe another node)
+    RATE_LIMITED = 4004  # kept sending past the rate limit: reconnect with backoff, send less
+    TOKEN_EXPIRED = 4005  # the token's `exp` passed without a refresh: reconnect with a fresh token
     DISCONNECTED = 4500  # kicked by the server/API: do not reconnect
     PROTOCOL_VIOLATION = 4501  # e.g. binary frame on the JSON protocol: do not reconnect
 

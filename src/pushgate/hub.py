@@ -31,6 +31,7 @@ class Hub:
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, set[Connection]] = {}
+        self.addresses: dict[str, int] = {}  # open connections per client address
         #: live subscribers per channel (subscribers still replaying history are held by the
         #: channel's :class:`~pushgate.stream.ChannelStream` and join here when they go live)
         self.channels: dict[str, set[Connection]] = {}
@@ -54,6 +55,8 @@ class Hub:
     def add(self, conn: Connection) -> bool:
         """Register ``conn``; True if it is its user's first connection on this node."""
         self.connections[conn.id] = conn
+        if conn.address is not None:
+            self.addresses[conn.address] = self.addresses.get(conn.address, 0) + 1
         if conn.user is None:
             return False
         conns = self.users.get(conn.user)
@@ -65,7 +68,15 @@ class Hub:
 
     def remove(self, conn: Connection) -> bool:
         """Forget ``conn``; True if it was its user's last connection on this node."""
-        if self.connections.pop(conn.id, None) is None or conn.user is None:
+        if self.connections.pop(conn.id, None) is None:
+            return False
+        if conn.address is not None:
+            left = self.addresses.get(conn.address, 1) - 1
+            if left > 0:
+                self.addresses[conn.address] = left
+            else:
+                self.addresses.pop(conn.address, None)
+        if conn.user is None:
             return False
         conns = self.users.get(conn.user)
         if conns is None:

@@ -45,8 +45,10 @@ from .errors import ClientError, CloseCode, Reject
 from .hub import Hub
 from .metrics import NodeMetrics
 from .names import valid_channel, valid_users
+from .payload import check_data
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
+from .ratelimit import TokenBucket
 from .scheduler import Scheduler
 from .stream import DELIVER, ChannelStream, FillOutcome, StartFill
 from .web.connection import Connection
@@ -93,6 +95,8 @@ class Node:
         self.scheduler = Scheduler(config.schedule, self.leases, self.id, config.lease_ttl, self.publish)
         #: channels this node is subscribed to upstream, each with its stream state
         self._streams: dict[str, ChannelStream] = {}
+        #: publications per second this node accepts, from every door (a bound on broker load)
+        self._publish_rate = TokenBucket(config.node_publish_rate, config.node_publish_rate)
         self._boot = secrets.token_hex(3)
         self._seq = count(1)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -183,12 +187,23 @@ class Node:
         return f"{self.id}.{self._boot}.{next(self._seq):x}"
 
     def client_info(self, conn: Connection) -> ClientInfo:
-        return ClientInfo(conn.id, conn.user, self.id, conn.transport_name, conn.claims)
+        return ClientInfo(conn.id, conn.user, self.id, conn.transport_name, conn.claims, conn.address)
 
-    def check_capacity(self) -> None:
-        limit = self.config.max_connections
-        if limit and len(self.hub.connections) >= limit:
+    def check_capacity(self, *, user: str | None = None, address: str | None = None) -> None:
+        """Refuse a new connection over the node, per-user or per-address limit.
+
+        Checked at the handshake, before the connection is registered: handshakes that are in
+        flight at the same moment may overshoot a limit by their number, never more.
+        """
+        cfg, hub = self.config, self.hub
+        if cfg.max_connections and len(hub.connections) >= cfg.max_connections:
             raise ClientError("connection_limit", "node is at its connection limit")
+        per_user = cfg.max_connections_per_user
+        if per_user and user is not None and len(hub.users.get(user, ())) >= per_user:
+            raise ClientError("too_many_connections", f"at most {per_user} connections per user")
+        per_ip = cfg.max_connections_per_ip
+        if per_ip and address is not None and hub.addresses.get(address, 0) >= per_ip:
+            raise ClientError("too_many_connections", f"at most {per_ip} connections per client address")
 
     async def run_connect_hooks(self, info: ClientInfo) -> None:
         for hook in self.app.connect_hooks:
@@ -336,10 +351,13 @@ class Node:
     async def publish(self, channel: str, data: bytes, *, conn: Connection | None = None) -> StreamPosition:
         """Publish raw JSON ``data``. With ``conn`` it is a client publish: permissions and hooks apply."""
         valid_channel(channel)
+        check_data(data, max_depth=self.config.max_json_depth)
         if conn is not None:
             self.authorizer.publish(conn, channel)  # no await before the broker: keeps client order
             if self.app.publish_hooks:
                 data = await self._run_publish_hooks(conn, channel, data)
+        if not self._publish_rate.take():
+            raise ClientError("rate_limited", "this node is at its publish rate limit: retry shortly")
         size, ttl = self.config.history_for(channel)
         started = time.perf_counter()
         position = await self.broker.publish(channel, data, HistoryOptions(size, ttl))
@@ -368,11 +386,12 @@ class Node:
             self.authorizer.send(conn, users)
             sender = conn.user
         targets = valid_users(users)
+        check_data(data, max_depth=self.config.max_json_depth)
         await self.broker.send_to_users(targets, UserMessage("direct", sender=sender, data=data))
         self.metrics.published_total.inc()
 
     async def broadcast(self, data: bytes) -> None:
-        await self.broker.broadcast(data)
+        await self.broker.broadcast(check_data(data, max_depth=self.config.max_json_depth))
         self.metrics.published_total.inc()
 
     async def disconnect_user(

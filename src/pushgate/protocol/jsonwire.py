@@ -10,6 +10,7 @@ Server frames on the fan-out path are built by byte concatenation once per publi
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
@@ -83,7 +84,28 @@ def decode_command(frame: bytes | str) -> Command | DecodeError:
         command: Command = _command_decoder.decode(frame)
     except msgspec.DecodeError as exc:
         return _explain(frame, exc)
+    except RecursionError:
+        return DecodeError("bad_request", "frame nests too deeply", _find_id(frame))
     return command
+
+
+_ID_MEMBER: Final = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")')
+
+
+def _find_id(frame: bytes | str) -> RequestId:
+    """Best effort: the request id of a frame too deep to parse, read from the top-level members
+    before the first nested value or after the last one (where every client puts it), so the
+    error reply still names the request."""
+    raw = frame.encode() if isinstance(frame, str) else frame
+    body = raw.strip()[1:]
+    cut = min((i for i in (body.find(b"["), body.find(b"{")) if i >= 0), default=len(body))
+    end = max(body.rfind(b"]"), body.rfind(b"}", 0, len(body) - 1))
+    for part in (body[: min(cut, 1024)], body[end + 1 :][-1024:] if end >= 0 else b""):
+        match = _ID_MEMBER.search(part)
+        if match is not None:
+            value = match.group(1)
+            return value[1:-1].decode("utf-8", "replace") if value[:1] == b'"' else int(value)
+    return None
 
 
 def _explain(frame: bytes | str, exc: msgspec.DecodeError) -> DecodeError:
@@ -92,6 +114,8 @@ def _explain(frame: bytes | str, exc: msgspec.DecodeError) -> DecodeError:
         obj = _any_decoder.decode(frame)
     except msgspec.DecodeError:
         return DecodeError("bad_json", "frame is not valid JSON")
+    except RecursionError:
+        return DecodeError("bad_request", "frame nests too deeply", _find_id(frame))
     if not isinstance(obj, dict):
         return DecodeError("bad_request", "frame must be a JSON object")
     rid = obj.get("id")

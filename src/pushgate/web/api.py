@@ -60,6 +60,8 @@ async def _body(request: web.Request, kind: type[T]) -> T:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.DecodeError as exc:
         raise ClientError("bad_request", f"invalid body: {exc}") from exc
+    except RecursionError:
+        raise ClientError("bad_request", "invalid body: nested too deeply") from None
 
 
 def _is_loopback(remote: str | None) -> bool:

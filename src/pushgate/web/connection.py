@@ -25,6 +25,7 @@ class Connection(ABC):
         self.claims = claims
         self.channels: set[str] = set()
         self.closed = False
+        self.address: str | None = None  # the client's IP, for per-IP limits and logs
 
     @abstractmethod
     def send(self, out: Outgoing) -> None:

@@ -23,6 +23,7 @@ from aiohttp import web
 from ..app import ClientInfo
 from ..errors import CloseCode
 from .errors import classify, error_response
+from .peer import client_address
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -78,8 +79,11 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
         node.auth.check_origin(request.headers.get("Origin"))
         token, user = credentials(request)
         identity = node.auth.identify(token=token, user=user)
-        node.check_capacity()
-        info = ClientInfo(node.new_connection_id(), identity.user, node.id, transport_name, identity.claims)
+        address = client_address(request, node.config.trusted_proxies)
+        node.check_capacity(user=identity.user, address=address)
+        info = ClientInfo(
+            node.new_connection_id(), identity.user, node.id, transport_name, identity.claims, address
+        )
         await node.run_connect_hooks(info)
     except Exception as exc:
         status, code, message = verdict = classify(exc)

@@ -23,10 +23,12 @@ import msgspec
 
 from ..app import call_maybe_async
 from ..backends.broker import StreamPosition
-from ..errors import ClientError
+from ..errors import ClientError, CloseCode
+from ..payload import check_data
 from ..protocol import jsonwire
 from ..protocol.jsonwire import Ping, Presence, Publish, Rpc, Send, Subscribe, Unsubscribe
 from ..protocol.outgoing import message_outgoing
+from ..ratelimit import TokenBucket
 from .connection import Connection
 from .errors import classify
 
@@ -46,6 +48,11 @@ class JsonSession:
         self.node = node
         self.conn = conn
         self._inflight: deque[tuple[jsonwire.RequestId, asyncio.Task[StreamPosition]]] = deque()
+        cfg = node.config
+        # Bounded everything: one client's flood must not cost everyone else their latency.
+        self._commands = TokenBucket(cfg.client_command_rate, cfg.client_command_burst)
+        self._data_bytes = TokenBucket(cfg.client_publish_bytes_rate, cfg.client_publish_bytes_burst)
+        self._strikes = 0  # rate_limited replies in a row
 
     def _error(self, rid: jsonwire.RequestId, code: str, message: str) -> None:
         self.node.metrics.errors_total.labels(code).inc()
@@ -54,6 +61,12 @@ class JsonSession:
     async def handle(self, frame: str | bytes) -> None:
         self.node.metrics.messages_in.inc()
         cmd = jsonwire.decode_command(frame)
+        if not self._commands.take() or (
+            isinstance(cmd, Publish | Send) and not self._data_bytes.take(len(cmd.data))
+        ):
+            await self._rate_limited(cmd)
+            return
+        self._strikes = 0
         if isinstance(cmd, Publish) and not self.node.app.publish_hooks:
             self._start_publish(cmd)
             if len(self._inflight) >= MAX_INFLIGHT_PUBLISHES:
@@ -71,6 +84,18 @@ class JsonSession:
             if verdict.internal:
                 log.exception("command %s of %s failed", type(cmd).__name__, self.conn.id)
             self._error(cmd.id, verdict.code, verdict.message)
+
+    async def _rate_limited(self, cmd: jsonwire.Command | jsonwire.DecodeError) -> None:
+        """Refuse one command over the limit; close a client that keeps sending regardless."""
+        if self._inflight:
+            await self._settle_publishes()  # replies stay in command order
+        self._strikes += 1
+        close_after = self.node.config.rate_limit_close_after
+        if close_after and self._strikes > close_after:
+            self.conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded: reconnect later and send less")
+            return
+        wait = max(self._commands.retry_after(), 0.001)
+        self._error(cmd.id, "rate_limited", f"too many commands or bytes: retry in {wait:.3f}s")
 
     def _start_publish(self, cmd: Publish) -> None:
         # Tasks start in creation order and node.publish reaches the broker's queue before its
@@ -143,7 +168,6 @@ class JsonSession:
         handler = self.node.app.rpc_handlers.get(cmd.method)
         if handler is None:
             raise ClientError("unknown_method", f"no rpc handler for {cmd.method!r}")
-        result: Any = await call_maybe_async(
-            handler, self.node.client_info(self.conn), msgspec.json.decode(bytes(cmd.data))
-        )
+        data = check_data(bytes(cmd.data), max_depth=self.node.config.max_json_depth)
+        result: Any = await call_maybe_async(handler, self.node.client_info(self.conn), msgspec.json.decode(data))
         self.conn.send_payload(jsonwire.ok_frame(cmd.id, {"data": result}))

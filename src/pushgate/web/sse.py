@@ -113,6 +113,7 @@ class SseHandler:
         assert transport is not None
         conn = SseConnection(admitted.client, admitted.user, admitted.claims, transport=transport,
                              write_limit=node.config.write_buffer_limit, metrics=node.metrics)
+        conn.address = admitted.address
         conn.chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         try:
             try:

@@ -125,6 +125,7 @@ class WebsocketHandler:
         assert transport is not None
         conn = WsConnection(admitted.client, admitted.user, admitted.claims, ws=ws, transport=transport,
                             hub=node.hub, write_limit=node.config.write_buffer_limit, metrics=node.metrics)
+        conn.address = admitted.address
         try:
             await node.register(conn)
         except Exception as exc:
