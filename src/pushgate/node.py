@@ -348,8 +348,13 @@ class Node:
             await self._release(channel)
 
     # -- publishing -------------------------------------------------------------------------
-    async def publish(self, channel: str, data: bytes, *, conn: Connection | None = None) -> StreamPosition:
-        """Publish raw JSON ``data``. With ``conn`` it is a client publish: permissions and hooks apply."""
+    async def publish(
+        self, channel: str, data: bytes, *, conn: Connection | None = None, idempotency_key: str | None = None
+    ) -> StreamPosition:
+        """Publish raw JSON ``data``. With ``conn`` it is a client publish: permissions and hooks apply.
+
+        A retry with the same ``idempotency_key`` (within ``idempotency_window``, cluster-wide) is
+        not applied twice: it answers the first publication's position."""
         valid_channel(channel)
         check_data(data, max_depth=self.config.max_json_depth)
         if conn is not None:
@@ -360,7 +365,7 @@ class Node:
             raise ClientError("rate_limited", "this node is at its publish rate limit: retry shortly")
         size, ttl = self.config.history_for(channel)
         started = time.perf_counter()
-        position = await self.broker.publish(channel, data, HistoryOptions(size, ttl))
+        position = await self.broker.publish(channel, data, HistoryOptions(size, ttl), idempotency_key=idempotency_key)
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         self.metrics.published_total.inc()
         return position

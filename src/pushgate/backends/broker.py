@@ -139,8 +139,13 @@ class Broker(HistoryStore, Protocol):
 
     async def unsubscribe_user(self, user: str) -> None: ...
 
-    async def publish(self, channel: str, data: bytes, options: HistoryOptions) -> StreamPosition:
-        """Append to history (when ``options.size`` > 0) and deliver to every subscribed node."""
+    async def publish(
+        self, channel: str, data: bytes, options: HistoryOptions, *, idempotency_key: str | None = None
+    ) -> StreamPosition:
+        """Append to history (when ``options.size`` > 0) and deliver to every subscribed node.
+
+        With ``idempotency_key``, a publish to the same channel with the same key within the
+        idempotency window is not applied again: it returns the first one's position."""
         ...
 
     async def publish_event(self, event: ChannelEvent) -> None:

@@ -73,7 +73,9 @@ class MemoryBroker:
     async def unsubscribe_user(self, user: str) -> None:
         self._users.discard(user)
 
-    async def publish(self, channel: str, data: bytes, options: HistoryOptions) -> StreamPosition:
+    async def publish(
+        self, channel: str, data: bytes, options: HistoryOptions, *, idempotency_key: str | None = None
+    ) -> StreamPosition:
         stream = self._streams.get(channel)
         if stream is None:
             stream = self._streams[channel] = HistoryBuffer()

@@ -186,7 +186,9 @@ class RedisBroker:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def publish(self, channel: str, data: bytes, options: HistoryOptions) -> StreamPosition:
+    async def publish(
+        self, channel: str, data: bytes, options: HistoryOptions, *, idempotency_key: str | None = None
+    ) -> StreamPosition:
         """Queue the publication for the next pipelined flush and wait for its position.
 
         Publications are batched automatically: everything published while a flush is in
