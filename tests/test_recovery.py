@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from .conftest import Running, ServerFactory
+from .helpers import WsClient
 
 
 async def test_recover_missed_messages_in_order(server: Running) -> None:
@@ -114,3 +115,29 @@ async def test_a_gap_history_cannot_fill_closes_subscribers_with_4002(make_serve
     assert reply["recovered"] is False and reply["offset"] == 6
     await server.node.publish_json("gap2", "next")
     assert [m["offset"] for m in await c2.messages(1)] == [7]
+
+
+async def test_a_mass_recovery_reads_history_once(server: Running) -> None:
+    c = await server.client("user=a")
+    ok = await c.ok({"type": "subscribe", "channel": "mass"})
+    await c.close()
+    for i in range(10):
+        await server.node.publish_json("mass", i)
+    reads = server.node.metrics.history_reads.labels("recover")
+    before = reads._value.get()
+    clients = await asyncio.gather(*[server.client(f"user=u{i}") for i in range(40)])
+    since = {"epoch": ok["epoch"], "offset": 4}
+
+    async def recover(cl: WsClient, i: int) -> list[int]:
+        reply = await cl.ok({"type": "subscribe", "channel": "mass", "since": since})
+        assert reply["recovered"] is True
+        if i == 0:
+            await server.node.publish_json("mass", 10)  # live traffic while others still recover
+        return [m["data"] for m in await cl.messages(6)]
+
+    results = await asyncio.gather(*[recover(cl, i) for i, cl in enumerate(clients)])
+    assert all(got == [4, 5, 6, 7, 8, 9] for got in results)
+    assert reads._value.get() - before == 1  # one read served all forty
+    for cl in clients:
+        assert (await cl.next("message"))["data"] == 10
+        await cl.nothing_more(0.05)

@@ -178,3 +178,74 @@ def test_released_subscribers_resync_too_when_the_fill_fails() -> None:
     out = s.fill_done(None)
     assert out.resync
     assert [sub for sub, _ in out.release] == ["a"]
+
+
+# -- shared recovery reads (single flight) --------------------------------------------------------
+def history(*offs: int, at: int | None = None, epoch: str = E) -> HistoryResult:
+    return HistoryResult([pub(o, epoch) for o in offs], StreamPosition(epoch, at if at is not None else max(offs)))
+
+
+def test_concurrent_recoveries_share_one_read() -> None:
+    s = stream(5)
+    first, start = s.shared_read(now=0.0)
+    assert start
+    second, start2 = s.shared_read(now=0.1)
+    assert second is first and not start2  # still in flight: join it
+    s.read_done(first, history(3, 4, 5), now=0.2)
+    third, start3 = s.shared_read(now=1.0)
+    assert third is first and not start3  # finished, still within the sharing window
+    assert s.shared_read(now=0.2 + 2.5)[1]  # past the window: a new read
+
+
+def test_recovery_from_a_shared_read_adds_what_was_delivered_since_it_began() -> None:
+    s = stream(5)
+    shared, _ = s.shared_read(now=0.0)
+    s.publication(pub(6))  # delivered live while the read is in flight
+    s.read_done(shared, history(4, 5), now=0.1)  # the read's snapshot ended at 5
+    s.publication(pub(7))
+    position, recovered, replay = s.recover(shared, StreamPosition(E, 3)) or (None, None, [])
+    assert recovered and offsets(replay) == [4, 5, 6, 7] and position == StreamPosition(E, 7)
+    # a subscriber that had seen more than the snapshot is served from the tail alone
+    position, recovered, replay = s.recover(shared, StreamPosition(E, 6)) or (None, None, [])
+    assert recovered and offsets(replay) == [7]
+    # no duplicates when the snapshot already held what the tail also saw
+    shared2, _ = s.shared_read(now=10.0)
+    s.publication(pub(8))
+    s.read_done(shared2, history(6, 7, 8), now=10.1)
+    assert offsets(s.recover(shared2, StreamPosition(E, 5))[2]) == [6, 7, 8]  # type: ignore[index]
+
+
+def test_recovery_from_a_shared_read_refuses_what_history_cannot_prove() -> None:
+    s = stream(9)
+    shared, _ = s.shared_read(now=0.0)
+    s.read_done(shared, history(8, 9), now=0.1)
+    assert s.recover(shared, StreamPosition(E, 2)) == (StreamPosition(E, 9), False, [])  # trimmed
+    assert s.recover(shared, StreamPosition("old", 8)) == (StreamPosition(E, 9), False, [])  # other epoch
+    assert s.recover(shared, StreamPosition(E, 50)) == (StreamPosition(E, 9), False, [])  # never seen
+    assert s.recover(shared, StreamPosition(E, 9)) == (StreamPosition(E, 9), True, [])  # up to date
+
+
+def test_a_failed_shared_read_is_not_reused() -> None:
+    s = stream(1)
+    shared, _ = s.shared_read(now=0.0)
+    s.read_failed(shared)
+    assert s.shared_read(now=0.1)[1]
+
+
+def test_an_outage_or_a_failed_fill_retires_the_shared_read() -> None:
+    s = stream(1)
+    shared, _ = s.shared_read(now=0.0)
+    s.read_done(shared, history(1), now=0.0)
+    s.link_restored()
+    assert s.shared_read(now=0.1)[1]
+
+
+def test_an_overflowing_tail_stops_serving() -> None:
+    from pushgate.stream import MAX_TAIL
+
+    s = stream(0)
+    shared, _ = s.shared_read(now=0.0)
+    for i in range(1, MAX_TAIL + 2):
+        s.publication(pub(i))
+    s.read_done(shared, history(at=0), now=0.0)
+    assert s.recover(shared, StreamPosition(E, 0)) is None

@@ -50,7 +50,7 @@ from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
 from .ratelimit import TokenBucket
 from .scheduler import Scheduler
-from .stream import DELIVER, ChannelStream, FillOutcome, StartFill
+from .stream import DELIVER, ChannelStream, FillOutcome, SharedRead, StartFill
 from .web.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class Node:
         self.scheduler = Scheduler(config.schedule, self.leases, self.id, config.lease_ttl, self.publish)
         #: channels this node is subscribed to upstream, each with its stream state
         self._streams: dict[str, ChannelStream] = {}
+        #: recovery reads in flight, one per channel at most (see ChannelStream.shared_read)
+        self._reads: dict[SharedRead, asyncio.Task[None]] = {}
         #: publications per second this node accepts, from every door (a bound on broker load)
         self._publish_rate = TokenBucket(config.node_publish_rate, config.node_publish_rate)
         self._boot = secrets.token_hex(3)
@@ -306,12 +308,37 @@ class Node:
     async def _recover(
         self, channel: str, stream: ChannelStream, since: StreamPosition | None
     ) -> SubscribeResult:
+        """What a subscriber with ``since`` missed, from one history read shared by everyone who
+        recovers this channel around the same time (a mass reconnect costs one read)."""
         if since is None:
             return SubscribeResult(stream.last, False, [])
-        res = await self.broker.history(channel, since=since)
-        if res.complete:
-            return SubscribeResult(res.position, True, res.publications)
-        return SubscribeResult(res.position, False, [])
+        loop = asyncio.get_running_loop()
+        shared, start = stream.shared_read(loop.time())
+        if start:
+            task = loop.create_task(self._shared_read(channel, stream, shared), name=f"history-{channel}")
+            self._reads[shared] = task
+            self._tasks.add(task)  # cancelled at stop; its failure is the waiters' to report
+            task.add_done_callback(self._tasks.discard)
+        read = self._reads.get(shared)
+        if read is not None:
+            await asyncio.shield(read)  # raises what the read raised: the subscribe fails with it
+        served = stream.recover(shared, since)
+        if served is not None:
+            return SubscribeResult(*served)
+        self.metrics.history_reads.labels("recover").inc()
+        res = await self.broker.history(channel, since=since)  # the shared tail overflowed
+        return SubscribeResult(res.position, res.complete, res.publications if res.complete else [])
+
+    async def _shared_read(self, channel: str, stream: ChannelStream, shared: SharedRead) -> None:
+        try:
+            self.metrics.history_reads.labels("recover").inc()
+            result = await self.broker.history(channel)
+        except BaseException:
+            stream.read_failed(shared)
+            raise
+        finally:
+            self._reads.pop(shared, None)
+        stream.read_done(shared, result, asyncio.get_running_loop().time())
 
     def finish_subscribe(self, conn: Connection, channel: str, result: SubscribeResult) -> list[Publication]:
         """Make ``conn`` a live subscriber; returns held publications newer than the replay.
@@ -464,6 +491,7 @@ class Node:
         """Read what this node missed (offset gap or link loss) from history, then resume live."""
         res: HistoryResult | None = None
         try:
+            self.metrics.history_reads.labels("fill").inc()
             res = await self.broker.history(channel, since=fill.since)
         except Exception as exc:
             log.warning("gap fill of %s failed: %s", channel, exc)

@@ -23,6 +23,14 @@ Answers out: :data:`DELIVER` (fan this publication out to the live subscribers),
 subscribers with their catch-up, and tell the live subscribers to resync when history could
 not prove the stream whole — the node closes them with 4002 so they reconnect and recover).
 
+Recovery reads are shared (single flight): when many subscribers recover the same channel at
+once — every client of a node that died reconnects to the survivors within seconds — the node
+reads the channel's history once (:meth:`ChannelStream.shared_read`) and serves each of them from
+it (:meth:`ChannelStream.recover`), together with the *tail*: every publication this node handed
+out since that read began. The read's snapshot holds everything delivered before it began
+(history is appended before fan-out), the tail everything after, so a subscriber served from
+them misses nothing, whenever within the sharing window it arrived.
+
 Subscribers are opaque hashable keys (the node uses its connections).
 
 State, per channel:
@@ -45,6 +53,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .backends.broker import HistoryResult, Publication, StreamPosition
+from .backends.history import select_history
+
+#: How long a finished shared read keeps serving recoveries (seconds). Clients spread their
+#: reconnects over a jittered window of about this size after a node dies.
+SHARE_FOR: Final = 2.0
+#: Publications a shared read's tail may hold; past it the read stops serving newcomers.
+MAX_TAIL: Final = 10_000
 
 
 class _Verdict:
@@ -93,6 +108,22 @@ class _Held:
     replay_end: StreamPosition | None = None  # set when the replay finished during a fill
 
 
+@dataclass(eq=False, slots=True)
+class SharedRead:
+    """One read of a channel's whole kept history, serving every recovery around the same time.
+
+    ``tail`` collects what the node delivered after the read began; ``result`` is set when the
+    read returns (``failed`` when it raised). Compared by identity, so the node can key its
+    in-flight futures by it.
+    """
+
+    result: HistoryResult | None = None
+    tail: list[Publication] = field(default_factory=list)
+    serve_until: float = float("inf")
+    failed: bool = False
+    overflowed: bool = False
+
+
 def newer(pub: Publication, position: StreamPosition) -> bool:
     """True unless ``pub`` is at or before ``position`` in the same epoch."""
     return pub.epoch != position.epoch or pub.offset > position.offset
@@ -101,7 +132,7 @@ def newer(pub: Publication, position: StreamPosition) -> bool:
 class ChannelStream:
     """One channel's ordering, dedupe, held replays and gap fills on this node (no I/O)."""
 
-    __slots__ = ("_buffer", "_held", "gap_fill", "last")
+    __slots__ = ("_buffer", "_held", "_shared", "gap_fill", "last")
 
     def __init__(self, position: StreamPosition, *, gap_fill: bool = True) -> None:
         self.last = position
@@ -109,6 +140,7 @@ class ChannelStream:
         self.gap_fill = gap_fill
         self._held: dict[Hashable, _Held] = {}
         self._buffer: list[Publication] | None = None  # not None while a fill is in flight
+        self._shared: SharedRead | None = None
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -145,6 +177,13 @@ class ChannelStream:
 
     def _record(self, pub: Publication) -> None:
         self.last = StreamPosition(pub.epoch, pub.offset)
+        shared = self._shared
+        if shared is not None:
+            if len(shared.tail) < MAX_TAIL:
+                shared.tail.append(pub)
+            else:
+                shared.overflowed = True
+                self._shared = None
         if self._held:
             for held in self._held.values():
                 if held.replay_end is None or newer(pub, held.replay_end):
@@ -177,9 +216,59 @@ class ChannelStream:
         del self._held[sub]
         return [p for p in held.publications if newer(p, replay_end)]
 
+    # -- shared recovery reads ----------------------------------------------------------------
+    def shared_read(self, now: float) -> tuple[SharedRead, bool]:
+        """The read to recover from, and True when the caller must start it (read the channel's
+        whole kept history, then call :meth:`read_done` or :meth:`read_failed`)."""
+        shared = self._shared
+        if shared is not None and not shared.failed and (shared.result is None or now <= shared.serve_until):
+            return shared, False
+        shared = self._shared = SharedRead()
+        return shared, True
+
+    def read_done(self, shared: SharedRead, result: HistoryResult, now: float) -> None:
+        shared.result = result
+        shared.serve_until = now + SHARE_FOR
+
+    def read_failed(self, shared: SharedRead) -> None:
+        shared.failed = True
+        if self._shared is shared:
+            self._shared = None
+
+    def recover(
+        self, shared: SharedRead, since: StreamPosition
+    ) -> tuple[StreamPosition, bool, list[Publication]] | None:
+        """Serve one recovery from ``shared``: (position, recovered, replay), oldest first.
+
+        ``recovered`` is False when history cannot prove the subscriber whole (another epoch,
+        publications after ``since`` already trimmed, or a position this node never saw): the
+        replay is then empty and the position is where history stands. None when ``shared``
+        cannot serve (its tail overflowed): read history for this subscriber alone.
+        """
+        result = shared.result
+        if result is None or shared.overflowed:
+            return None
+        position, tail = result.position, shared.tail
+        if any(p.epoch != position.epoch for p in tail):
+            return position, False, []  # history was reset while the read was shared
+        newest = max(position.offset, tail[-1].offset if tail else 0)
+        if since.epoch != position.epoch or since.offset > newest:
+            return position, False, []
+        replay: list[Publication] = []
+        if since.offset < position.offset:
+            chosen = select_history(result.publications, position, since, None)
+            if not chosen.complete:
+                return position, False, []
+            replay = list(chosen.publications)
+        covered = max(since.offset, position.offset)
+        replay.extend(p for p in tail if p.offset > covered)
+        end = replay[-1].offset if replay else covered
+        return StreamPosition(position.epoch, end), True, replay
+
     # -- gaps and fills ----------------------------------------------------------------------
     def link_restored(self) -> StartFill | None:
         """The broker link is back: whatever was published meanwhile must come from history."""
+        self._shared = None  # what was read before the outage may lack what the outage lost
         if self._buffer is not None:
             return None  # a fill already in flight will read history after this point anyway
         self._buffer = []
@@ -192,6 +281,7 @@ class ChannelStream:
         deliver: list[Publication] = []
         resync = result is None or not result.complete
         if resync:
+            self._shared = None
             if result is not None:
                 self.last = result.position  # subscribers recover from history; go on from here
             candidates: Iterable[Publication] = buffered
@@ -212,9 +302,12 @@ class ChannelStream:
 
 __all__ = [
     "DELIVER",
+    "MAX_TAIL",
+    "SHARE_FOR",
     "SKIP",
     "ChannelStream",
     "FillOutcome",
+    "SharedRead",
     "StartFill",
     "newer",
 ]
