@@ -5,6 +5,17 @@ runs: uvloop, signal handling and the graceful drain (``/readyz`` → 503, new c
 refused, open ones closed with 1012 in paced batches over ``drain_period``, then exit 0).
 ``serve_workers`` runs K such processes on one port with SO_REUSEPORT. The routes themselves
 are :func:`pushgate.web.build_app`'s: this module is only the composition root and the process.
+
+The listening socket is guarded here, before any route runs (a client controls all of it):
+
+- ``handshake_timeout``: from accept, a client has this long to finish the TLS handshake and
+  deliver one complete request head; a half request line or a header trickled byte by byte is
+  cut off (:class:`HeadDeadline`).
+- ``keepalive_timeout``: an idle keep-alive connection is closed; a later request's head must
+  arrive within it too (aiohttp's own timer, which partial data does not reset). Upgraded
+  WebSockets and streaming responses are handlers still running, which neither timer touches.
+- malformed HTTP is answered 400 by aiohttp and logged as one DEBUG line, never an ERROR
+  traceback (:class:`HttpLog`).
 """
 
 from __future__ import annotations
@@ -13,17 +24,121 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
+from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
+from . import auth as auth_module
 from .app import App
 from .config import Config
+from .errors import ConfigError
 from .node import Node
 from .web.app import build_app
 
 log = logging.getLogger("pushgate")
+http_log = logging.getLogger("pushgate.http")
+
+
+class HttpLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger aiohttp's request handlers write to, with the client's faults made quiet.
+
+    aiohttp logs a request it cannot parse (garbage request line, bad or oversize header,
+    broken chunking) with ``logger.exception``: an ERROR and a traceback per bad request, so
+    anyone with a socket can fill the log. Those (:class:`HttpProcessingError`) become one DEBUG
+    line with the peer and the reason; everything else, a real 500 included, passes unchanged.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            peer = args[0] if args else "?"
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0][:160]
+            self.logger.debug("bad HTTP request from %s: %s %d %r", peer, type(exc).__name__, exc.code, reason)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+class HeadDeadline:
+    """The protocol factory of the listening socket: aiohttp's handler, plus a deadline for the
+    first request head measured from accept.
+
+    aiohttp has no head timeout; its keep-alive timer also starts at accept but is meant for
+    idle connections (30 s by default here), so alone it would let a slowloris hold a socket
+    that long. The deadline is disarmed when aiohttp hands the first parsed head to its request
+    factory (``web.Server.request_factory``, wrapped here), which happens for every head,
+    well-formed or not; a connection still waiting at the deadline is closed. Later heads on a
+    keep-alive connection are bounded by ``keepalive_timeout``.
+    """
+
+    def __init__(self, server: web.Server, timeout: float) -> None:
+        self._server = server
+        self._timeout = timeout
+        self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
+        make_request = server.request_factory
+
+        def head_arrived(message: RawRequestMessage, payload: StreamReader, protocol: web.RequestHandler,
+                         writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
+            deadline = self._waiting.pop(protocol, None)
+            if deadline is not None:
+                deadline.cancel()
+            return make_request(message, payload, protocol, writer, task)
+
+        server.request_factory = head_arrived
+
+    def __call__(self) -> web.RequestHandler:
+        handler = self._server()
+        loop = asyncio.get_running_loop()
+        self._waiting[handler] = loop.call_later(self._timeout, self._overdue, handler)
+        return handler
+
+    def _overdue(self, handler: web.RequestHandler) -> None:
+        self._waiting.pop(handler, None)
+        if handler.transport is not None:  # None: gone already, or still in the TLS handshake (its own timeout)
+            http_log.debug("closing %s: no complete request head within %.1fs",
+                           handler.transport.get_extra_info("peername"), self._timeout)
+            handler.force_close()
+
+    def close(self) -> None:
+        """Cancel every pending deadline (the listener is closing)."""
+        for deadline in self._waiting.values():
+            deadline.cancel()
+        self._waiting.clear()
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server TLS context for ``tls_cert``/``tls_key`` (None without TLS), or a one-line
+    :class:`ConfigError` naming the setting at fault: checked before the node starts, so a bad
+    certificate never leaves a half-started process."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    for key, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def no_password() -> bytes:
+        raise ConfigError("tls_key", f"{config.tls_key} is encrypted; give an unencrypted PEM key")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=no_password)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ConfigError("tls_key", f"{config.tls_key} is not the private key of {config.tls_cert}") from exc
+        raise ConfigError("tls_cert", f"cannot load {config.tls_cert} / {config.tls_key} as PEM certificate "
+                                      f"chain and key ({exc.reason or exc})") from exc
+    return context
 
 
 class Server:
@@ -35,32 +150,63 @@ class Server:
         self.web_app = build_app(self.node)
         self.runner: web.AppRunner | None = None
         self.port = config.port
+        self._listener: asyncio.AbstractServer | None = None
+        self._deadline: HeadDeadline | None = None
 
     async def start(self, *, reuse_port: bool = False) -> int:
+        context = tls_context(self.config)  # a bad certificate fails before anything starts
         await self.node.start()
-        self.runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, self.config.port, reuse_port=reuse_port or None,
-                           backlog=4096)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        try:
+            self.port = await self._listen(context, reuse_port)
+        except BaseException:
+            await self.stop(drain=False)
+            raise
         _announce(self.config, self.node, self.port)
         return self.port
+
+    async def _listen(self, context: ssl.SSLContext | None, reuse_port: bool) -> int:
+        """Serve the application on ``host:port`` (https and wss too with ``context``).
+
+        The socket is opened here rather than through ``web.TCPSite`` so that its protocol
+        factory can be :class:`HeadDeadline`; ``runner.cleanup`` still shuts the connections.
+        """
+        config = self.config
+        self.runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                                    keepalive_timeout=config.keepalive_timeout, logger=HttpLog(http_log))
+        await self.runner.setup()
+        assert self.runner.server is not None
+        self._deadline = HeadDeadline(self.runner.server, config.handshake_timeout)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._deadline, config.host, config.port, ssl=context,
+            ssl_handshake_timeout=config.handshake_timeout if context else None,
+            backlog=4096, reuse_port=reuse_port or None,
+        )
+        return int(self._listener.sockets[0].getsockname()[1]) if self._listener.sockets else config.port
 
     async def stop(self, *, drain: bool = True) -> None:
         if drain:
             await self.node.drain()
+        if self._listener is not None:
+            self._listener.close()  # stop accepting; open connections are the runner's to shut
+            self._listener = None
         await self.node.stop()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
 
 
 def _announce(config: Config, node: Node, port: int) -> None:
-    log.info("pushgate node %s listening on http://%s:%d (ws: /ws, sse: /sse, api: /api)",
-             node.id, config.host, port)
+    scheme = "https" if config.tls_cert else "http"
+    log.info("pushgate node %s listening on %s://%s:%d (ws: /ws, sse: /sse, api: /api)",
+             node.id, scheme, config.host, port)
+    startup_warnings = getattr(auth_module, "startup_warnings", None)
+    if startup_warnings is not None:
+        for warning in startup_warnings(config):
+            log.warning("%s", warning)
     if not config.jwt_enabled:
         log.warning("DEV MODE: no JWT key configured; clients name themselves with ?user=<id>. "
                     "Set --jwt-secret or --jwt-public-key in production.")

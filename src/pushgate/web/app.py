@@ -8,12 +8,14 @@ its handlers added one by one to an existing application.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
+from ..protocol import wsframe
 from .api import Api, Probes
 from .sse import SseHandler
 from .websocket import WebsocketHandler
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
     from ..node import Node
 
 STATIC_DIR = Path(str(resources.files("pushgate") / "static"))
+
+#: Set to ``1`` to mount :class:`EchoHandler` at :data:`ECHO_PATH` (conformance tests only).
+TEST_ECHO_ENV = "PUSHGATE_TEST_ECHO"
+ECHO_PATH = "/_test/echo"
+_OP_BINARY = 0x2  # RFC 6455 §5.2
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -32,9 +39,60 @@ async def _client_js(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "pushgate.js", headers={"Content-Type": "text/javascript"})
 
 
+class EchoHandler:
+    """``GET /_test/echo``: echoes every text and binary message, for the Autobahn|Testsuite.
+
+    It exists only when ``PUSHGATE_TEST_ECHO=1`` is set: it serves anyone, without the
+    handshake, so it must never be reachable in production. What it tests is the WebSocket layer
+    ``/ws`` really uses: aiohttp's reader (fragmentation, control frames, UTF-8 checks, the
+    close handshake) with ``/ws``'s limits and options, and the server's own frame writer
+    (:func:`pushgate.protocol.wsframe.server_frame`, written straight to the transport as
+    :class:`~pushgate.web.websocket.WsConnection` does).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        config = self.node.config
+        ws = web.WebSocketResponse(heartbeat=config.ping_interval, max_msg_size=config.max_message_size,
+                                   compress=False, autoping=True, autoclose=False, timeout=5.0)
+        await ws.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                transport.write(wsframe.server_frame(msg.data.encode()))
+            elif msg.type is WSMsgType.BINARY:
+                transport.write(wsframe.server_frame(msg.data, _OP_BINARY))
+            elif msg.type is WSMsgType.CLOSE:
+                if peer_close_code_valid(msg.data):
+                    await ws.close()
+                else:
+                    await ws.close(code=1002, message=b"invalid close code")
+                return ws
+            else:  # CLOSING, CLOSED, ERROR: aiohttp has already answered
+                return ws
+
+
+def peer_close_code_valid(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1-§7.4.2; 0: no code).
+
+    aiohttp's reader accepts 1006 and anything from 5000 up (its allow-list is its own
+    ``WSCloseCode`` enum), while the RFC says 1005, 1006 and 1015 must never be on the wire
+    and only 1000-4999 are defined: such a close is a protocol error, answered with 1002
+    (Autobahn cases 7.9.5 and 7.13.x).
+    """
+    return code == 0 or 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def build_app(node: Node) -> web.Application:
     """The web edge of ``node``: ``/api`` (+ auth and JSON errors), ``/ws``, ``/sse``, the demo
     page ``/``, ``/pushgate.js``, ``/static/``, ``/healthz``, ``/readyz`` and ``/metrics``.
+
+    With ``PUSHGATE_TEST_ECHO=1`` in the environment it also has the conformance-test echo
+    endpoint (:class:`EchoHandler`).
 
     ``client_max_size`` only takes effect on the application a runner serves; when this one is
     mounted as a sub-application, the parent's limit applies to API bodies.
@@ -49,4 +107,6 @@ def build_app(node: Node) -> web.Application:
         web.static("/static/", STATIC_DIR, show_index=False),
     ])
     app.add_subapp("/api", Api(node).application())
+    if os.environ.get(TEST_ECHO_ENV) == "1":
+        app.router.add_get(ECHO_PATH, EchoHandler(node).handle)
     return app
