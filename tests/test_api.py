@@ -102,8 +102,11 @@ async def test_bad_requests_get_json_errors(server: Running) -> None:
         status, err = await server.api("POST", path, body)
         assert status == 400, (path, body)
         assert err["error"]["code"] == "bad_request" and err["error"]["message"]
-    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"{oops") as r:
+    json_type = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"{oops", headers=json_type) as r:
         assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"{oops") as r:
+        assert r.status == 415 and (await r.json())["error"]["code"] == "unsupported_media_type"
 
 
 async def test_api_key_required_when_configured(make_server: ServerFactory) -> None:
@@ -146,5 +149,6 @@ async def test_unknown_paths_and_methods_get_json_errors(server: Running) -> Non
     assert status == 404 and err["error"]["code"] == "not_found"
     status, err = await server.api("GET", "/api/publish")
     assert status == 405 and err["error"]["code"] == "method_not_allowed"
-    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"x" * (2 << 20)) as r:
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"x" * (2 << 20),
+                                                    headers={"Content-Type": "application/json"}) as r:
         assert r.status == 413 and (await r.json())["error"]["code"] == "too_large"

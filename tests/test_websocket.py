@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+
+import aiohttp
 
 from pushgate.errors import CloseCode
 
 from .conftest import Running, ServerFactory
-from .helpers import wait_for
+from .helpers import timeout, wait_for
 
 
 async def test_welcome_names_connection_user_and_node(server: Running) -> None:
@@ -227,3 +230,37 @@ async def test_pipelined_publishes_keep_order_and_replies_come_in_order(make_ser
     assert offsets == list(range(1, 201))
     got = await sub.messages(200)
     assert [m["data"] for m in got] == list(range(200))
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str]]:
+    """``(event name, data)`` per event of an SSE stream, as a browser dispatches them: ``data``
+    lines joined with LF, a blank line ends the event (WHATWG HTML, event stream interpretation)."""
+    name: str | None = None
+    data: list[str] = []
+    while raw := await resp.content.readline():
+        line = raw.decode().rstrip("\r\n")
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = None, []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+
+
+async def test_a_publish_with_raw_line_breaks_is_one_sse_event(server: Running) -> None:
+    # `{"x":\n\n1}` is valid JSON; written as-is after one `data:`, the blank line ended the SSE
+    # event early and the browser got `{"x":` then a stray `1}` line
+    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/sse?channel=lines&user=s") as resp:
+        events = sse_events(resp)
+        assert json.loads((await asyncio.wait_for(anext(events), timeout(5)))[1])["type"] == "welcome"
+        await wait_for(lambda: server.node.local_channels().get("lines") == 1, what="sse subscription")
+        pub = await server.client("user=p")
+        await pub.send_raw('{"type":"publish","channel":"lines","data":{"x":\n\n1},"id":1}')
+        await pub.send_raw('{"type":"publish","channel":"lines","data":{"y":\r\n2},"id":2}')
+        await pub.send_raw('{"type":"publish","channel":"lines","data":"marker","id":3}')
+        got = [json.loads((await asyncio.wait_for(anext(events), timeout(5)))[1]) for _ in range(3)]
+    # exactly one message event per publication, nothing between them, each data parsing whole
+    assert [(m["type"], m["data"], m["offset"]) for m in got] == [
+        ("message", {"x": 1}, 1), ("message", {"y": 2}, 2), ("message", "marker", 3)]

@@ -2,7 +2,12 @@
 
 Request bodies are decoded with msgspec into typed structs; ``data`` stays raw JSON and goes to
 subscribers byte for byte. With an API key configured every ``/api`` call needs
-``Authorization: Bearer <key>``; without one only loopback peers may call it.
+``Authorization: Bearer <key>``. Without one the API trusts "this machine", and three checks keep
+other machines from borrowing that trust (:func:`keyless_refusal`): the caller is on loopback and
+no proxy stands between it and us (a proxy on the same host makes everyone look local), the
+``Host`` names this machine by a loopback name (a DNS-rebinding page reaches us under its own
+domain name), and POST bodies are ``application/json`` (a cross-site form can only send
+``text/plain``, form or multipart bodies without a CORS preflight, which we never answer).
 
 :class:`Api` holds the node it serves; :meth:`Api.routes` and :meth:`Api.middleware` are
 mounted by :func:`pushgate.web.build_app` (or on any aiohttp application).
@@ -10,6 +15,7 @@ mounted by :func:`pushgate.web.build_app` (or on any aiohttp application).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -18,13 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..names import valid_channel
-from .errors import classify, error_response
+from .errors import Classified, classify, error_response
 from .openapi import openapi_document
+from .peer import client_address, forwarded_clients, has_forwarding_headers, is_trusted_proxy
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -37,6 +45,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
     channel: str
     data: msgspec.Raw
+    idempotency_key: str | None = None
 
 
 class BroadcastBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,8 +63,28 @@ class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str = "disconnected by server"
 
 
-async def _body(request: web.Request, kind: type[T]) -> T:
-    raw = await request.read()
+JSON_ONLY_MESSAGE = "POST bodies must be sent with Content-Type: application/json"
+MAX_REASON_CHARS = 512  # the close reason a kicked client reads; WebSocket keeps its first 123 bytes
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+async def _body(request: web.Request, kind: type[T], read_timeout: float) -> T:
+    """The request body decoded as ``kind``; anything wrong with it is a ``bad_request``.
+
+    The body must arrive within ``read_timeout`` (the ``handshake_timeout`` setting): a client
+    that sends a head and then trickles, or never finishes, a body would otherwise hold the
+    handler forever (aiohttp has no body timeout of its own and, for a chunk-size error that
+    arrives after the head, never wakes the reading handler).
+    """
+    try:
+        raw = await asyncio.wait_for(request.read(), read_timeout)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # a broken chunked or compressed body, or fewer bytes than Content-Length: the client's fault
+        raise ClientError("bad_request", "malformed request body") from exc
+    except ConnectionError as exc:
+        raise ClientError("bad_request", "request body incomplete: the connection closed") from exc
+    except TimeoutError as exc:
+        raise ClientError("request_timeout", f"request body not complete within {read_timeout:g} s") from exc
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.DecodeError as exc:
@@ -64,11 +93,79 @@ async def _body(request: web.Request, kind: type[T]) -> T:
         raise ClientError("bad_request", "invalid body: nested too deeply") from None
 
 
-def _is_loopback(remote: str | None) -> bool:
+def _text(field: str, value: str, max_chars: int, *, line_breaks: bool = False) -> str:
+    """``value`` if it is 1..``max_chars`` characters of printable text, else a ``bad_request``.
+
+    Control characters (NUL, escape sequences that repaint a terminal showing a log) have no
+    place in a close reason or a key; tabs and line breaks may be allowed in prose. A lone
+    surrogate cannot be encoded as UTF-8 at all (msgspec already refuses a JSON ``\\ud800``;
+    checked again so a caller of this function cannot fail later on a socket or in the broker).
+    """
+    if not value or len(value) > max_chars:
+        raise ClientError("bad_request", f"{field} must be 1-{max_chars} characters")
+    if not value.isprintable() and not (line_breaks and all(c.isprintable() or c in "\t\n\r" for c in value)):
+        raise ClientError("bad_request", f"{field} must be printable text (no control characters)")
     try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ClientError("bad_request", f"{field} must be valid Unicode text") from exc
+    return value
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def host_is_loopback(host: str | None) -> bool:
+    """True when a ``Host`` header names this machine by a loopback name, with or without a port.
+
+    ``localhost`` or a loopback IP literal (``127.0.0.1``, any of 127/8, ``[::1]``). A DNS
+    rebinding attack needs a domain name of its own to point at 127.0.0.1, and the browser
+    sends that name as ``Host``, so only names that cannot be rebound pass.
+    """
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, closed, rest = host[1:].partition("]")
+        if not closed or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return False
+    else:
+        name, colon, port = host.partition(":")
+        if colon and not port.isdigit():
+            return False
+    return name == "localhost" or _is_loopback(name)
+
+
+def keyless_refusal(request: web.Request, trusted_proxies: tuple[str, ...]) -> Classified | None:
+    """Why a call to an API without a key is refused, or None: only this machine may call it.
+
+    * Through a proxy (``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP`` present): only from a
+      trusted proxy, and only when every one of those headers names a loopback client. A proxy
+      on the same host connects from 127.0.0.1 for every internet client; its headers are the
+      only thing that tells them apart.
+    * Otherwise the TCP peer must be loopback.
+    * ``Host`` must be a loopback name (:func:`host_is_loopback`): DNS rebinding.
+    * A POST must be ``application/json`` (CSRF): answered 415.
+    """
+    if has_forwarding_headers(request):
+        clients = forwarded_clients(request, trusted_proxies)
+        if not is_trusted_proxy(request, trusted_proxies) or not all(_is_loopback(c) for c in clients):
+            return Classified(403, "forbidden", "no API key configured: requests through a proxy (Forwarded, "
+                              "X-Forwarded-For or X-Real-IP) are refused unless a trusted proxy forwards them "
+                              "for a loopback client; set api_key to call /api through a proxy")
+    elif not _is_loopback(request.remote):
+        return Classified(403, "forbidden", "no API key configured: only loopback clients may call /api "
+                          "(set api_key)")
+    if not host_is_loopback(request.headers.get("Host")):
+        return Classified(403, "forbidden", "no API key configured: the Host header must name this machine "
+                          "(localhost, 127.0.0.1 or [::1]); set api_key to call /api under another name")
+    if request.method == "POST" and request.content_type != "application/json":
+        return Classified(415, "unsupported_media_type", JSON_ONLY_MESSAGE)
+    return None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -128,14 +225,14 @@ class Api:
         """Auth for the API, and the one place that turns its errors into JSON error bodies."""
         if getattr(request.match_info.route, "handler", None) == self.openapi:
             return await handler(request)
-        key = self.node.config.api_key
-        if key:
-            header = request.headers.get("Authorization", "")
-            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                return error_response(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
-        elif not _is_loopback(request.remote):
-            return error_response(403, "forbidden", "no API key configured: only loopback clients may call /api")
+        config = self.node.config
+        refusal = self._key_refusal(request, config.api_key) if config.api_key else keyless_refusal(
+            request, config.trusted_proxies)
+        if refusal is not None:
+            # one line, no traceback: a client decides how often this is logged
+            log.info("API %s %s from %s refused: %s %s", request.method, request.path,
+                     client_address(request, config.trusted_proxies), refusal.status, refusal.code)
+            return error_response(*refusal)
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -145,27 +242,44 @@ class Api:
         except Exception as exc:
             verdict = classify(exc)
             if verdict.internal:
-                log.exception("API %s %s failed", request.method, request.path)
+                log.exception("API %s %s from %s failed", request.method, request.path,
+                              client_address(request, config.trusted_proxies))
             return error_response(*verdict)
 
+    @staticmethod
+    def _key_refusal(request: web.Request, key: str) -> Classified | None:
+        """With a key the key decides, wherever the call comes from (compared in constant time)."""
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if hmac.compare_digest(given.encode(), key.encode()):
+            return None
+        return Classified(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def _body(self, request: web.Request, kind: type[T]) -> T:
+        return await _body(request, kind, self.node.config.handshake_timeout)
+
     async def publish(self, request: web.Request) -> web.Response:
-        body = await _body(request, PublishBody)
-        pos = await self.node.publish(body.channel, bytes(body.data))
+        body = await self._body(request, PublishBody)
+        key = body.idempotency_key
+        if key is not None:
+            _text("idempotency_key", key, MAX_IDEMPOTENCY_KEY_CHARS)
+        pos = await self.node.publish(body.channel, bytes(body.data), idempotency_key=key)
         return _json({"epoch": pos.epoch, "offset": pos.offset})
 
     async def broadcast(self, request: web.Request) -> web.Response:
-        body = await _body(request, BroadcastBody)
+        body = await self._body(request, BroadcastBody)
         await self.node.broadcast(bytes(body.data))
         return _json({})
 
     async def send(self, request: web.Request) -> web.Response:
-        body = await _body(request, SendBody)
+        body = await self._body(request, SendBody)
         await self.node.send_to_users(body.users, bytes(body.data), sender=body.sender)
         return _json({})
 
     async def disconnect(self, request: web.Request) -> web.Response:
-        body = await _body(request, DisconnectBody)
-        await self.node.disconnect_user(body.user, CloseCode.DISCONNECTED, body.reason)
+        body = await self._body(request, DisconnectBody)
+        reason = _text("reason", body.reason, MAX_REASON_CHARS, line_breaks=True)
+        await self.node.disconnect_user(body.user, CloseCode.DISCONNECTED, reason)
         return _json({})
 
     async def online(self, request: web.Request) -> web.Response:

@@ -33,7 +33,11 @@ class Connection(ABC):
 
     @abstractmethod
     def close(self, code: int, reason: str) -> None:
-        """Start closing with ``code`` (see :class:`~pushgate.errors.CloseCode`); returns at once."""
+        """Start closing with ``code`` (see :class:`~pushgate.errors.CloseCode`); returns at once.
+
+        ``reason`` is any text: a transport whose reason has a size limit (a WebSocket close
+        frame, 123 bytes) cuts it on a character boundary, never mid-character.
+        """
 
     def send_payload(self, payload: bytes) -> None:
         self.send(Outgoing(payload))

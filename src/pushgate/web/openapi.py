@@ -40,7 +40,7 @@ _PRESENCE = {
 
 
 def _op(summary: str, *, body: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        params: list[dict[str, Any]] | None = None, rate_limited: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
@@ -53,6 +53,10 @@ def _op(summary: str, *, body: dict[str, Any] | None = None, result: dict[str, A
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["413"] = _ERROR
+        op["responses"]["415"] = _ERROR  # without an API key, a body not sent as application/json
+    if rate_limited:
+        op["responses"]["429"] = _ERROR
     if params:
         op["parameters"] = params
     return op
@@ -73,15 +77,22 @@ def openapi_document() -> dict[str, Any]:
             "title": "pushgate HTTP API",
             "version": __version__,
             "description": "Publish to channels, users and everyone; read presence, online counts and history. "
-            "With an API key configured send `Authorization: Bearer <key>`; without one only loopback may call.",
+            "With an API key configured send `Authorization: Bearer <key>`. Without one only this machine may "
+            "call: a loopback peer with no proxy headers (or a trusted proxy forwarding for a loopback client), "
+            "a loopback `Host` (localhost, 127.0.0.1, [::1]), and POST bodies sent as `application/json` "
+            "(else 415). Every error is `{\"error\": {\"code\", \"message\"}}`.",
         },
         "components": {"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
         "security": [{"apiKey": []}],
         "paths": {
             "/api/publish": {"post": _op(
                 "Publish to a channel (kept in history)",
-                body=_obj({"channel": {"type": "string"}, "data": _ANY}, ["channel", "data"]),
-                result=_POSITION)},
+                body=_obj({"channel": {"type": "string"}, "data": _ANY, "idempotency_key": {
+                    "type": "string", "minLength": 1, "maxLength": 128,
+                    "description": "makes retries safe: a publish to the same channel with the same key "
+                    "within `idempotency_window` seconds (cluster-wide) is not applied again and answers "
+                    "the first one's epoch and offset"}}, ["channel", "data"]),
+                result=_POSITION, rate_limited=True)},
             "/api/broadcast": {"post": _op(
                 "Send to every connection on every node", body=_obj({"data": _ANY}, ["data"]))},
             "/api/send": {"post": _op(
@@ -90,7 +101,10 @@ def openapi_document() -> dict[str, Any]:
                           ["users", "data"]))},
             "/api/disconnect": {"post": _op(
                 "Close every connection of a user with code 4500 (do not reconnect)",
-                body=_obj({"user": {"type": "string"}, "reason": {"type": "string"}}, ["user"]))},
+                body=_obj({"user": {"type": "string"}, "reason": {
+                    "type": "string", "minLength": 1, "maxLength": 512,
+                    "description": "printable text; a WebSocket close frame carries its first 123 UTF-8 bytes, "
+                    "cut on a character boundary"}}, ["user"]))},
             "/api/online": {"get": _op("Online connections and distinct users, cluster-wide and per node", result={
                 "type": "object",
                 "properties": {

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from ..errors import CloseCode
 from ..protocol import jsonwire
-from ..protocol.outgoing import Outgoing
+from ..protocol.outgoing import Outgoing, close_reason
 from .connection import TransportConnection
 from .handshake import Refusal, accept
 from .session import JsonSession
@@ -85,7 +85,7 @@ class WsConnection(TransportConnection):
             return
         self.closed = True
         loop = asyncio.get_running_loop()
-        self.close_task = loop.create_task(self._ws.close(code=code, message=reason.encode()[:120]))
+        self.close_task = loop.create_task(self._ws.close(code=code, message=close_reason(reason)))
         self.close_task.add_done_callback(_ignore_result)
         # A peer that never answers our close (or never reads) must not hold its buffer forever.
         loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
@@ -119,7 +119,7 @@ class WebsocketHandler:
         if isinstance(admitted, Refusal):
             # told after the upgrade, with a close code, so browsers can see why
             assert admitted.close_code is not None
-            await ws.close(code=admitted.close_code, message=admitted.message.encode()[:120])
+            await ws.close(code=admitted.close_code, message=close_reason(admitted.message))
             return ws
         transport = request.transport
         assert transport is not None
