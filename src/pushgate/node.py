@@ -80,7 +80,15 @@ class Node:
         self.config = config
         self.id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
         if broker is None or presence is None or leases is None:
-            b, p, le = create_stores(config.broker, prefix=config.redis_prefix, node_ttl=config.node_ttl)
+            b, p, le = create_stores(
+                config.broker,
+                prefix=config.redis_prefix,
+                node_ttl=config.node_ttl,
+                broker_timeout=config.broker_timeout,
+                idempotency_window=config.idempotency_window,
+                history_max_channels=config.history_max_channels,
+                history_max_bytes=config.history_max_bytes,
+            )
             broker, presence, leases = broker or b, presence or p, leases or le
         self.broker: Broker = broker
         self.presence: PresenceStore = presence

@@ -113,7 +113,8 @@ class Backend:
         recorder = recorder or Recorder()
         broker: Broker
         if self.kind == "memory":
-            broker = MemoryBroker()
+            # Settings both kinds share (idempotency_window=...) reach the memory broker too.
+            broker = MemoryBroker(**{k: opts[k] for k in ("idempotency_window",) if k in opts})
         else:
             # Link settings may be given one by one (ping_interval=..., backoff_min=...); tests
             # reconnect faster than production: backoff 0.05 .. 0.5 s unless a test says otherwise.

@@ -7,7 +7,7 @@ Python copy down case by case (the Lua copy in redis/scripts.py is held to it by
 from __future__ import annotations
 
 from pushgate.backends import HistoryOptions, Publication, StreamPosition
-from pushgate.backends.history import HistoryBuffer, select_history
+from pushgate.backends.history import ENTRY_OVERHEAD, HistoryBuffer, select_history
 
 E = "ep"
 
@@ -49,18 +49,21 @@ def test_nothing_kept() -> None:
 
 
 def test_buffer_counts_trims_and_drops() -> None:
-    buf = HistoryBuffer()
+    buf = HistoryBuffer("c", E)
     keep3 = HistoryOptions(size=3, ttl=60)
     for i in range(1, 6):
-        assert buf.append("c", b"x", E, keep3).offset == i
-    assert offsets(buf.read(E, None, None)) == [3, 4, 5]
-    buf.append("c", b"x", E, HistoryOptions(size=0, ttl=60))  # nothing kept, offset still counts
-    result = buf.read(E, None, None)
+        assert buf.append(b"x", keep3, 0.0).offset == i
+    assert offsets(buf.read(None, None, 0.0)) == [3, 4, 5]
+    assert buf.nbytes == 3 * (1 + ENTRY_OVERHEAD)
+    buf.append(b"x", HistoryOptions(size=0, ttl=60), 0.0)  # nothing kept, offset still counts
+    result = buf.read(None, None, 0.0)
     assert offsets(result) == [] and result.position == StreamPosition(E, 6)
+    assert buf.nbytes == 0
 
 
 def test_buffer_expires_by_age() -> None:
-    buf = HistoryBuffer()
-    buf.append("c", b"x", E, HistoryOptions(size=10, ttl=1e-9))
-    result = buf.read(E, StreamPosition(E, 0), None)
+    buf = HistoryBuffer("c", E)
+    buf.append(b"x", HistoryOptions(size=10, ttl=1.0), 0.0)
+    assert offsets(buf.read(None, None, 1.0)) == [1]  # exactly ttl old: still kept
+    result = buf.read(StreamPosition(E, 0), None, 1.001)
     assert offsets(result) == [] and not result.complete and result.position.offset == 1

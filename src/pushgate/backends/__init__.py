@@ -66,34 +66,52 @@ __all__ = [
 
 
 def create_stores(
-    url: str, *, prefix: str = "pg", node_ttl: float = 10.0
+    url: str,
+    *,
+    prefix: str = "pg",
+    node_ttl: float = 10.0,
+    broker_timeout: float = 5.0,
+    idempotency_window: float = 120.0,
+    history_max_channels: int = 100_000,
+    history_max_bytes: int = 256 * 1024 * 1024,
 ) -> tuple[Broker, PresenceStore, LeaseStore]:
     """Build the broker, presence store and lease store named by ``url``.
 
     ``memory://`` gives the single-node trio; the Redis/Valkey schemes give the Redis trio
     sharing one connection pool and one key ``prefix``. Raises ValueError for an unsupported
-    scheme or a prefix the key layout cannot hold.
+    scheme or a prefix the key layout cannot hold. ``broker_timeout`` bounds every Redis call
+    (memory calls do not wait); ``idempotency_window`` is how long publish idempotency keys are
+    remembered; ``history_max_*`` bound the memory broker's history (Redis keeps its own TTLs).
     """
     if check_url(url) == "memory":
-        return MemoryBroker(), MemoryPresenceStore(), MemoryLeaseStore()
+        broker = MemoryBroker(
+            history_max_channels=history_max_channels,
+            history_max_bytes=history_max_bytes,
+            idempotency_window=idempotency_window,
+        )
+        return broker, MemoryPresenceStore(), MemoryLeaseStore()
     # Imported here so a memory-only node never imports redis-py.
     from pushgate.backends.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
 
-    conn = RedisConnection(url)
+    conn = RedisConnection(url, timeout=broker_timeout)
     return (
-        RedisBroker(conn, prefix=prefix),
+        RedisBroker(conn, prefix=prefix, idempotency_window=idempotency_window),
         RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
         RedisLeaseStore(conn, prefix=prefix),
     )
 
 
-def create_broker(url: str, *, prefix: str = "pg") -> Broker:
+def create_broker(
+    url: str, *, prefix: str = "pg", broker_timeout: float = 5.0, idempotency_window: float = 120.0
+) -> Broker:
     """Just the broker named by ``url`` (for publishers, which need no presence or leases)."""
     if check_url(url) == "memory":
-        return MemoryBroker()
-    from pushgate.backends.redis import RedisBroker
+        return MemoryBroker(idempotency_window=idempotency_window)
+    from pushgate.backends.redis import RedisBroker, RedisConnection
 
-    return RedisBroker(url, prefix=prefix)
+    return RedisBroker(
+        RedisConnection(url, timeout=broker_timeout), prefix=prefix, idempotency_window=idempotency_window
+    )
 
 
 def is_unavailable(exc: BaseException) -> bool:

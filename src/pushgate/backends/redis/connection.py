@@ -3,6 +3,12 @@
 Every store of one node shares one :class:`RedisConnection` (one connection pool). Pub/sub
 connections are separate (:meth:`RedisConnection.pubsub_connection`), owned by the links.
 
+Time: every store call is bounded by the connection's ``timeout`` (the ``broker_timeout``
+setting). A Redis that accepts connections but answers nothing (SIGSTOP, a saturated server, a
+dead peer without RST) would otherwise hold a caller for redis-py's socket timeout once per
+retry; :func:`translate_errors` runs each public method under one deadline for everything it
+does (pool wait, connect, retries), and the socket timeouts below are at most that deadline.
+
 Errors: redis-py raises its own exception tree, and which of its errors mean "Redis cannot be
 reached right now" is a Redis detail. The stores translate those, once, at their public methods
 (:func:`translate_errors`, or an inline ``except UNAVAILABLE_ERRORS`` on the publish hot path)
@@ -12,10 +18,11 @@ into :class:`pushgate.errors.BrokerUnavailable`, raised ``from`` the original. E
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, Protocol, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -41,6 +48,7 @@ __all__ = [
     "RedisClient",
     "RedisConnection",
     "millis",
+    "timed_out",
     "translate_errors",
     "unavailable",
 ]
@@ -83,17 +91,34 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def translate_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """Wrap a store's public async method: Redis-unreachable errors become BrokerUnavailable.
+class _Store(Protocol):
+    """What :func:`translate_errors` needs of the object whose method it wraps."""
 
-    Costs one try/except per call when nothing fails. Not used on the publish hot path, which
-    translates inline where the pipelined results are handed out.
+    _conn: RedisConnection
+
+
+def timed_out(seconds: float) -> BrokerUnavailable:
+    return BrokerUnavailable(f"Redis did not answer within {seconds:g}s")
+
+
+def translate_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Wrap a store's public async method: bounded by the store's connection ``timeout``, and
+    Redis-unreachable errors (the deadline passing among them) become BrokerUnavailable.
+
+    Costs one try/except and one timer per call when nothing fails. Cancelling a redis-py
+    command mid-reply disconnects its connection (redis-py does that for any BaseException), so
+    a late reply can never be read by the next user of the pooled connection. Not used on the
+    publish hot path, which bounds and translates inline (:meth:`.broker.RedisBroker.publish`).
     """
 
     @functools.wraps(method)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        seconds = cast(_Store, args[0])._conn.timeout
         try:
-            return await method(*args, **kwargs)
+            async with asyncio.timeout(seconds):
+                return await method(*args, **kwargs)
+        except TimeoutError as exc:  # the deadline (redis-py's own timeouts are RedisTimeoutError)
+            raise timed_out(seconds) from exc
         except (*UNAVAILABLE_ERRORS, RedisClusterException) as exc:
             translated = unavailable(exc)
             if translated is None:
@@ -139,9 +164,10 @@ class RedisConnection:
         self,
         url: str,
         *,
+        timeout: float = 5.0,
         health_check_interval: float = 10.0,
-        socket_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         scheme, sep, rest = url.partition("://")
         if not sep:
@@ -159,8 +185,11 @@ class RedisConnection:
         # TCP keepalive is a TCP option: redis-py's Unix socket connection refuses the argument.
         self._tcp = not self.base_url.startswith("unix://")
         self.health_check_interval = health_check_interval
-        self.socket_timeout = socket_timeout
-        self.connect_timeout = connect_timeout
+        #: the deadline of one store call, everything included (the ``broker_timeout`` setting)
+        self.timeout = timeout
+        # A socket wait longer than the whole call's deadline could never finish in time.
+        self.socket_timeout = timeout if socket_timeout is None else min(socket_timeout, timeout)
+        self.connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
         self._client: RedisClient | None = None
         self._users = 0
 
@@ -184,8 +213,7 @@ class RedisConnection:
                 # A blocking pool: under a connect storm (every handshake writes presence) callers
                 # wait briefly for a free connection instead of failing with "Too many connections".
                 pool = BlockingConnectionPool.from_url(
-                    self.base_url, max_connections=MAX_POOL_CONNECTIONS,
-                    timeout=self.connect_timeout + self.socket_timeout, **opts,
+                    self.base_url, max_connections=MAX_POOL_CONNECTIONS, timeout=self.timeout, **opts,
                 )
                 self._client = Redis.from_pool(pool)
         return self._client

@@ -6,6 +6,7 @@ Lua script touches lives in one slot)::
     P:m:{ch}            channel meta hash: e = epoch, o = newest offset
     P:h:{ch}            channel history list (raw JSON data, oldest first)
     P:c:{ch}            channel pub/sub topic (publications and join/leave events)
+    P:idem:{ch}:key     publish idempotency key: "offset:epoch" of the first publish, PX = window
     P:u:{user}          user pub/sub topic (direct messages, disconnects)
     P:b                 broadcast topic, every node subscribes
     P:nodes             set of registered node ids
@@ -54,6 +55,10 @@ class Keys:
 
     def history(self, channel: str) -> str:
         return f"{self.prefix}:h:{{{hash_tag(channel)}}}"
+
+    def idempotency(self, channel: str, key: str) -> str:
+        """The channel's hash tag first, so the publish script can touch it on the same shard."""
+        return f"{self.prefix}:idem:{{{hash_tag(channel)}}}:{key}"
 
     def channel_topic(self, channel: str) -> bytes:
         return f"{self.prefix}:c:{{{hash_tag(channel)}}}".encode()

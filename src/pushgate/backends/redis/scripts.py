@@ -13,9 +13,16 @@ from __future__ import annotations
 
 __all__ = ["HISTORY", "LEASE_ACQUIRE", "LEASE_RELEASE", "PRESENCE_ADD", "PRESENCE_REMOVE", "PUBLISH"]
 
-# KEYS: meta, history. ARGV: data, size, ttl ms, meta ttl ms, candidate epoch, topic, publish cmd.
-# Returns {epoch, offset}.
+# KEYS: meta, history[, idempotency key]. ARGV: data, size, ttl ms, meta ttl ms, candidate epoch,
+# topic, publish cmd[, idempotency window ms]. Returns {epoch, offset}.
 PUBLISH = """
+if KEYS[3] then  -- a retry within the window: not applied again, answer the first position
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local sep = string.find(first, ':', 1, true)
+    return {string.sub(first, sep + 1), tonumber(string.sub(first, 1, sep - 1))}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then  -- rule 2: a missing meta key starts a new epoch with no history
   epoch = ARGV[5]
@@ -36,6 +43,7 @@ local meta_ttl = tonumber(ARGV[4])  -- rule 5: meta outlives the history
 if ttl > meta_ttl then meta_ttl = ttl end
 redis.call('PEXPIRE', KEYS[1], meta_ttl)
 redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+if KEYS[3] then redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[8]) end
 return {epoch, offset}
 """
 
