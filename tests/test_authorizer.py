@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -87,7 +88,84 @@ async def test_only_named_users_may_send() -> None:
     assert await denied(lambda: az.send(info(None), ["bob"])) == "permission_denied"
 
 
-async def test_presence_and_history_are_open() -> None:
+async def test_presence_and_history_are_open_without_claims_or_namespace_rules() -> None:
     az = authorizer()
     az.presence(info(None), "news")
     az.history(info(None), "news")
+
+
+@dataclass
+class Conn:
+    """What the node passes for a connection: user, claims and the channels it is subscribed to."""
+
+    user: str | None
+    claims: dict[str, Any] | None = None
+    channels: set[str] = field(default_factory=set)
+
+
+LOBBY_ONLY = {"sub": "alice", "channels": ["chat:lobby"]}
+
+
+async def test_the_channels_claim_limits_every_channel_operation() -> None:
+    az = authorizer(namespaces={"chat": NamespaceConfig(publish=True)})
+    who = Conn("alice", LOBBY_ONLY)
+    az.publish(who, "chat:lobby")
+    az.presence(who, "chat:lobby")
+    az.history(who, "chat:lobby")
+    for check in (az.publish, az.presence, az.history):
+        assert await denied(lambda check=check: check(who, "chat:secret")) == "permission_denied"
+        assert await denied(lambda check=check: check(who, "private:bob")) == "permission_denied"
+
+
+async def test_an_authenticated_namespace_refuses_anonymous_publish_presence_and_history() -> None:
+    az = authorizer(namespaces={"private": NamespaceConfig(subscribe="authenticated", publish=True)})
+    anonymous = Conn(None)
+    for check in (az.publish, az.presence, az.history):
+        assert await denied(lambda check=check: check(anonymous, "private:x")) == "permission_denied"
+        check(Conn("bob"), "private:x")
+    az.publish(anonymous, "news")  # other namespaces keep their own rules
+
+
+async def test_publish_checks_the_namespace_switch_before_the_claims() -> None:
+    az = authorizer(jwt_secret="k" * 40, namespaces={"chat": NamespaceConfig(publish=True)})
+    with pytest.raises(ClientError, match="clients may not publish"):
+        az.publish(Conn("alice", LOBBY_ONLY), "news")
+    with pytest.raises(ClientError, match="token does not allow"):
+        az.publish(Conn("alice", LOBBY_ONLY), "chat:secret")
+
+
+async def test_presence_subscribers_answers_only_subscribers() -> None:
+    az = authorizer(namespaces={"room": NamespaceConfig(presence="subscribers")})
+    member = Conn("alice", channels={"room:1"})
+    az.presence(member, "room:1")
+    assert await denied(lambda: az.presence(member, "room:2")) == "permission_denied"
+    assert await denied(lambda: az.presence(Conn("bob"), "room:1")) == "permission_denied"
+    # a subject without `channels` (a ClientInfo) is subscribed to nothing
+    assert await denied(lambda: az.presence(info("alice"), "room:1")) == "permission_denied"
+    az.presence(Conn("bob"), "news")  # other namespaces stay open
+
+
+async def test_the_send_claim_limits_recipients_by_glob() -> None:
+    az = authorizer()
+    who = Conn("alice", {"sub": "alice", "send": ["bob", "support-*"]})
+    az.send(who, ["bob", "support-1"])
+    assert await denied(lambda: az.send(who, ["bob", "carol"])) == "permission_denied"
+    assert await denied(lambda: az.send(Conn("alice", {"sub": "alice", "send": []}), ["bob"])) == "permission_denied"
+    az.send(Conn("alice", {"sub": "alice"}), ["anyone"])  # no claim: anyone
+
+
+async def test_send_hooks_see_the_sender_recipients_and_data_and_may_reject() -> None:
+    app = App()
+    seen: list[tuple[str | None, list[str], Any]] = []
+
+    @app.on_send
+    async def hook(client: ClientInfo, users: list[str], data: Any) -> None:
+        seen.append((client.user, users, data))
+        if "ceo" in users:
+            raise Reject("write to the assistant")
+
+    az = authorizer(app)
+    await az.send_hooks(info("alice"), ("bob",), {"text": "hi"})
+    assert await denied(lambda: az.send_hooks(info("alice"), ["ceo"], "hi")) == "rejected"
+    assert seen == [("alice", ["bob"], {"text": "hi"}), ("alice", ["ceo"], "hi")]
+    await authorizer().send_hooks(info("alice"), ["ceo"], None)  # no app, no hooks

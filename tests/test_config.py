@@ -266,3 +266,67 @@ def test_docs_configuration_lists_every_setting_with_its_default() -> None:
         flag = "--" + f.name.replace("_", "-")
         expected = f"| `{f.name}` | `PUSHGATE_{f.name.upper()}` | `{flag}` | {shown} | {f.metadata['help']} |"
         assert expected in rows, f"docs/configuration.md: row for {f.name} missing or stale"
+
+
+# -- secrets and production mode (auth.startup_warnings / production_problems) -------------------
+
+STRONG_SECRET = "3q8Zk1vVb0Qm7XyP2sLr9TfGh4JwNc6D"  # 32 bytes, not a placeholder
+STRONG_KEY = "k7Hs2Pq9Wm4Xz8Lc"  # 16 characters
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"api_key": STRONG_KEY}, "production"),  # dev mode: anyone names themselves
+        ({"jwt_secret": STRONG_SECRET}, "api_key"),  # a keyless HTTP API
+        ({"jwt_secret": "change-me", "api_key": STRONG_KEY}, "jwt_secret"),
+        ({"jwt_secret": "Change-Me-before-going-live-please!!", "api_key": STRONG_KEY}, "jwt_secret"),
+        ({"jwt_secret": "short-but-random-Xq81", "api_key": STRONG_KEY}, "jwt_secret"),
+        ({"jwt_secret": "s" * 40, "api_key": STRONG_KEY}, "jwt_secret"),
+        ({"jwt_secret": STRONG_SECRET, "api_key": "k"}, "api_key"),
+        ({"jwt_secret": STRONG_SECRET, "api_key": "password"}, "api_key"),
+        ({"jwks_url": "http://idp.example.com/jwks.json", "api_key": STRONG_KEY}, "jwks_url"),
+    ],
+)
+def test_production_refuses_dev_mode_keyless_api_and_weak_secrets(settings: dict[str, str], key: str) -> None:
+    load_config(env={}, cli=settings)  # accepted outside production (warned about at start-up)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={**settings, "production": "true"})
+    assert info.value.key == key
+    assert "production" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"jwt_secret": STRONG_SECRET, "api_key": STRONG_KEY},
+        {"jwks_url": "https://idp.example.com/.well-known/jwks.json", "api_key": STRONG_KEY},
+        {"jwks_url": "http://127.0.0.1:9000/jwks.json", "api_key": STRONG_KEY},  # loopback: a sidecar
+    ],
+)
+def test_production_accepts_a_complete_configuration(settings: dict[str, str]) -> None:
+    cfg = load_config(env={"PUSHGATE_PRODUCTION": "1"}, cli=settings)
+    assert cfg.production
+
+
+def test_startup_warnings_name_weak_secrets_loudly() -> None:
+    from pushgate.auth import startup_warnings
+
+    assert startup_warnings(load_config(env={}, cli={"jwt_secret": STRONG_SECRET, "api_key": STRONG_KEY})) == []
+    warnings = startup_warnings(load_config(env={}, cli={"jwt_secret": "change-me", "api_key": "abc"}))
+    assert len(warnings) == 2
+    assert "WEAK SECRET" in warnings[0] and "placeholder" in warnings[0] and "any user" in warnings[0]
+    assert "WEAK SECRET" in warnings[1] and "3 characters" in warnings[1]
+    short = startup_warnings(load_config(env={}, cli={"jwt_secret": "x1y2z3"}))
+    assert short and "6 bytes" in short[0]
+    production = load_config(env={}, cli={"jwt_secret": STRONG_SECRET, "api_key": STRONG_KEY, "production": "1"})
+    assert any("allowed_origins" in w for w in startup_warnings(production))
+    assert any("jwt_require_exp" in w for w in startup_warnings(production))
+
+
+def test_namespace_presence_may_be_limited_to_subscribers(tmp_path: Path) -> None:
+    cfg = load_config(file=toml(tmp_path, '[namespaces.room]\npresence = "subscribers"\n'), env={})
+    assert cfg.namespace("room:1").presence == "subscribers"
+    with pytest.raises(ConfigError) as info:
+        load_config(file=toml(tmp_path, '[namespaces.room]\npresence = "everyone"\n'), env={})
+    assert info.value.key == "namespaces.room.presence"

@@ -332,12 +332,51 @@ async def test_connect_hooks_apply_to_sse(make_server: ServerFactory, open_sse: 
 
 async def test_origin_checks_apply_to_sse(make_server: ServerFactory, open_sse: Any) -> None:
     running = await make_server(allowed_origins="https://app.example.com")
-    for headers in ({"Origin": "https://evil.example.com"}, None):
-        refused = await open_sse(running, "user=alice", headers=headers)
-        assert refused.resp.status == 403
-        assert (await refused.resp.json())["error"]["code"] == "forbidden"
+    refused = await open_sse(running, "user=alice", headers={"Origin": "https://evil.example.com"})
+    assert refused.resp.status == 403
+    assert (await refused.resp.json())["error"]["code"] == "forbidden"
     allowed = await open_sse(running, "user=alice", headers={"Origin": "https://app.example.com"})
     assert (await allowed.next("welcome")).data["user"] == "alice"
+
+
+async def test_sse_without_origin_is_same_origin(make_server: ServerFactory, open_sse: Any) -> None:
+    """Browsers send no Origin on a same-origin GET (a page's own EventSource), while a cross-site
+    EventSource carries one: a missing Origin is allowed on /sse (and still refused on /ws)."""
+    running = await make_server(allowed_origins="https://app.example.com")
+    same_origin = await open_sse(running, "user=alice&channel=news")
+    assert same_origin.resp.status == 200
+    assert (await same_origin.next("welcome")).data["user"] == "alice"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await running.client("user=alice")
+    assert info.value.status == 403
+
+
+def token(sub: str, seconds: float = 60, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + seconds), **claims}, SECRET, algorithm="HS256")
+
+
+async def test_sse_subscriptions_follow_the_channels_claim(make_server: ServerFactory, open_sse: Any) -> None:
+    running = await make_server(jwt_secret=SECRET)
+    lobby_only = token("alice", channels=["chat:lobby"])
+    sse = await open_sse(running, f"channel=chat:secret&channel=chat:lobby&token={lobby_only}")
+    await sse.next("welcome")
+    err = await sse.next("error")
+    assert err.data["code"] == "permission_denied" and err.data["message"].startswith("chat:secret")
+    await wait_for(lambda: running.node.local_channels().get("chat:lobby") == 1, what="the allowed subscription")
+    assert "chat:secret" not in running.node.local_channels()
+
+
+async def test_sse_stream_is_closed_with_4005_at_the_token_exp(make_server: ServerFactory, open_sse: Any) -> None:
+    """SSE is one-way (no refresh): the stream ends with a close event at ``exp``."""
+    running = await make_server(jwt_secret=SECRET)
+    exp = int(time.time()) + 2
+    sse = await open_sse(running, f"channel=news&token={jwt.encode({'sub': 'alice', 'exp': exp}, SECRET)}")
+    await sse.next("welcome")
+    close = await sse.next("close", seconds=6)
+    assert close.data == {"code": CloseCode.TOKEN_EXPIRED, "reason": "token expired: reconnect with a fresh token"}
+    assert time.time() >= exp
+    await sse.ended()
+    await wait_for(lambda: not running.node.hub.connections, what="cleanup")
 
 
 async def test_slow_consumer_gets_a_4001_close_event(make_server: ServerFactory) -> None:

@@ -13,12 +13,19 @@
     def stamp(client: ClientInfo, channel: str, data: Any) -> Any:
         return {"text": data, "by": client.user}   # returned value replaces data; None keeps it
 
+    @app.on_send
+    def guard(client: ClientInfo, users: list[str], data: Any) -> None:
+        if "ceo" in users and client.user != "assistant":
+            raise pushgate.Reject("write to the assistant")
+
     @app.rpc("echo")
     async def echo(client: ClientInfo, data: Any) -> Any:
         await app.publish("log", data)             # server-side push from a handler
         return data
 
-Hooks may be plain functions or coroutines. Raising :class:`~pushgate.errors.Reject` refuses;
+Hooks may be plain functions or coroutines. They run after the :class:`~pushgate.auth.Authorizer`'s
+rules (namespace, token claims) allowed the operation, so a hook only sees what the rules let
+through. Raising :class:`~pushgate.errors.Reject` refuses;
 any other exception is logged and answered with an ``internal`` error (the node keeps serving).
 """
 
@@ -51,6 +58,7 @@ class ClientInfo:
 ConnectHook = Callable[[ClientInfo], Awaitable[None] | None]
 SubscribeHook = Callable[[ClientInfo, str], Awaitable[None] | None]
 PublishHook = Callable[[ClientInfo, str, Any], Awaitable[Any] | Any]
+SendHook = Callable[[ClientInfo, list[str], Any], Awaitable[None] | None]
 DisconnectHook = Callable[[ClientInfo], Awaitable[None] | None]
 RpcHandler = Callable[[ClientInfo, Any], Awaitable[Any] | Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +88,7 @@ class App:
         self.connect_hooks: list[ConnectHook] = []
         self.subscribe_hooks: list[SubscribeHook] = []
         self.publish_hooks: list[PublishHook] = []
+        self.send_hooks: list[SendHook] = []
         self.disconnect_hooks: list[DisconnectHook] = []
         self.rpc_handlers: dict[str, RpcHandler] = {}
         self._pusher: Pusher | None = None
@@ -95,6 +104,12 @@ class App:
 
     def on_publish(self, fn: F) -> F:
         self.publish_hooks.append(fn)
+        return fn
+
+    def on_send(self, fn: F) -> F:
+        """Called as ``fn(client, users, data)`` for each client ``send`` (not for the HTTP API's);
+        raise :class:`~pushgate.errors.Reject` to refuse it. The return value is ignored."""
+        self.send_hooks.append(fn)
         return fn
 
     def on_disconnect(self, fn: F) -> F:

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .names import CHANNEL_RE
@@ -31,8 +31,9 @@ class NamespaceConfig:
     """Options for channels named ``<namespace>:<rest>`` (channels without ``:`` use ``default``)."""
 
     publish: bool | None = None  # client publish; None = allowed in dev mode, refused in JWT mode
-    subscribe: str = "any"  # "any" | "authenticated" (anonymous connections refused)
-    presence: bool = True
+    subscribe: str = "any"  # "any" | "authenticated" (anonymous connections refused, for every operation)
+    #: track presence; "subscribers": tracked, and only connections subscribed to the channel may ask it
+    presence: bool | Literal["subscribers"] = True
     join_leave: bool = False
     history_size: int | None = None  # None = the server-wide history_size
     history_ttl: float | None = None
@@ -229,8 +230,10 @@ def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
         if opts.get("subscribe", "any") not in {"any", "authenticated"}:
             raise ConfigError(f"namespaces.{name}.subscribe", "must be 'any' or 'authenticated'")
         for key in ("publish", "presence", "join_leave"):
-            if key in opts and not isinstance(opts[key], bool):
-                raise ConfigError(f"namespaces.{name}.{key}", "must be true or false")
+            value = opts.get(key)
+            if key in opts and not isinstance(value, bool) and not (key == "presence" and value == "subscribers"):
+                allowed_values = 'true, false or "subscribers"' if key == "presence" else "true or false"
+                raise ConfigError(f"namespaces.{name}.{key}", f"must be {allowed_values}")
         for key in ("history_size", "history_ttl"):
             if key in opts and (not isinstance(opts[key], int | float) or opts[key] < 0):
                 raise ConfigError(f"namespaces.{name}.{key}", "must be a number >= 0")
@@ -355,6 +358,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
     if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log_level", "must be debug, info, warning or error")
+    if cfg.production:
+        # the rules live with the other secret rules (auth.startup_warnings uses them too)
+        from .auth import production_problems
+
+        problems = production_problems(cfg)
+        if problems:
+            first = next(iter(problems))
+            raise ConfigError(first, "production: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
 
 
 def add_cli_options(parser: argparse.ArgumentParser) -> None:

@@ -61,8 +61,17 @@ class Rpc(msgspec.Struct, tag="rpc", tag_field="type", frozen=True):
     id: RequestId = None
 
 
-Command = Subscribe | Unsubscribe | Publish | Send | Presence | Ping | Rpc
-COMMAND_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "send", "presence", "ping", "rpc"})
+class Refresh(msgspec.Struct, tag="refresh", tag_field="type", frozen=True):
+    """A new token for this connection, sent before the old one's ``exp`` (same user)."""
+
+    token: str
+    id: RequestId = None
+
+
+Command = Subscribe | Unsubscribe | Publish | Send | Presence | Ping | Rpc | Refresh
+COMMAND_TYPES: Final = frozenset(
+    {"subscribe", "unsubscribe", "publish", "send", "presence", "ping", "rpc", "refresh"}
+)
 
 
 class DecodeError(msgspec.Struct, frozen=True):

@@ -76,9 +76,11 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
     if node.draining:
         return Refusal(503, "draining", DRAINING_MESSAGE)
     try:
-        node.auth.check_origin(request.headers.get("Origin"))
+        # Browsers send no Origin on a same-origin GET (EventSource) but always on a WebSocket
+        # handshake; a cross-site EventSource carries one, so a missing Origin is same-origin there.
+        node.auth.check_origin(request.headers.get("Origin"), missing_is_same_origin=transport_name == "sse")
         token, user = credentials(request)
-        identity = node.auth.identify(token=token, user=user)
+        identity = await node.auth.identify(token=token, user=user)
         address = client_address(request, node.config.trusted_proxies)
         node.check_capacity(user=identity.user, address=address)
         info = ClientInfo(

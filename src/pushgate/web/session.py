@@ -7,7 +7,9 @@ publishes is started without waiting for each one's broker round trip (the broke
 order and batches them), their replies are sent in order as they complete, and any other
 command first waits for the publishes before it. At most ``MAX_INFLIGHT_PUBLISHES`` are in
 flight per connection; past that the reader waits, which pushes back on the client.
-No exception escapes: every failure becomes an error reply classified by
+A token with ``exp`` closes the connection with 4005 at that moment (:class:`TokenDeadline`, armed
+here so every transport that runs a session gets it) unless a ``refresh`` command brought a new
+token for the same user first. No exception escapes: every failure becomes an error reply classified by
 :func:`pushgate.web.errors.classify` (the same codes the HTTP API answers); a server bug is an
 ``internal`` reply without detail, and is logged with its traceback.
 """
@@ -16,21 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..app import call_maybe_async
+from ..auth import token_expiry
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..payload import check_data
 from ..protocol import jsonwire
-from ..protocol.jsonwire import Ping, Presence, Publish, Rpc, Send, Subscribe, Unsubscribe
+from ..protocol.jsonwire import Ping, Presence, Publish, Refresh, Rpc, Send, Subscribe, Unsubscribe
 from ..protocol.outgoing import message_outgoing
 from ..ratelimit import TokenBucket
 from .connection import Connection
 from .errors import classify
+from .expiry import TokenDeadline
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -53,6 +58,14 @@ class JsonSession:
         self._commands = TokenBucket(cfg.client_command_rate, cfg.client_command_burst)
         self._data_bytes = TokenBucket(cfg.client_publish_bytes_rate, cfg.client_publish_bytes_burst)
         self._strikes = 0  # rate_limited replies in a row
+        self._deadline = TokenDeadline(conn)
+        self._deadline.set(token_expiry(conn.claims))
+        # The transport may drop the session without calling close(): the timer goes with it.
+        weakref.finalize(self, self._deadline.cancel)
+
+    def close(self) -> None:
+        """The connection is over: cancel the token deadline (the transport calls this)."""
+        self._deadline.cancel()
 
     def _error(self, rid: jsonwire.RequestId, code: str, message: str) -> None:
         self.node.metrics.errors_total.labels(code).inc()
@@ -148,6 +161,24 @@ class JsonSession:
             conn.send_payload(jsonwire.pong_frame(cmd.id))
         elif isinstance(cmd, Rpc):
             await self._rpc(cmd)
+        elif isinstance(cmd, Refresh):
+            await self._refresh(cmd)
+
+    async def _refresh(self, cmd: Refresh) -> None:
+        """Adopt a new token for the same user: its claims apply from the next command on, and the
+        deadline moves to its ``exp``. A refused token changes nothing (the old deadline stays)."""
+        node, conn = self.node, self.conn
+        if node.auth.dev_mode:  # tokens mean nothing here and nothing expires
+            conn.send_payload(jsonwire.ok_frame(cmd.id, {"exp": None}))
+            return
+        identity = await node.auth.verify(cmd.token)  # AuthError: `unauthorized`
+        if identity.user != conn.user:
+            raise ClientError("permission_denied", "a refreshed token must name the connection's user")
+        if conn.closed:
+            return
+        conn.claims = identity.claims
+        self._deadline.set(identity.expires)
+        conn.send_payload(jsonwire.ok_frame(cmd.id, {"exp": (identity.claims or {}).get("exp")}))
 
     async def _subscribe(self, cmd: Subscribe) -> None:
         node, conn = self.node, self.conn

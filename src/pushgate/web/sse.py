@@ -7,6 +7,8 @@ carry ``id: <epoch>:<offset>``; with exactly one channel, the browser's automati
 sends it back as ``Last-Event-ID`` and the missed publications are replayed. For several
 channels pass ``since=<channel>:<epoch>:<offset>`` (repeatable) when reconnecting.
 Keep-alive comments every ``sse_ping_interval`` keep proxies from timing out the stream.
+A token with ``exp`` ends the stream at that moment with a close event (code 4005): the stream is
+one-way, so there is no ``refresh``; the client reconnects with a fresh token.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from ..auth import token_expiry
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..protocol import jsonwire
 from ..protocol.outgoing import Outgoing, chunk, message_outgoing
 from .connection import TransportConnection
 from .errors import classify, error_response
+from .expiry import TokenDeadline
 from .handshake import Refusal, accept
 
 if TYPE_CHECKING:
@@ -115,6 +119,7 @@ class SseHandler:
                              write_limit=node.config.write_buffer_limit, metrics=node.metrics)
         conn.address = admitted.address
         conn.chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        deadline = TokenDeadline(conn)
         try:
             try:
                 await node.register(conn)
@@ -123,9 +128,11 @@ class SseHandler:
                 conn.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
                 return resp
             conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
+            deadline.set(token_expiry(conn.claims))
             await self._subscribe_all(conn, channels, since)
             await self._keep_alive(conn, transport)
         finally:
+            deadline.cancel()
             conn.closed = True
             await node.unregister(conn)
         return resp
