@@ -122,3 +122,20 @@ async def test_handlers_added_to_an_existing_app(serve: Any) -> None:
     assert (await client.next("message"))["data"] == {"x": 1}
     status, ready = await served.request("GET", "/readyz")
     assert status == 200 and ready["node"] == "own"
+
+
+async def test_the_keyless_rules_hold_under_a_prefix(serve: Any) -> None:
+    node = make_node(node_id="k")
+    parent = web.Application()
+    parent.add_subapp("/k", build_app(node))
+    served = await serve(parent, node)
+    publish = {"channel": "n", "data": 1}
+    status, body = await served.request("POST", "/k/api/publish", publish, {"X-Forwarded-For": "203.0.113.5"})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, body = await served.request("POST", "/k/api/publish", publish, {"Host": "rebound.example"})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    async with aiohttp.ClientSession() as s, s.post(served.url + "/k/api/publish", data=b'{"channel":"n","data":1}',
+                                                    headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 415 and (await r.json())["error"]["code"] == "unsupported_media_type"
+    status, body = await served.request("POST", "/k/api/publish", publish)
+    assert status == 200 and body["offset"] == 1

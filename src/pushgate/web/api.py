@@ -65,7 +65,6 @@ class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
 
 JSON_ONLY_MESSAGE = "POST bodies must be sent with Content-Type: application/json"
 MAX_REASON_CHARS = 512  # the close reason a kicked client reads; WebSocket keeps its first 123 bytes
-MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
 async def _body(request: web.Request, kind: type[T], read_timeout: float) -> T:
@@ -93,23 +92,23 @@ async def _body(request: web.Request, kind: type[T], read_timeout: float) -> T:
         raise ClientError("bad_request", "invalid body: nested too deeply") from None
 
 
-def _text(field: str, value: str, max_chars: int, *, line_breaks: bool = False) -> str:
-    """``value`` if it is 1..``max_chars`` characters of printable text, else a ``bad_request``.
+def _valid_reason(reason: str) -> str:
+    """``reason`` if it is 1..``MAX_REASON_CHARS`` characters of text, else a ``bad_request``.
 
     Control characters (NUL, escape sequences that repaint a terminal showing a log) have no
-    place in a close reason or a key; tabs and line breaks may be allowed in prose. A lone
-    surrogate cannot be encoded as UTF-8 at all (msgspec already refuses a JSON ``\\ud800``;
-    checked again so a caller of this function cannot fail later on a socket or in the broker).
+    place in a close reason; tabs and line breaks are prose. A lone surrogate cannot be encoded
+    as UTF-8 at all (msgspec already refuses a JSON ``\\ud800``; checked again here so it can
+    never fail later, on a socket of another node).
     """
-    if not value or len(value) > max_chars:
-        raise ClientError("bad_request", f"{field} must be 1-{max_chars} characters")
-    if not value.isprintable() and not (line_breaks and all(c.isprintable() or c in "\t\n\r" for c in value)):
-        raise ClientError("bad_request", f"{field} must be printable text (no control characters)")
+    if not reason or len(reason) > MAX_REASON_CHARS:
+        raise ClientError("bad_request", f"reason must be 1-{MAX_REASON_CHARS} characters")
+    if not reason.isprintable() and not all(c.isprintable() or c in "\t\n\r" for c in reason):
+        raise ClientError("bad_request", "reason must be text (no control characters but tabs and line breaks)")
     try:
-        value.encode()
+        reason.encode()
     except UnicodeEncodeError as exc:
-        raise ClientError("bad_request", f"{field} must be valid Unicode text") from exc
-    return value
+        raise ClientError("bad_request", "reason must be valid Unicode text") from exc
+    return reason
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -260,10 +259,8 @@ class Api:
 
     async def publish(self, request: web.Request) -> web.Response:
         body = await self._body(request, PublishBody)
-        key = body.idempotency_key
-        if key is not None:
-            _text("idempotency_key", key, MAX_IDEMPOTENCY_KEY_CHARS)
-        pos = await self.node.publish(body.channel, bytes(body.data), idempotency_key=key)
+        # the key's rule (1-128 of A-Z a-z 0-9 _ . : ~ + / = -) is the brokers', checked there once
+        pos = await self.node.publish(body.channel, bytes(body.data), idempotency_key=body.idempotency_key)
         return _json({"epoch": pos.epoch, "offset": pos.offset})
 
     async def broadcast(self, request: web.Request) -> web.Response:
@@ -278,7 +275,7 @@ class Api:
 
     async def disconnect(self, request: web.Request) -> web.Response:
         body = await self._body(request, DisconnectBody)
-        reason = _text("reason", body.reason, MAX_REASON_CHARS, line_breaks=True)
+        reason = _valid_reason(body.reason)
         await self.node.disconnect_user(body.user, CloseCode.DISCONNECTED, reason)
         return _json({})
 

@@ -88,7 +88,7 @@ def openapi_document() -> dict[str, Any]:
             "/api/publish": {"post": _op(
                 "Publish to a channel (kept in history)",
                 body=_obj({"channel": {"type": "string"}, "data": _ANY, "idempotency_key": {
-                    "type": "string", "minLength": 1, "maxLength": 128,
+                    "type": "string", "pattern": "^[A-Za-z0-9_.:~+/=-]{1,128}$",
                     "description": "makes retries safe: a publish to the same channel with the same key "
                     "within `idempotency_window` seconds (cluster-wide) is not applied again and answers "
                     "the first one's epoch and offset"}}, ["channel", "data"]),
