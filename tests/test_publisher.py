@@ -141,3 +141,58 @@ async def test_publisher_validates_names() -> None:
 def test_publisher_refuses_unknown_scheme() -> None:
     with pytest.raises(ValueError):
         pushgate.Publisher("kafka://localhost")
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_publisher_checks_data_before_sending() -> None:
+    """Issue 7, item 1: the Publisher is a door like the others; nothing invalid is sent."""
+    async with pushgate.Publisher("memory://", max_json_depth=8) as pub:
+        bad: list[Any] = [_nested(9), "\ud800", {"x": object()}, _nested(100_000)]
+        for data in bad:
+            for call in (
+                lambda d=data: pub.publish("c", d),
+                lambda d=data: pub.send_to_users(["alice"], d),
+                lambda d=data: pub.broadcast(d),
+            ):
+                with pytest.raises(ClientError) as info:
+                    await call()
+                assert info.value.code == "bad_request"
+        assert (await pub.publish("c", _nested(8))).offset == 1  # at the limit: fine
+    async with pushgate.Publisher("memory://") as pub:  # the server's default depth
+        assert (await pub.publish("c", _nested(32))).offset == 1
+        with pytest.raises(ClientError):
+            await pub.publish("c", _nested(33))
+
+
+async def test_publisher_idempotency_key_memory() -> None:
+    async with pushgate.Publisher("memory://") as pub:
+        first = await pub.publish("orders", {"id": 7}, idempotency_key="order-7")
+        assert await pub.publish("orders", {"id": 7}, idempotency_key="order-7") == first
+        assert (await pub.publish("orders", {"id": 8}, idempotency_key="order-8")).offset == 2
+        with pytest.raises(ClientError):
+            await pub.publish("orders", 1, idempotency_key="not a key")
+
+
+async def test_publisher_idempotency_key_is_cluster_wide(redis_server: RedisServer) -> None:
+    """A Publisher's key and a node's key are the same key: a retry through either is deduplicated."""
+    node = RedisBroker(redis_server.url, prefix="pi", idempotency_window=60)
+    inbox = Inbox()
+    await node.start(inbox)
+    try:
+        await node.subscribe("orders")
+        async with pushgate.Publisher(redis_server.url, prefix="pi", idempotency_window=60) as pub:
+            first = await pub.publish("orders", {"id": 7}, idempotency_key="order-7")
+            assert await pub.publish("orders", {"id": 7}, idempotency_key="order-7") == first
+            assert await node.publish("orders", b'{"id":7}', HistoryOptions(), idempotency_key="order-7") == first
+            second = await pub.publish("orders", {"id": 8}, idempotency_key="order-8")
+            assert second.offset == first.offset + 1
+        assert [(await inbox.next()).offset for _ in range(2)] == [first.offset, second.offset]
+        assert [p.offset for p in (await node.history("orders")).publications] == [1, 2]
+    finally:
+        await node.close()

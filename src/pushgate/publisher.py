@@ -15,8 +15,13 @@ and recovery are identical whichever way a message entered the cluster. Use the 
 
 A publisher only sends: its broker is started publish-only (``start(None)``), so it opens the
 command connection and no pub/sub connection, subscribes to nothing and receives nothing.
-Names are checked with :mod:`pushgate.names` before anything is sent; a broker that cannot be
-reached raises :class:`pushgate.errors.BrokerUnavailable`.
+Names are checked with :mod:`pushgate.names` and data with :func:`pushgate.payload.check_data`
+(nested no deeper than ``max_json_depth``, like at a node's doors) before anything is sent; data
+msgspec cannot encode as JSON (lone surrogates, unsupported types) is refused the same way, as
+:class:`~pushgate.errors.ClientError` ``bad_request``. A broker that cannot be reached, or does
+not answer within ``broker_timeout``, raises :class:`pushgate.errors.BrokerUnavailable`; a
+publish retried with the same ``idempotency_key`` within ``idempotency_window`` seconds is not
+applied twice (use the nodes' window; the Redis key lives that long whoever wrote it).
 """
 
 from __future__ import annotations
@@ -29,17 +34,22 @@ import msgspec
 
 from .backends import create_broker
 from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
-from .errors import CloseCode
+from .errors import ClientError, CloseCode
 from .names import valid_channel, valid_users
+from .payload import DEFAULT_MAX_DEPTH, check_data
 
 
 class Publisher:
     """Publishes into a pushgate cluster through its broker (see the module docstring)."""
 
     def __init__(self, url: str, *, prefix: str = "pg", history_size: int = 100,
-                 history_ttl: float = 300.0) -> None:
-        self._broker: Broker = create_broker(url, prefix=prefix)
+                 history_ttl: float = 300.0, broker_timeout: float = 5.0,
+                 idempotency_window: float = 120.0, max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
+        self._broker: Broker = create_broker(
+            url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window
+        )
         self._history = HistoryOptions(history_size, history_ttl)
+        self._max_depth = max_json_depth
         self._started = False
 
     async def __aenter__(self) -> Publisher:
@@ -60,18 +70,34 @@ class Publisher:
             await self._broker.close()
             self._started = False
 
-    async def publish(self, channel: str, data: Any) -> StreamPosition:
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> StreamPosition:
+        """Publish ``data`` (encoded as JSON) to ``channel``; returns its position in history.
+
+        With ``idempotency_key`` (1-128 of ``A-Z a-z 0-9 _ . : ~ + / = -``), a retry within the
+        idempotency window returns the first publication's position instead of publishing again.
+        """
+        payload = self._encode(data)
         await self.start()
-        return await self._broker.publish(valid_channel(channel), msgspec.json.encode(data), self._history)
+        return await self._broker.publish(valid_channel(channel), payload, self._history,
+                                          idempotency_key=idempotency_key)
 
     async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
+        message = UserMessage("direct", sender=sender, data=self._encode(data))
         await self.start()
-        message = UserMessage("direct", sender=sender, data=msgspec.json.encode(data))
         await self._broker.send_to_users(valid_users(users), message)
 
     async def broadcast(self, data: Any) -> None:
+        payload = self._encode(data)
         await self.start()
-        await self._broker.broadcast(msgspec.json.encode(data))
+        await self._broker.broadcast(payload)
+
+    def _encode(self, data: Any) -> bytes:
+        """JSON bytes of ``data`` that every door would accept, else ClientError ``bad_request``."""
+        try:
+            payload = msgspec.json.encode(data)
+        except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+            raise ClientError("bad_request", f"data cannot be encoded as JSON: {exc}") from None
+        return check_data(payload, max_depth=self._max_depth)
 
     async def disconnect_user(self, user: str, reason: str = "disconnected by server") -> None:
         await self.start()
