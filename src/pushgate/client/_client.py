@@ -49,6 +49,7 @@ from ._events import (
 from ._listeners import EventStream, Handler, Listeners, start_consumer
 from ._policy import Action, backoff, close_code_action
 from ._subscription import Subscription
+from ._token import refresh_delay, token_expiry
 
 __all__ = ["Client", "TokenSource"]
 
@@ -65,6 +66,9 @@ class Client(Commands):
     * ``user``: dev-mode identity (``?user=``). ``token``: a JWT, or a function (plain or async)
       called before every connection attempt so an expiring token can be refreshed. The token goes
       in an ``Authorization: Bearer`` header, which unlike ``?token=`` stays out of access logs.
+      With a function, a token that has ``exp`` is also refreshed over the open connection shortly
+      before it expires (a ``refresh`` command: :func:`._token.refresh_delay` says when); if that
+      fails the client reconnects with a fresh token, as it does after the server's 4005.
     * ``min_delay``/``max_delay``: the backoff window (s); ``request_timeout``: bound of every
       command, counting the wait for a connection, and of the handshake.
     * ``session``: an :class:`aiohttp.ClientSession` to use (not closed by the client).
@@ -365,8 +369,45 @@ class Client(Commands):
         self._welcome = welcome
         for sub in list(self._subs.values()):  # renew every subscription from its last position
             self._spawn(self._subscribe_on(conn, sub))
+        self._schedule_refresh(conn)
         await self._set_state(State.CONNECTED)
         await self._listeners.emit(welcome)
+
+    # -- token refresh ----------------------------------------------------------------------------
+
+    def _schedule_refresh(self, conn: Connection) -> None:
+        """Arm one timer to refresh ``conn``'s token before its ``exp`` (only a token *function*
+        can give a new one; a fixed token simply expires and the server closes with 4005)."""
+        if not callable(self._token) or conn.token is None or conn.dead:
+            return
+        exp = token_expiry(conn.token)
+        if exp is None:
+            return
+        delay = refresh_delay(exp, time.time())
+        conn.refresh_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._refresh(conn)))
+
+    async def _refresh(self, conn: Connection) -> None:
+        """Get a new token and send it over ``conn``; on any failure start over with a new socket."""
+        conn.refresh_timer = None
+        if conn.dead:
+            return
+        try:
+            token = await resolve_token(self._token)
+            if not token:
+                raise ValueError("the token provider returned no token")
+            async with asyncio.timeout(self._request_timeout):
+                reply = await self._request_on(conn, {"type": "refresh", "token": token})
+        except (Disconnected, ClientClosed):
+            return  # the connection ended meanwhile; the next one starts with a fresh token anyway
+        except Exception as exc:  # provider failed, token refused, no reply: reconnect, fresh token
+            log.warning("pushgate client: token refresh failed (%r), reconnecting", exc)
+            await self._listeners.emit(ErrorEvent("token", f"token refresh failed: {exc!r}"))
+            self._close_soon(conn, 4000, "token refresh failed")
+            return
+        if reply is not None and not conn.dead:
+            conn.token = token
+            self._schedule_refresh(conn)
 
     # -- events -----------------------------------------------------------------------------------
 

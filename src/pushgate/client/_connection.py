@@ -35,6 +35,8 @@ class Connection:
     welcomed: bool = False
     dead: bool = False
     connected_at: float = 0.0
+    token: str | None = None  # the token this socket authenticated with (or last refreshed to)
+    refresh_timer: asyncio.TimerHandle | None = None
 
     @property
     def usable(self) -> bool:
@@ -77,6 +79,9 @@ class Connection:
     def fail_pending(self, error: Callable[[], BaseException]) -> None:
         """Mark the socket dead and fail every request still waiting on it."""
         self.dead = True
+        if self.refresh_timer is not None:
+            self.refresh_timer.cancel()
+            self.refresh_timer = None
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(error())
@@ -104,7 +109,7 @@ async def open_connection(session: aiohttp.ClientSession, url: yarl.URL, token: 
         raise Retry(f"handshake refused with HTTP {exc.status}") from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise Retry(f"cannot connect: {exc!r}") from exc
-    return Connection(ws)
+    return Connection(ws, token=token)
 
 
 def ws_url(url: str, user: str | None) -> yarl.URL:
