@@ -1,8 +1,9 @@
 """Run the browser client's integration tests (tests/js/*.test.mjs) with Node against a real server.
 
 The Node tests drive src/pushgate/static/pushgate.js over real WebSockets; this test only starts
-the server (fixture ``pushgate_server`` from conftest.py) and runs ``node --test`` with
-PUSHGATE_URL pointing at it. Skipped when ``node`` (with a global WebSocket) is not installed.
+the servers (fixture ``pushgate_server`` from conftest.py, and a JWT-mode node for the token
+refresh test) and runs ``node --test`` with PUSHGATE_URL (and PUSHGATE_JWT_URL,
+PUSHGATE_JWT_SECRET) pointing at them. Skipped when ``node`` (with a global WebSocket) is not installed.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def test_js_client_against_real_server(pushgate_server: Any) -> None:
+JWT_SECRET = "js-client-test-secret-long-enough-for-hs256"
+
+
+async def test_js_client_against_real_server(pushgate_server: Any, spawn_node: Any) -> None:
     assert NODE is not None and NODE_FLAGS is not None
-    env = {**os.environ, "PUSHGATE_URL": str(pushgate_server.url).rstrip("/")}
+    jwt_node = spawn_node("--jwt-secret", JWT_SECRET)
+    env = {**os.environ, "PUSHGATE_URL": str(pushgate_server.url).rstrip("/"),
+           "PUSHGATE_JWT_URL": str(jwt_node.url).rstrip("/"), "PUSHGATE_JWT_SECRET": JWT_SECRET}
     # Async subprocess: the server may run on this very event loop, which must keep turning.
     proc = await asyncio.create_subprocess_exec(
         NODE,

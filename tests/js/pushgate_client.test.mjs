@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import net from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 
 const require = createRequire(import.meta.url);
 const Pushgate = require('../../src/pushgate/static/pushgate.js');
@@ -286,4 +286,56 @@ test('POST /api/disconnect closes with 4500 and the client stays closed', { skip
   assert.equal(client.state, 'closed');
   assert.deepEqual(states.map((s) => s.state), ['connecting', 'connected', 'closed']);
   await assert.rejects(client.publish('x', 1), (err) => err.code === 'closed');
+});
+
+// ---------------------------------------------------------------------- token refresh (JWT)
+// tests/test_js_client.py also starts a JWT-mode node: PUSHGATE_JWT_URL + PUSHGATE_JWT_SECRET.
+
+const JWT_BASE = (process.env.PUSHGATE_JWT_URL || '').replace(/\/+$/, '');
+const JWT_SECRET = process.env.PUSHGATE_JWT_SECRET || '';
+const skipJwt = skip || (!JWT_BASE || !JWT_SECRET ? 'PUSHGATE_JWT_URL / PUSHGATE_JWT_SECRET not set' : false);
+
+/** A HS256 JWT signed here (node:crypto), as the application's auth service would. */
+function sign(claims) {
+  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const input = enc({ alg: 'HS256', typ: 'JWT' }) + '.' + enc(claims);
+  return input + '.' + createHmac('sha256', JWT_SECRET).update(input).digest('base64url');
+}
+
+test('tokenExpiry reads exp without verifying; refreshDelay is early but never a busy loop', () => {
+  const { tokenExpiry, refreshDelay } = Pushgate;
+  assert.equal(tokenExpiry(sign({ sub: 'a', exp: 1234 })), 1234);
+  assert.equal(tokenExpiry(sign({ sub: 'a' })), null);
+  for (const bad of [undefined, '', 'a.b', 'a.!!!.c', 'a.' + Buffer.from('{"exp":"soon"}').toString('base64url') + '.c']) {
+    assert.equal(tokenExpiry(bad), null, String(bad));
+  }
+  // the same table as tests/client/test_token_refresh.py (ms here)
+  for (const [lifetime, delay] of [[3600e3, 3060e3], [120e3, 90e3], [40e3, 20e3], [3e3, 1.5e3], [0, 0], [-5e3, 0]]) {
+    assert.equal(refreshDelay(1e6 + lifetime, 1e6), delay, String(lifetime));
+  }
+});
+
+test('a token function is refreshed over the connection before exp', { skip: skipJwt }, async (t) => {
+  t.after(closeAll);
+  const channel = uid('news');
+  const issued = [];
+  const tokenFn = async () => {
+    const token = sign({ sub: 'alice', exp: Date.now() / 1000 + 2.5 });
+    issued.push(token);
+    return token;
+  };
+  const { client } = await connect(null, { token: tokenFn }, JWT_BASE);
+  let welcomes = 0;
+  client.on('welcome', () => { welcomes += 1; });
+  const got = [];
+  await client.subscribe(channel, (msg) => got.push(msg.data));
+  await sleep(Pushgate.tokenExpiry(issued[0]) * 1000 - Date.now() + 1000); // past the first exp
+  const res = await fetch(JWT_BASE + '/api/publish', { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data: 'after the first exp' }) });
+  assert.equal(res.status, 200, await res.text());
+  await waitFor(() => got.length === 1, 'the publication after exp');
+  assert.deepEqual(got, ['after the first exp']);
+  assert.ok(issued.length >= 2, 'the token function was asked again');
+  assert.equal(welcomes, 0, 'no reconnect: the same connection all along');
+  assert.equal(client.state, 'connected');
 });

@@ -63,6 +63,44 @@
     return Math.round(Math.random() * cap);
   }
 
+  /** Refresh a token this long (ms) before its exp at the latest ... */
+  const REFRESH_MARGIN = 30000;
+
+  /**
+   * The `exp` claim of a JWT (Unix seconds), read WITHOUT verifying (the server verifies; the
+   * client only needs to know when to fetch a new one). null when the token has none.
+   * @param {string} token
+   * @returns {number|null}
+   */
+  function tokenExpiry(token) {
+    if (typeof token !== 'string') return null;
+    const parts = token.split('.');
+    if (parts.length !== 3) return null;
+    try {
+      let b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+      while (b64.length % 4) b64 += '=';
+      const claims = JSON.parse(atob(b64));
+      const exp = claims && typeof claims === 'object' ? claims.exp : undefined;
+      return typeof exp === 'number' && isFinite(exp) ? exp : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  /**
+   * How long (ms) to wait before refreshing a token that expires at `expMs`: 85% of the remaining
+   * lifetime or 30 s before exp, whichever is sooner, but never before half of it (a short-lived
+   * token must not be refreshed in a busy loop). The same rule as pushgate.client._token.
+   * @param {number} expMs expiry, ms since the epoch
+   * @param {number} [nowMs=Date.now()]
+   * @returns {number} ms
+   */
+  function refreshDelay(expMs, nowMs) {
+    const remaining = expMs - (nowMs === undefined ? Date.now() : nowMs);
+    if (!(remaining > 0)) return 0;
+    return Math.max(Math.min(0.85 * remaining, remaining - REFRESH_MARGIN), 0.5 * remaining);
+  }
+
   /** Error type used to reject command promises. `code` is the server's snake_case code,
    *  or one of the client-side codes: timeout, disconnected, closed, message_too_big. */
   class PushgateError extends Error {
@@ -99,7 +137,9 @@
      * @param {object} [options]
      * @param {string} [options.user] dev-mode identity, sent as ?user=
      * @param {string|function(): (string|Promise<string>)} [options.token] JWT, sent as ?token=;
-     *   a function is called before every (re)connect so a fresh token can be fetched.
+     *   a function is called before every (re)connect so a fresh token can be fetched, and shortly
+     *   before the token's `exp` (see refreshDelay) to send a `refresh` command over the open
+     *   connection; if that fails the client reconnects with a fresh token (as after close 4005).
      * @param {function(object)} [options.onWelcome] called with the welcome frame on every (re)connect
      * @param {function(string, object)} [options.onStateChange] called with (state, {code, reason, delay})
      * @param {number} [options.minDelay=500] base reconnect delay in ms
@@ -131,6 +171,8 @@
       this._attempts = 0;
       this._reconnectTimer = null;
       this._pingTimer = null;
+      this._refreshTimer = null;
+      this._token = null; // the token of the current connection (only kept with a token function)
       this._connectedAt = 0;
       this._immediateUsed = false; // one "reconnect now" per healthy period, then backoff
       this._gen = 0; // bumped by connect()/close() so a stale token await cannot open a socket
@@ -192,6 +234,7 @@
         return;
       }
       if (this._closed || gen !== this._gen) return;
+      this._token = typeof this.options.token === 'function' ? token : null;
       const WS = this.options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
       if (!WS) throw new Error('Pushgate: no WebSocket implementation available');
       let ws;
@@ -233,6 +276,8 @@
       this._ws = null;
       clearInterval(this._pingTimer);
       this._pingTimer = null;
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
       // Commands already on the wire may or may not have been applied: fail them.
       // Queued (unsent) ones survive a reconnect unless the client is closing for good.
       for (const [id, p] of Array.from(this._pending)) {
@@ -289,6 +334,7 @@
       const queued = this._queue;
       this._queue = [];
       for (const item of queued) if (this._pending.has(item[0])) this._transmit(item[0], item[1]);
+      this._scheduleRefresh();
       if (this.options.pingInterval > 0) {
         this._pingTimer = setInterval(() => {
           this.ping().catch((err) => {
@@ -296,6 +342,36 @@
           });
         }, this.options.pingInterval);
       }
+    }
+
+    /** Arm one timer to refresh the token before its exp (only a token function gives new ones). */
+    _scheduleRefresh() {
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
+      const exp = tokenExpiry(this._token);
+      if (exp === null || !this._ws) return;
+      const ws = this._ws;
+      this._refreshTimer = setTimeout(() => { this._refreshTimer = null; this._refresh(ws); },
+        refreshDelay(exp * 1000, Date.now()));
+    }
+
+    async _refresh(ws) {
+      if (this._ws !== ws) return;
+      let token;
+      try {
+        token = await this.options.token();
+        if (!token) throw new Error('the token provider returned no token');
+        await this.request({ type: 'refresh', token: token });
+      } catch (err) {
+        if (this._ws !== ws || this._closed) return; // that connection is gone already
+        // provider failed or the server refused the token: start over with a fresh one
+        this._emit('error', { type: 'error', code: 'token', message: 'token refresh failed: ' + String(err.message || err) });
+        try { ws.close(4000, 'token refresh failed'); } catch (e) { /* already closing */ }
+        return;
+      }
+      if (this._ws !== ws) return;
+      this._token = token;
+      this._scheduleRefresh();
     }
 
     // --------------------------------------------------------------------------- frames
@@ -509,5 +585,5 @@
   }
 
   return { Client: Client, PushgateError: PushgateError, STATES: STATES, closeCodeAction: closeCodeAction,
-    backoffDelay: backoffDelay, version: '0.1.0' };
+    backoffDelay: backoffDelay, tokenExpiry: tokenExpiry, refreshDelay: refreshDelay, version: '0.1.0' };
 });
