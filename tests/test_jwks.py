@@ -5,10 +5,12 @@ random ``kid``s cannot make every handshake fetch the JWKS again."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from pushgate.auth import JwksKeys
+from pushgate.errors import AuthError
 
 from .conftest import Running, ServerFactory
+from .helpers import timeout
 
 
 @dataclass
@@ -151,8 +155,14 @@ async def test_a_jwks_that_cannot_be_fetched_is_503_not_401(make_server: ServerF
     jwks.down = True
     running = await make_server(jwks_url=jwks.url)
     assert await status(running, signed(key, "k1")) == 503  # our side's outage: clients retry
+    assert await status(running, signed(key, "k1")) == 503  # at once, without queueing a fetch
+    assert jwks.fetches == 1
     jwks.down = False
-    assert await status(running, signed(key, "k1")) == 101
+    deadline = time.monotonic() + timeout(5)
+    while await status(running, signed(key, "k1")) != 101:
+        assert time.monotonic() < deadline, "not accepted after the JWKS came back"
+        await asyncio.sleep(0.2)
+    assert jwks.fetches == 2
 
 
 async def test_hmac_keys_in_a_jwks_are_ignored(jwks: Jwks) -> None:
@@ -161,5 +171,29 @@ async def test_hmac_keys_in_a_jwks_are_ignored(jwks: Jwks) -> None:
     keys = JwksKeys(jwks.url)
     token = jwt.encode({"sub": "mallory"}, b"secret-secret-secret-secret-secret", algorithm="HS256",
                        headers={"kid": "shared"})
-    with pytest.raises(Exception, match="unknown signing key"):
+    with pytest.raises(AuthError, match="unknown signing key"):
         await keys.key_for(token)
+
+
+async def test_an_old_key_set_is_refetched_and_an_outage_keeps_the_known_keys(jwks: Jwks) -> None:
+    """After LIFESPAN the set is fetched again: a revoked key stops verifying; if the identity
+    provider is down then, the known keys keep working (nobody is locked out)."""
+    first, second = rsa_key(), rsa_key()
+    jwks.publish("k1", first)
+    jwks.publish("k2", second)
+    keys = JwksKeys(jwks.url)
+    keys.LIFESPAN = 0.2
+    assert (await keys.key_for(signed(first, "k1"))).key_id == "k1"
+    assert jwks.fetches == 1
+
+    await asyncio.sleep(0.3)
+    jwks.down = True
+    assert (await keys.key_for(signed(first, "k1"))).key_id == "k1"  # stale, refetch failed: kept
+    assert jwks.fetches == 2
+
+    keys._failed_at = -math.inf  # skip the post-failure wait rather than sleep through it
+    jwks.down = False
+    jwks.keys.pop(0)  # k1 revoked
+    with pytest.raises(AuthError, match="unknown signing key"):
+        await keys.key_for(signed(first, "k1"))
+    assert (await keys.key_for(signed(second, "k2"))).key_id == "k2"

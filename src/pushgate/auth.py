@@ -168,8 +168,11 @@ class JwksKeys:
       refused without fetching for :attr:`MISS_COOLDOWN` seconds: tokens with random ``kid``s
       must not turn every handshake into a request to the identity provider;
     * the set is refetched when older than :attr:`LIFESPAN`, so a key removed from the JWKS
-      (revoked) stops verifying; if that refetch fails the known keys keep working (an outage
-      of the identity provider must not lock everyone out).
+      (revoked) stops verifying; while that refetch is in flight other handshakes use the known
+      key, and if it fails the known keys keep working (an outage of the identity provider must
+      not lock everyone out) and the next attempt waits :attr:`MISS_COOLDOWN`;
+    * with no key known at all, a failed fetch is ``unavailable`` (503: retry), and for
+      :attr:`FAILURE_BACKOFF` handshakes get that answer at once instead of queueing fetches.
 
     HMAC (``oct``) keys and keys marked ``use: enc`` are ignored: a public JWKS with a shared
     secret in it would let anyone sign.
@@ -177,6 +180,7 @@ class JwksKeys:
 
     LIFESPAN = 300.0
     MISS_COOLDOWN = 10.0
+    FAILURE_BACKOFF = 1.0
     FETCH_TIMEOUT = 5.0
 
     def __init__(self, url: str) -> None:
@@ -185,6 +189,7 @@ class JwksKeys:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # time.monotonic() of the last successful fetch
         self._missed_at = -math.inf  # the last refetch that did not find the kid it was for
+        self._failed_at = -math.inf  # the last fetch that failed
         self._lock = asyncio.Lock()
 
     async def key_for(self, token: str) -> jwt.PyJWK:
@@ -196,7 +201,10 @@ class JwksKeys:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthError("invalid token: no `kid` header to pick a JWKS key with")
-        if kid not in self._keys or self._stale():
+        key = self._keys.get(kid)
+        if key is None or self._stale():
+            if key is not None and self._lock.locked():
+                return key  # a refetch is in flight: the known key is good until it replaces it
             await self._refresh(kid)
         key = self._keys.get(kid)
         if key is None:
@@ -208,17 +216,22 @@ class JwksKeys:
 
     async def _refresh(self, kid: str) -> None:
         async with self._lock:
+            now = time.monotonic()
             if not self._stale():
                 if kid in self._keys:
                     return  # fetched by another handshake while this one waited
-                if time.monotonic() - self._missed_at < self.MISS_COOLDOWN:
+                if now - self._missed_at < self.MISS_COOLDOWN:
                     return
+            backoff = self.MISS_COOLDOWN if self._keys else self.FAILURE_BACKOFF
+            if now - self._failed_at < backoff:
+                self._unavailable_without_keys()
+                return
             try:
                 jwk_set = await asyncio.to_thread(self._client.get_jwk_set, True)
             except jwt.PyJWTError as exc:
+                self._failed_at = time.monotonic()
                 log.warning("cannot fetch the JWKS from %s: %s", self.url, exc)
-                if not self._keys:
-                    raise ClientError("unavailable", "signing keys are unavailable, retry later") from exc
+                self._unavailable_without_keys()
                 return
             self._keys = {
                 k.key_id: k
@@ -228,6 +241,10 @@ class JwksKeys:
             self._fetched_at = time.monotonic()
             if kid not in self._keys:
                 self._missed_at = self._fetched_at
+
+    def _unavailable_without_keys(self) -> None:
+        if not self._keys:
+            raise ClientError("unavailable", "signing keys are unavailable, retry later")
 
 
 class Subject(Protocol):
