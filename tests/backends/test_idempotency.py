@@ -13,8 +13,10 @@ import asyncio
 import pytest
 
 from pushgate.backends import HistoryOptions
+from pushgate.backends.redis import RedisBroker
 from pushgate.errors import ClientError
 
+from ..conftest import ServerFactory
 from .conftest import Backend, same_slot_name, wait_until
 
 OPTS = HistoryOptions(size=10, ttl=60)
@@ -84,3 +86,17 @@ async def test_good_keys_are_accepted(backend: Backend) -> None:
     broker, _ = await backend.broker()
     for i, key in enumerate(["a", "x" * 128, "0b7e-4c1a_9f.2:~+/="], 1):
         assert (await broker.publish("k", b"1", OPTS, idempotency_key=key)).offset == i
+
+
+async def test_redis_node_gets_timeout_and_window(redis_backend: Backend, make_server: ServerFactory) -> None:
+    """A node built from config passes broker_timeout and idempotency_window to its Redis broker."""
+    server = await make_server(
+        broker=redis_backend.url, redis_prefix=redis_backend.prefix, broker_timeout=0.7, idempotency_window=30
+    )
+    broker = server.node.broker
+    assert isinstance(broker, RedisBroker)
+    assert broker._conn.timeout == 0.7 and broker._conn.socket_timeout == 0.7
+    first = await server.node.publish("orders", b"1", idempotency_key="k")
+    assert await server.node.publish("orders", b"1", idempotency_key="k") == first
+    ttl = await redis_backend.admin().pttl(redis_backend.keys.idempotency("orders", "k"))
+    assert 0 < ttl <= 30_000
