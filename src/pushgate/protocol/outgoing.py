@@ -12,9 +12,9 @@ import re
 
 from ..backends.broker import Publication
 from . import jsonwire, wsframe
+from .wsframe import MAX_CLOSE_REASON as MAX_CLOSE_REASON  # re-exported: transports cut reasons here
+from .wsframe import close_reason as close_reason
 
-# RFC 6455 §5.5: a control frame's payload is at most 125 bytes; a close frame spends 2 on the code.
-MAX_CLOSE_REASON = 123
 # SSE line terminators (WHATWG HTML, "Parsing an event stream"): CRLF, LF or a lone CR.
 _SSE_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
@@ -63,20 +63,6 @@ def sse_data(payload: bytes) -> bytes:
     if b"\n" not in payload and b"\r" not in payload:
         return b"data: " + payload + b"\n"
     return b"".join(b"data: " + line + b"\n" for line in _SSE_LINE_BREAK.split(payload))
-
-
-def close_reason(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
-    """``reason`` as a close frame's UTF-8 reason: at most ``limit`` bytes, cut on a character boundary.
-
-    A reason cut mid-character is invalid UTF-8, which the peer must treat as a protocol error
-    (RFC 6455 §8.1): it fails the connection with 1007 instead of reading our code, so a client
-    kicked with 4500 would see 1007 and reconnect. Unencodable text (lone surrogates) becomes ``?``.
-    """
-    data = reason.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return data
-    # the first ``limit`` bytes are UTF-8 but for at most one incomplete character at the end
-    return data[:limit].decode("utf-8", "ignore").encode()
 
 
 def chunk(data: bytes) -> bytes:

@@ -31,6 +31,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "too_large": 413,
+    "unsupported_media_type": 415,
+    "request_timeout": 408,
     "rate_limited": 429,
     "too_many_connections": 429,
     "internal": 500,
