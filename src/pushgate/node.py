@@ -427,6 +427,8 @@ class Node:
             sender = conn.user
         targets = valid_users(users)
         check_data(data, max_depth=self.config.max_json_depth)
+        if conn is not None and self.app.send_hooks:
+            await self.authorizer.send_hooks(self.client_info(conn), targets, msgspec.json.decode(data))
         await self.broker.send_to_users(targets, UserMessage("direct", sender=sender, data=data))
         self.metrics.published_total.inc()
 
