@@ -4,6 +4,7 @@ how ``pushgate serve`` reports bad configuration."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -190,3 +191,24 @@ def test_help_lists_every_scalar_setting() -> None:
         assert flag in flat, flag
         assert f"PUSHGATE_{f.name.upper()}" in flat, f.name
     assert "--config" in flat
+
+
+# -- start-up announcements ------------------------------------------------------------------------
+
+async def test_weak_secrets_are_announced_loudly(make_server: ServerFactory,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pushgate"):
+        await make_server(jwt_secret="change-me")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pushgate" and r.levelno == logging.WARNING]
+    assert any(w.startswith("WEAK SECRET") and "sign tokens" in w for w in warnings), warnings
+
+
+async def test_tls_node_announces_https(make_server: ServerFactory, caplog: pytest.LogCaptureFixture,
+                                        tmp_path: Path) -> None:
+    from .test_tls import _key, _self_signed, _write_key
+
+    key = _key()
+    cert, key_path = _self_signed(key, tmp_path / "c.pem"), _write_key(key, tmp_path / "k.pem")
+    with caplog.at_level(logging.INFO, logger="pushgate"):
+        srv = await make_server(tls_cert=str(cert), tls_key=str(key_path))
+    assert f"listening on https://127.0.0.1:{srv.server.port}" in caplog.text

@@ -35,8 +35,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
-from . import auth as auth_module
 from .app import App
+from .auth import startup_warnings
 from .config import Config
 from .errors import ConfigError
 from .node import Node
@@ -203,10 +203,8 @@ def _announce(config: Config, node: Node, port: int) -> None:
     scheme = "https" if config.tls_cert else "http"
     log.info("pushgate node %s listening on %s://%s:%d (ws: /ws, sse: /sse, api: /api)",
              node.id, scheme, config.host, port)
-    startup_warnings = getattr(auth_module, "startup_warnings", None)
-    if startup_warnings is not None:
-        for warning in startup_warnings(config):
-            log.warning("%s", warning)
+    for warning in startup_warnings(config):  # weak secrets, risky production choices: loud, never silent
+        log.warning("%s", warning)
     if not config.jwt_enabled:
         log.warning("DEV MODE: no JWT key configured; clients name themselves with ?user=<id>. "
                     "Set --jwt-secret or --jwt-public-key in production.")
