@@ -154,6 +154,7 @@ class WebsocketHandler:
             conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             conn.closed = True
+            session.close()
             await node.unregister(conn)
             if conn.close_task is not None:
                 # let our close frame (with its code) go out before aiohttp finalises the response
