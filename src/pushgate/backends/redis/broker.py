@@ -89,12 +89,6 @@ _WARN_EVERY: Final = 60.0  # seconds between two warnings about dropped messages
 _PublishItem = tuple[tuple[list[Any], list[Any]], "asyncio.Future[StreamPosition]"]
 
 
-def _expire(fut: asyncio.Future[StreamPosition], seconds: float) -> None:
-    """The publish deadline passed: the waiting caller fails now, whatever its batch does."""
-    if not fut.done():
-        fut.set_exception(timed_out(seconds))
-
-
 class RedisBroker:
     """Broker over one Redis/Valkey server or cluster (see the module docstring).
 
@@ -131,6 +125,7 @@ class RedisBroker:
         self._links: LinkPool | None = None
         self._closed = False
         self._publish_queue: list[_PublishItem] = []
+        self._queued_at = 0.0  # loop time of the oldest publish in the queue
         self._flusher: asyncio.Task[None] | None = None
         #: messages that arrived invalid and were not handed to the node (see the module docstring)
         self.dropped_messages = 0
@@ -235,20 +230,22 @@ class RedisBroker:
         publishes) and turns N round trips into one under load, while a lone publish still goes
         out at once. Hot path: errors are translated here with a bare try/except, no wrapper.
 
-        The caller waits at most ``timeout`` (one timer per call), then gets BrokerUnavailable
-        even if its batch is still in flight. Such a publish may still be applied when Redis
-        wakes up; a retry with the same ``idempotency_key`` is then answered with that
-        publication's position instead of publishing twice.
+        The caller waits at most ``timeout`` (see :meth:`_flush_publishes`: no timer per call),
+        then gets BrokerUnavailable even if Redis is hung. Such a publish may still be applied
+        when Redis wakes up (its bytes are in the server's socket buffer); a retry with the same
+        ``idempotency_key`` is then answered with that publication's position instead of
+        publishing twice.
         """
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[StreamPosition] = loop.create_future()
-        self._publish_queue.append((self._publish_args(channel, data, options, idempotency_key), fut))
+        queue = self._publish_queue
+        if not queue:
+            self._queued_at = loop.time()
+        queue.append((self._publish_args(channel, data, options, idempotency_key), fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_publishes())
-        timeout = self._conn.timeout
-        timer = loop.call_later(timeout, _expire, fut, timeout)
         try:
             return await fut
         except _TRANSLATED as exc:
@@ -256,8 +253,6 @@ class RedisBroker:
             if translated is None:
                 raise
             raise translated from exc
-        finally:
-            timer.cancel()
 
     def _publish_args(
         self, channel: str, data: bytes, options: HistoryOptions, idempotency_key: str | None
@@ -278,14 +273,20 @@ class RedisBroker:
         return keys, args
 
     async def _flush_publishes(self) -> None:
+        """Send the queue as batches, one at a time, each bounded by its oldest publish's deadline.
+
+        A batch must be answered by ``queued_at + timeout`` of its first (oldest) publish, so
+        every publish in it is answered or failed by its own deadline; the next batch's publishes
+        were queued after this one's first, so this one is over before their deadline too. One
+        deadline per batch instead of a timer per publish keeps the hot path cheap. Cancelling
+        a pipeline mid-reply disconnects its connection (see connection.py).
+        """
         timeout = self._conn.timeout
         while self._publish_queue:
             batch, self._publish_queue = self._publish_queue, []
             results: list[Any]
             try:
-                # Bounded, so a hung Redis cannot hold the flusher (and every later batch) forever;
-                # cancelling the pipeline disconnects its connection (see connection.py).
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(self._queued_at + timeout):
                     results = await self._run_publish_batch([item for item, _ in batch])
             except TimeoutError as exc:
                 failure = timed_out(timeout)
