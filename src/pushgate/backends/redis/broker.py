@@ -289,9 +289,11 @@ class RedisBroker:
                 async with asyncio.timeout_at(self._queued_at + timeout):
                     results = await self._run_publish_batch([item for item, _ in batch])
             except TimeoutError as exc:
-                failure = timed_out(timeout)
-                failure.__cause__ = exc
-                results = [failure] * len(batch)
+                results = []
+                for _ in batch:  # one exception per caller: each raise adds to its traceback
+                    failure = timed_out(timeout)
+                    failure.__cause__ = exc
+                    results.append(failure)
             except Exception as exc:
                 results = [exc] * len(batch)
             for (_, fut), result in zip(batch, results, strict=True):
