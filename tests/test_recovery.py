@@ -101,20 +101,28 @@ async def test_a_single_lost_publication_is_filled_from_history_in_order(server:
     await c.nothing_more()
 
 
-async def test_a_gap_history_cannot_fill_closes_subscribers_with_4002(make_server: ServerFactory) -> None:
+async def test_a_gap_history_cannot_fill_is_resynced_in_band(make_server: ServerFactory) -> None:
     server = await make_server(history_size=2)
     c = await server.client("user=a")
-    ok = await c.ok({"type": "subscribe", "channel": "gap2"})
+    await c.ok({"type": "subscribe", "channel": "gap2"})
     await _lose_publications(server, "gap2", 5)  # offsets 1..5; history keeps only 4 and 5
     await server.node.publish_json("gap2", "live")
-    assert await c.wait_closed() == 4002
-    # reconnecting with `since` reports that recovery was impossible, then goes on live
+    resync = await c.next()
+    # 1..4 are gone; history still keeps 5 and 6: they follow the resync on the open connection
+    assert resync == {"type": "resync", "channel": "gap2", "epoch": resync["epoch"], "offset": 4}
+    got = await c.messages(2)
+    assert [(m["offset"], m["data"]) for m in got] == [(5, {"lost": 4}), (6, "live")]
+    assert server.node.metrics.resyncs_total._value.get() == 1
+    assert c.close_code is None and not c.closed.is_set()
+    # a client that recovers from the resync position later is whole again
+    await c.close()
+    for i in range(2):
+        await server.node.publish_json("gap2", i)
     c2 = await server.client("user=a")
-    since = {"epoch": ok["epoch"], "offset": ok["offset"]}
+    since = {"epoch": resync["epoch"], "offset": 6}
     reply = await c2.ok({"type": "subscribe", "channel": "gap2", "since": since})
-    assert reply["recovered"] is False and reply["offset"] == 6
-    await server.node.publish_json("gap2", "next")
-    assert [m["offset"] for m in await c2.messages(1)] == [7]
+    assert reply["recovered"] is True
+    assert [m["offset"] for m in await c2.messages(2)] == [7, 8]
 
 
 async def test_a_mass_recovery_reads_history_once(server: Running) -> None:

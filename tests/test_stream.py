@@ -84,17 +84,33 @@ def test_a_fill_that_history_cannot_prove_asks_the_subscribers_to_resync() -> No
     s.publication(pub(50))
     s.publication(pub(51))
     out = s.fill_done(HistoryResult([], StreamPosition(E, 50), complete=False))
-    assert out.resync
-    assert offsets(out.deliver) == [51]  # go on from where history stands
+    assert out.resync and out.resync_at == StreamPosition(E, 49)  # 4..49 are gone for good
+    assert offsets(out.deliver) == [50, 51]
     assert s.last == StreamPosition(E, 51)
+
+
+def test_an_incomplete_fill_still_delivers_what_history_kept() -> None:
+    s = stream(3)
+    s.publication(pub(9))
+    out = s.fill_done(HistoryResult([pub(7), pub(8), pub(9)], StreamPosition(E, 9), complete=False))
+    assert out.resync_at == StreamPosition(E, 6) and offsets(out.deliver) == [7, 8, 9]
 
 
 def test_a_failed_history_read_asks_the_subscribers_to_resync() -> None:
     s = stream(3)
     s.publication(pub(5))
     out = s.fill_done(None)
-    assert out == FillOutcome(deliver=(pub(5),), resync=True)
+    # 4 is lost for good: the resync names the position just before what is delivered next
+    assert out == FillOutcome(deliver=(pub(5),), resync_at=StreamPosition(E, 4))
     assert s.publication(pub(6)) is DELIVER
+
+
+def test_a_resync_with_nothing_buffered_goes_on_from_where_history_stands() -> None:
+    s = stream(3)
+    s.link_restored()
+    out = s.fill_done(HistoryResult([], StreamPosition("new-epoch", 0), complete=False))  # history lost
+    assert out.resync_at == StreamPosition("new-epoch", 0) and out.deliver == ()
+    assert s.publication(pub(1, "new-epoch")) is DELIVER
 
 
 def test_link_restored_starts_one_fill_at_a_time() -> None:

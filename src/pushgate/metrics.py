@@ -58,6 +58,9 @@ class NodeMetrics:
         self.slow_consumers = Counter("pushgate_slow_consumers", "Connections closed as slow", registry=r)
         self.errors_total = Counter("pushgate_client_errors", "Error replies sent", ["code"], registry=r)
         self.gap_fills_total = Counter("pushgate_gap_fills", "Stream gaps filled from history", registry=r)
+        self.resyncs_total = Counter(
+            "pushgate_resyncs", "Stream gaps history could not fill: subscribers told to resync in-band", registry=r
+        )
         self.history_reads = Counter(
             "pushgate_history_reads",
             "History reads this node made: recover (shared by concurrent recoveries of a channel) or fill",

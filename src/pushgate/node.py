@@ -7,7 +7,7 @@ The node orchestrates; the parts decide. Client operations arrive here from ever
 channel's :class:`~pushgate.stream.ChannelStream` (order, dedupe, held replays, gap fills),
 and what the stream says to deliver is framed once and handed to the :class:`~pushgate.hub.Hub`.
 The node carries out the stream's other answers: read history for a fill, release subscribers
-that waited for it, close subscribers with 4002 when history cannot fill a gap.
+that waited for it, and tell subscribers in-band to resync when history cannot fill a gap.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
 from .ratelimit import TokenBucket
 from .scheduler import Scheduler
-from .stream import DELIVER, ChannelStream, FillOutcome, SharedRead, StartFill
+from .stream import DELIVER, ChannelStream, FillOutcome, SharedRead, StartFill, newer
 from .web.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -510,19 +510,32 @@ class Node:
         self._apply_fill(channel, stream.fill_done(res), fill.since)
 
     def _apply_fill(self, channel: str, outcome: FillOutcome, since: StreamPosition) -> None:
-        for pub in outcome.deliver:
-            self.hub.to_channel(channel, message_outgoing(pub))
+        at = outcome.resync_at
+        if at is None:
+            for pub in outcome.deliver:
+                self.hub.to_channel(channel, message_outgoing(pub))
+            for sub, catch_up in outcome.release:
+                conn = cast(Connection, sub)
+                for pub in catch_up:
+                    conn.send(message_outgoing(pub))
+                self.hub.add_sub(channel, conn)
+            self.metrics.gap_fills_total.inc()
+            return
+        # History cannot prove what was missed: say so in-band instead of closing everyone (a
+        # reconnect storm); each subscriber goes on from ``at`` and tells its app it lost some.
+        log.warning("cannot fill gap in %s since %s: subscribers resync at %s", channel, since, at)
+        resync = Outgoing(jsonwire.resync_frame(channel, at.epoch, at.offset), f"{at.epoch}:{at.offset}")
+        self.hub.to_channel(channel, resync)
         for sub, catch_up in outcome.release:
             conn = cast(Connection, sub)
             for pub in catch_up:
-                conn.send(message_outgoing(pub))
+                if not newer(pub, at):
+                    conn.send(message_outgoing(pub))
+            conn.send(resync)
             self.hub.add_sub(channel, conn)
-        if outcome.resync:
-            log.warning("cannot fill gap in %s since %s: asking subscribers to recover", channel, since)
-            for conn in list(self.hub.channels.get(channel, ())):
-                conn.close(CloseCode.INSUFFICIENT_STATE, "missed messages: reconnect and recover")
-        else:
-            self.metrics.gap_fills_total.inc()
+        for pub in outcome.deliver:
+            self.hub.to_channel(channel, message_outgoing(pub))
+        self.metrics.resyncs_total.inc()
 
     def on_channel_event(self, event: ChannelEvent) -> None:
         if event.channel in self.hub.channels:

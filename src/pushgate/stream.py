@@ -20,8 +20,8 @@ Events in::
 Answers out: :data:`DELIVER` (fan this publication out to the live subscribers), :data:`SKIP`
 (nothing to do), :class:`StartFill` (read history after ``since``, then call
 :meth:`ChannelStream.fill_done`) and :class:`FillOutcome` (deliver these, release these held
-subscribers with their catch-up, and tell the live subscribers to resync when history could
-not prove the stream whole — the node closes them with 4002 so they reconnect and recover).
+subscribers with their catch-up, and — when history could not prove the stream whole — tell
+the subscribers in-band where the stream goes on from, so nobody reconnects).
 
 Recovery reads are shared (single flight): when many subscribers recover the same channel at
 once — every client of a node that died reconnects to the survivors within seconds — the node
@@ -87,19 +87,26 @@ class StartFill:
 
 @dataclass(frozen=True, slots=True)
 class FillOutcome:
-    """What a finished fill asks for, carried out in this order.
+    """What a finished fill asks for.
 
-    1. ``deliver``: publications to fan out to the live subscribers, oldest first.
-    2. ``release``: subscribers that finished their replay during the fill, each with the
-       publications it still needs; send those, then make the subscriber live.
-    3. ``resync``: True when the gap could not be filled: every live subscriber (the released
-       ones too, whose catch-up may span the same gap) must reconnect and recover from history
-       itself (close code 4002).
+    When the gap was filled (``resync_at`` is None): fan ``deliver`` out to the live
+    subscribers, oldest first; then for each of ``release`` (subscribers that finished their
+    replay during the fill) send its catch-up and make it live.
+
+    When it could not be filled, ``resync_at`` is where the stream goes on from: tell every
+    live subscriber so on its open connection (a ``resync`` push; the connection stays open and
+    the client continues from there, knowing it missed something), send each released
+    subscriber the part of its catch-up up to ``resync_at`` and then the same resync, make it
+    live, and fan ``deliver`` (all after ``resync_at``) out to everyone.
     """
 
     deliver: tuple[Publication, ...] = ()
-    resync: bool = False
     release: tuple[tuple[Hashable, tuple[Publication, ...]], ...] = ()
+    resync_at: StreamPosition | None = None
+
+    @property
+    def resync(self) -> bool:
+        return self.resync_at is not None
 
 
 @dataclass(slots=True)
@@ -127,6 +134,11 @@ class SharedRead:
 def newer(pub: Publication, position: StreamPosition) -> bool:
     """True unless ``pub`` is at or before ``position`` in the same epoch."""
     return pub.epoch != position.epoch or pub.offset > position.offset
+
+
+def newer_position(a: StreamPosition, b: StreamPosition) -> bool:
+    """True unless ``a`` is at or before ``b`` in the same epoch."""
+    return a.epoch != b.epoch or a.offset > b.offset
 
 
 class ChannelStream:
@@ -282,12 +294,9 @@ class ChannelStream:
         resync = result is None or not result.complete
         if resync:
             self._shared = None
-            if result is not None:
-                self.last = result.position  # subscribers recover from history; go on from here
-            candidates: Iterable[Publication] = buffered
-        else:
-            assert result is not None
-            candidates = [*result.publications, *buffered]
+        # An incomplete read still holds what history kept (everything after the trimmed part,
+        # or the new epoch's start): deliver that too, so only what is really gone is missed.
+        candidates: Iterable[Publication] = buffered if result is None else [*result.publications, *buffered]
         for pub in candidates:
             if newer(pub, self.last):
                 self._record(pub)
@@ -297,7 +306,15 @@ class ChannelStream:
             if held.replay_end is not None:
                 del self._held[sub]
                 release.append((sub, tuple(held.publications)))
-        return FillOutcome(tuple(deliver), resync, tuple(release))
+        resync_at: StreamPosition | None = None
+        if resync:
+            if deliver:
+                resync_at = StreamPosition(deliver[0].epoch, deliver[0].offset - 1)
+            else:
+                if result is not None and newer_position(result.position, self.last):
+                    self.last = result.position
+                resync_at = self.last
+        return FillOutcome(tuple(deliver), tuple(release), resync_at)
 
 
 __all__ = [

@@ -126,6 +126,42 @@ test('closeCodeAction follows the close-code table', () => {
   }
 });
 
+test('resync push: the subscription goes on from the new position, the app hears it, no reconnect', async () => {
+  // A scripted socket stands in for the server: this checks the client's own bookkeeping.
+  const sockets = [];
+  class ScriptedSocket {
+    constructor(url) {
+      this.url = url;
+      sockets.push(this);
+      setTimeout(() => this.push({ type: 'welcome', client: 'c1', user: 'a', node: 'n1' }), 0);
+    }
+    push(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+    send(text) {
+      const cmd = JSON.parse(text);
+      if (cmd.type === 'subscribe') {
+        setTimeout(() => this.push({ id: cmd.id, type: 'ok', channel: cmd.channel, epoch: 'e1', offset: 3, recovered: false }), 0);
+      }
+    }
+    close() {}
+  }
+  const client = new Pushgate.Client('ws://scripted.invalid/ws', { user: 'a', WebSocket: ScriptedSocket });
+  clients.push(client);
+  const got = [];
+  const resyncs = [];
+  client.on('resync', (ev) => resyncs.push(ev));
+  await withTimeout(client.subscribe('feed', (msg) => got.push(msg.offset)), 2000, 'subscribe');
+  const ws = sockets[0];
+  ws.push({ type: 'message', channel: 'feed', data: 1, offset: 4, epoch: 'e1' });
+  ws.push({ type: 'resync', channel: 'feed', epoch: 'e2', offset: 0 });  // history was reset
+  ws.push({ type: 'message', channel: 'feed', data: 2, offset: 1, epoch: 'e2' });
+  ws.push({ type: 'message', channel: 'feed', data: 2, offset: 1, epoch: 'e2' });  // a duplicate
+  assert.deepEqual(got, [4, 1]);
+  assert.deepEqual(resyncs.map((r) => [r.channel, r.epoch, r.offset]), [['feed', 'e2', 0]]);
+  assert.deepEqual(client.position('feed'), { epoch: 'e2', offset: 1 });
+  assert.equal(sockets.length, 1);
+  client.close();
+});
+
 test('welcome carries client id, user and node', { skip }, async (t) => {
   t.after(closeAll);
   const user = uid('alice');

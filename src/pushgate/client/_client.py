@@ -37,6 +37,7 @@ from ._events import (
     ErrorEvent,
     Message,
     Position,
+    Resync,
     State,
     StateChange,
     Subscribed,
@@ -359,6 +360,13 @@ class Client(Commands):
                 await sub._deliver(msg)  # stragglers for channels we left are dropped
         elif kind == "welcome":
             await self._on_welcome(conn, parse_welcome(obj))
+        elif kind == "resync":
+            position = parse_position(obj)
+            channel = obj.get("channel")
+            sub = self._subs.get(channel) if isinstance(channel, str) else None
+            if sub is not None and position is not None:
+                sub._resync(position)
+                await self._listeners.emit(Resync(sub.channel, position))
         else:
             event = parse_push(obj)  # unknown push types are ignored (forward compatibility)
             if event is not None:
@@ -440,7 +448,7 @@ class Client(Commands):
     def on(self, kind: str, handler: Handler[Any]) -> Callable[[], None]:
         """Call ``handler`` (plain or async) for each event of ``kind``, in order, outside the reader.
 
-        Kinds: ``direct``, ``broadcast``, ``join``, ``leave``, ``welcome``, ``subscribed``,
+        Kinds: ``direct``, ``broadcast``, ``join``, ``leave``, ``welcome``, ``subscribed``, ``resync``,
         ``error``, ``state``. Returns a function that removes the handler.
         """
         listener = self._listeners.add(frozenset({kind}))

@@ -21,6 +21,7 @@ __all__ = [
     "Message",
     "Position",
     "PresenceInfo",
+    "Resync",
     "State",
     "StateChange",
     "Subscribed",
@@ -124,6 +125,18 @@ class Subscribed:
 
 
 @dataclass(frozen=True, slots=True)
+class Resync:
+    """The server could not keep a subscribed channel's stream whole (its history lost what this
+    node missed, e.g. after a broker restart). The subscription stays and goes on from
+    ``position``; messages before it may have been missed: reload your state from elsewhere.
+    The connection stays open (no reconnect storm)."""
+
+    kind: ClassVar[str] = "resync"
+    channel: str
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """An error nobody is waiting for: an error frame without a pending request, a subscription
     refused when it was renewed after a reconnect (``channel`` set; the subscription ended), or a
@@ -156,8 +169,8 @@ class PresenceInfo:
     connections: int
 
 
-Event = Welcome | Direct | Broadcast | Join | Leave | Subscribed | ErrorEvent | StateChange
-EVENT_KINDS = frozenset(cls.kind for cls in (Welcome, Direct, Broadcast, Join, Leave, Subscribed, ErrorEvent,
+Event = Welcome | Direct | Broadcast | Join | Leave | Subscribed | Resync | ErrorEvent | StateChange
+EVENT_KINDS = frozenset(cls.kind for cls in (Welcome, Direct, Broadcast, Join, Leave, Subscribed, Resync, ErrorEvent,
                                               StateChange))
 
 

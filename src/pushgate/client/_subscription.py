@@ -117,6 +117,12 @@ class Subscription:
         if self._accept(msg):
             await self._inbox.put(msg)  # waits while the queue is full: backpressure
 
+    def _resync(self, position: Position) -> None:
+        """The server says the stream goes on from ``position`` (what came before may be lost):
+        resume from there, and accept what follows even in a new epoch."""
+        self._position = self._seen = position
+        self._recovered = False
+
     def _confirm(self, reply_position: Position | None, *, asked_since: bool, recovered: bool) -> bool:
         """Record a subscribe ``ok``; returns whether this was a resubscribe."""
         self._recovered = asked_since and recovered

@@ -165,6 +165,12 @@ def broadcast_frame(data: bytes) -> bytes:
     return b'{"type":"broadcast","data":' + data + b"}"
 
 
+def resync_frame(channel: str, epoch: str, offset: int) -> bytes:
+    """``{"type":"resync",...}``: the channel's stream goes on from (epoch, offset) and messages
+    before it may have been missed; the subscription stays, the client keeps its connection."""
+    return _encode({"type": "resync", "channel": channel, "epoch": epoch, "offset": offset})
+
+
 def channel_event_frame(kind: str, channel: str, user: str | None) -> bytes:
     return _encode({"type": kind, "channel": channel, "user": user})
 

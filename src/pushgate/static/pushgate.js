@@ -28,7 +28,7 @@
   });
 
   /** Push types that can be observed with `client.on(type, fn)`. */
-  const EVENTS = ['welcome', 'state', 'message', 'direct', 'broadcast', 'join', 'leave', 'subscribed', 'error'];
+  const EVENTS = ['welcome', 'state', 'message', 'direct', 'broadcast', 'join', 'leave', 'subscribed', 'resync', 'error'];
 
   /**
    * What a client should do after the socket closed with `code`.
@@ -184,7 +184,8 @@
 
     /**
      * Listen for an event: 'message' (every publication), 'direct', 'broadcast', 'join', 'leave',
-     * 'welcome', 'state', 'subscribed' ({channel, recovered, epoch, offset, resubscribe}), 'error'.
+     * 'welcome', 'state', 'subscribed' ({channel, recovered, epoch, offset, resubscribe}),
+     * 'resync' ({channel, epoch, offset}: messages before it may be lost; reload), 'error'.
      * @returns {function()} call it to remove the listener
      */
     on(type, fn) {
@@ -389,10 +390,24 @@
       switch (msg.type) {
         case 'welcome': this._onWelcome(msg); break;
         case 'message': this._onPublication(msg); break;
+        case 'resync': this._onResync(msg); break;
         case 'direct': case 'broadcast': case 'join': case 'leave': case 'error':
           this._emit(msg.type, msg); break;
         default: break; // unknown push types are ignored for forward compatibility
       }
+    }
+
+    /**
+     * The server could not keep a channel's stream whole (its history lost what the node missed).
+     * The subscription stays and goes on from {epoch, offset}; what came before may be lost, so
+     * the app hears a 'resync' event ({channel, epoch, offset}) and should reload its state.
+     */
+    _onResync(msg) {
+      const sub = this._subs.get(msg.channel);
+      if (!sub || typeof msg.offset !== 'number') return;
+      sub.epoch = sub.seenEpoch = msg.epoch;
+      sub.offset = sub.seenOffset = msg.offset;
+      this._emit('resync', msg);
     }
 
     _onPublication(msg) {
