@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import struct
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 
 from pushgate.errors import CloseCode
 
@@ -264,3 +268,32 @@ async def test_a_publish_with_raw_line_breaks_is_one_sse_event(server: Running) 
     # exactly one message event per publication, nothing between them, each data parsing whole
     assert [(m["type"], m["data"], m["offset"]) for m in got] == [
         ("message", {"x": 1}, 1), ("message", {"y": 2}, 2), ("message", "marker", 3)]
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    head = await asyncio.wait_for(reader.readexactly(2), timeout(5))
+    length = head[1] & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return head[0] & 0x0F, await reader.readexactly(length)
+
+
+@pytest.mark.parametrize(("code", "expected"), [(1000, 1000), (4321, 1000), (1006, 1002), (1005, 1002), (5000, 1002)])
+async def test_a_close_with_a_forbidden_code_is_answered_with_1002(server: Running, code: int, expected: int) -> None:
+    """RFC 6455 §7.4: 1005/1006/1015 and codes outside 1000-4999 never belong on the wire."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws?user=u HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    await reader.readuntil(b"\r\n\r\n")
+    assert (await _read_frame(reader))[0] == 0x1  # the welcome
+    mask = os.urandom(4)
+    payload = struct.pack("!H", code)
+    writer.write(bytes([0x88, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    await writer.drain()
+    opcode, body = await _read_frame(reader)
+    assert opcode == 0x8 and struct.unpack("!H", body[:2])[0] == expected
+    writer.close()

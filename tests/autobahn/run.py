@@ -130,7 +130,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", "Found by this run and fixed: 7.9.5 (a close frame with code 1006) was FAILED / WRONG CODE, because "
               "aiohttp's reader accepts every code of its own `WSCloseCode` enum, 1006 included, and its autoclose "
               "answers 1000. The endpoint closes by itself and answers 1002 to codes RFC 6455 §7.4 forbids "
-              "(`pushgate.web.app.peer_close_code_valid`)."]
+              "(`pushgate.protocol.wsframe.peer_close_code_valid`)."]
     lines += ["", f"Not accepted (fail the CI step): {', '.join(summary['not_accepted']) or 'none'}.", ""]
     return "\n".join(lines)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from pushgate.web.app import ECHO_PATH, TEST_ECHO_ENV, peer_close_code_valid
+from pushgate.protocol.wsframe import peer_close_code_valid
+from pushgate.web.app import ECHO_PATH, TEST_ECHO_ENV
 
 from ..conftest import ServerFactory
 from ..helpers import timeout

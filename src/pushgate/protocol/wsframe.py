@@ -45,3 +45,14 @@ def close_reason(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
 def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame (§5.5.1): 2-byte code then a UTF-8 reason, at most 125 bytes of payload."""
     return server_frame(struct.pack("!H", code) + close_reason(reason), OP_CLOSE)
+
+
+def peer_close_code_valid(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1-§7.4.2; 0: no code).
+
+    aiohttp's reader accepts 1006 and anything from 5000 up (its allow-list is its own
+    ``WSCloseCode`` enum), while the RFC says 1005, 1006 and 1015 must never be on the wire
+    and only 1000-4999 are defined: such a close is a protocol error, answered with 1002
+    (Autobahn cases 7.9.5 and 7.13.x).
+    """
+    return code == 0 or 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

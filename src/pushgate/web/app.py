@@ -67,24 +67,13 @@ class EchoHandler:
             elif msg.type is WSMsgType.BINARY:
                 transport.write(wsframe.server_frame(msg.data, _OP_BINARY))
             elif msg.type is WSMsgType.CLOSE:
-                if peer_close_code_valid(msg.data):
+                if wsframe.peer_close_code_valid(msg.data):
                     await ws.close()
                 else:
                     await ws.close(code=1002, message=b"invalid close code")
                 return ws
             else:  # CLOSING, CLOSED, ERROR: aiohttp has already answered
                 return ws
-
-
-def peer_close_code_valid(code: int) -> bool:
-    """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1-§7.4.2; 0: no code).
-
-    aiohttp's reader accepts 1006 and anything from 5000 up (its allow-list is its own
-    ``WSCloseCode`` enum), while the RFC says 1005, 1006 and 1015 must never be on the wire
-    and only 1000-4999 are defined: such a close is a protocol error, answered with 1002
-    (Autobahn cases 7.9.5 and 7.13.x).
-    """
-    return code == 0 or 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def build_app(node: Node) -> web.Application:

@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from ..errors import CloseCode
 from ..protocol import jsonwire
 from ..protocol.outgoing import Outgoing, close_reason
+from ..protocol.wsframe import peer_close_code_valid
 from .connection import TransportConnection
 from .handshake import Refusal, accept
 from .session import JsonSession
@@ -113,6 +114,7 @@ class WebsocketHandler:
             max_msg_size=node.config.max_message_size,
             compress=False,
             autoping=True,
+            autoclose=False,  # we answer the peer's close ourselves, checking its code (below)
             timeout=CLOSE_TIMEOUT,
         )
         await ws.prepare(request)
@@ -141,11 +143,22 @@ class WebsocketHandler:
         node = self.node
         session = JsonSession(node, conn)
         try:
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
                     await session.handle(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     conn.close(CloseCode.PROTOCOL_VIOLATION, "binary frames are not part of the JSON protocol")
+                    break
+                elif msg.type is WSMsgType.CLOSE:
+                    # RFC 6455 §7.4: 1005/1006/1015 and codes outside 1000-4999 never belong on the
+                    # wire; aiohttp would answer them with 1000. A protocol error is 1002.
+                    if not conn.closed:
+                        conn.closed = True
+                        valid = peer_close_code_valid(msg.data)
+                        await ws.close(code=1000 if valid else 1002, message=b"" if valid else b"invalid close code")
+                    break
+                else:  # CLOSING, CLOSED, ERROR: the connection is over
                     break
         except asyncio.CancelledError:
             raise
