@@ -8,7 +8,7 @@ built from config uses its ``idempotency_window`` (the Redis node's settings are
 from __future__ import annotations
 
 from .backends.conftest import wait_until
-from .conftest import ServerFactory
+from .conftest import Running, ServerFactory
 
 
 async def test_node_publish_with_key_and_window(make_server: ServerFactory) -> None:
@@ -26,3 +26,24 @@ async def test_node_publish_with_key_and_window(make_server: ServerFactory) -> N
         return (await node.publish("orders", b'{"id":7}', idempotency_key="order-7")) != first
 
     await wait_until(applied_again, 5.0, "the node's idempotency window (0.3 s) to pass")
+
+
+async def test_a_client_publish_retry_with_the_same_key_is_applied_once(server: Running) -> None:
+    from pushgate.client import Client
+
+    sub = await server.client("user=s")
+    await sub.ok({"type": "subscribe", "channel": "idem-client"})
+    client = Client(server.ws_url, user="p")
+    try:
+        await client.connect()
+        first = await client.publish("idem-client", {"n": 1}, idempotency_key="order-42")
+        again = await client.publish("idem-client", {"n": 1}, idempotency_key="order-42")
+        other = await client.publish("idem-client", {"n": 2}, idempotency_key="order-43")
+    finally:
+        await client.close()
+    assert again == first and other.offset == first.offset + 1
+    got = await sub.messages(2)
+    assert [m["data"] for m in got] == [{"n": 1}, {"n": 2}]
+    await sub.nothing_more()
+    bad = await sub.request({"type": "publish", "channel": "idem-client", "data": 1, "idempotency_key": "no spaces"})
+    assert bad["type"] == "error" and bad["code"] == "bad_request"

@@ -19,13 +19,19 @@ class Commands:
     async def request(self, command: Mapping[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def publish(self, channel: str, data: Any) -> Position:
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Position:
         """Publish ``data`` (any JSON value) to ``channel``; returns the publication's position.
 
-        At-most-once: if the connection drops before the reply, :class:`Disconnected` is raised
-        and the publication may or may not exist. Retry only if a duplicate is acceptable.
+        If the connection drops before the reply, :class:`Disconnected` is raised and the
+        publication may or may not exist. With an ``idempotency_key`` (1-128 chars of
+        ``A-Za-z0-9_.:~+/=-``) a retry is safe: within the server's ``idempotency_window`` the
+        same key on the same channel is applied once, cluster-wide, and the retry answers the
+        first publication's position.
         """
-        reply = await self.request({"type": "publish", "channel": channel, "data": data})
+        cmd: dict[str, Any] = {"type": "publish", "channel": channel, "data": data}
+        if idempotency_key is not None:
+            cmd["idempotency_key"] = idempotency_key
+        reply = await self.request(cmd)
         position = parse_position(reply)
         if position is None:
             raise RequestError("bad_reply", f"publish reply without a position: {reply}", reply)

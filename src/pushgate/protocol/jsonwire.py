@@ -38,6 +38,7 @@ class Publish(msgspec.Struct, tag="publish", tag_field="type", frozen=True):
     channel: str
     data: msgspec.Raw
     id: RequestId = None
+    idempotency_key: str | None = None  # a retry with the same key is not applied twice
 
 
 class Send(msgspec.Struct, tag="send", tag_field="type", frozen=True):

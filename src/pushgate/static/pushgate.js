@@ -551,9 +551,12 @@
       return Array.from(this._subs.keys());
     }
 
-    /** Publish to a channel; resolves with {epoch, offset, ...} of the new publication. */
-    publish(channel, data) {
-      return this.request({ type: 'publish', channel: channel, data: data === undefined ? null : data });
+    /** Publish to a channel; resolves with {epoch, offset, ...}. Options: {idempotencyKey} makes a retry safe. */
+    publish(channel, data, options) {
+      const cmd = { type: 'publish', channel: channel, data: data === undefined ? null : data };
+      // With an idempotency key a retry is safe: the server applies the same key once per window.
+      if (options && options.idempotencyKey) cmd.idempotency_key = options.idempotencyKey;
+      return this.request(cmd);
     }
 
     /** Send data to every connection of each named user; they get {type:'direct', from, data}. */

@@ -114,7 +114,7 @@ class JsonSession:
         # Tasks start in creation order and node.publish reaches the broker's queue before its
         # first await (no hooks here), so the broker sees the client's publishes in order.
         task = asyncio.get_running_loop().create_task(
-            self.node.publish(cmd.channel, bytes(cmd.data), conn=self.conn)
+            self.node.publish(cmd.channel, bytes(cmd.data), conn=self.conn, idempotency_key=cmd.idempotency_key)
         )
         self._inflight.append((cmd.id, task))
         task.add_done_callback(self._reply_publishes)
@@ -140,7 +140,7 @@ class JsonSession:
     async def _dispatch(self, cmd: jsonwire.Command) -> None:
         node, conn = self.node, self.conn
         if isinstance(cmd, Publish):
-            pos = await node.publish(cmd.channel, bytes(cmd.data), conn=conn)
+            pos = await node.publish(cmd.channel, bytes(cmd.data), conn=conn, idempotency_key=cmd.idempotency_key)
             conn.send_payload(jsonwire.ok_frame(cmd.id, {"epoch": pos.epoch, "offset": pos.offset}))
         elif isinstance(cmd, Subscribe):
             await self._subscribe(cmd)
