@@ -152,3 +152,13 @@ async def test_unknown_paths_and_methods_get_json_errors(server: Running) -> Non
     async with aiohttp.ClientSession() as s, s.post(server.url + "/api/publish", data=b"x" * (2 << 20),
                                                     headers={"Content-Type": "application/json"}) as r:
         assert r.status == 413 and (await r.json())["error"]["code"] == "too_large"
+
+
+async def test_metrics_report_the_memory_brokers_history_and_the_new_counters(server: Running) -> None:
+    await server.api("POST", "/api/publish", {"channel": "m", "data": "x" * 100})
+    status, text = await server.api("GET", "/metrics")
+    assert status == 200
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(lines["pushgate_history_channels"]) == 1 and float(lines["pushgate_history_bytes"]) > 100
+    for name in ("pushgate_resyncs_total", "pushgate_gap_fills_total", "pushgate_idempotency_keys"):
+        assert name in lines

@@ -36,12 +36,39 @@ class _HubCollector(Collector):
         yield GaugeMetricFamily("pushgate_ready", "1 when ready to serve", value=1 if self.ready() else 0)
 
 
-class NodeMetrics:
-    """The node's counters, plus gauges read from ``hub`` and ``ready()`` at scrape time."""
+# What a broker may report about itself, read at scrape time where it has the attribute:
+# (attribute, metric name, help, kind).
+_BROKER_STATS = (
+    ("history_bytes", "pushgate_history_bytes", "Bytes of history this node's memory broker keeps", "gauge"),
+    ("history_channels", "pushgate_history_channels", "Channels keeping history in the memory broker", "gauge"),
+    ("history_positions", "pushgate_history_positions",
+     "Channels the memory broker remembers by position only (history expired or evicted)", "gauge"),
+    ("idempotency_keys", "pushgate_idempotency_keys", "Publish idempotency keys remembered in memory", "gauge"),
+    ("dropped_messages", "pushgate_broker_dropped_messages",
+     "Messages from the broker dropped as invalid (not UTF-8, bad envelope)", "counter"),
+)
 
-    def __init__(self, hub: Hub, ready: Callable[[], bool]) -> None:
+
+class _BrokerCollector(Collector):
+    def __init__(self, broker: object) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        for attr, name, help_text, kind in _BROKER_STATS:
+            value = getattr(self.broker, attr, None)
+            if isinstance(value, int | float):
+                family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+                yield family(name, help_text, value=value)
+
+
+class NodeMetrics:
+    """The node's counters, plus gauges read from ``hub``, ``ready()`` and the broker at scrape time."""
+
+    def __init__(self, hub: Hub, ready: Callable[[], bool], broker: object | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HubCollector(hub, ready))
+        if broker is not None:
+            self.registry.register(_BrokerCollector(broker))
         r = self.registry
         self.connections_total = Counter("pushgate_connections_opened", "Connections accepted", registry=r)
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)

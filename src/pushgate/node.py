@@ -99,7 +99,7 @@ class Node:
         self.hub = Hub()
         self.draining = False
         self.started = False
-        self.metrics = NodeMetrics(self.hub, lambda: self.ready)
+        self.metrics = NodeMetrics(self.hub, lambda: self.ready, self.broker)
         self.scheduler = Scheduler(config.schedule, self.leases, self.id, config.lease_ttl, self.publish)
         #: channels this node is subscribed to upstream, each with its stream state
         self._streams: dict[str, ChannelStream] = {}
