@@ -88,6 +88,9 @@ class Config:
     client_publish: bool | None = _opt(None, "default for client publish (None: yes in dev mode, no with JWT)")
     history_size: int = _opt(100, "publications kept per channel for recovery")
     history_ttl: float = _opt(300.0, "seconds a publication stays in history")
+    user_history_size: int = _opt(100, "messages kept per user for offline delivery and recovery (0 = none)")
+    user_history_ttl: float = _opt(86400.0, "seconds a user message is kept for offline delivery")
+    max_ack_wait: float = _opt(30.0, "longest `wait_for_ack` a send may ask for, in seconds")
     drain_period: float = _opt(5.0, "seconds over which connections are closed (1012) at shutdown")
     node_ttl: float = _opt(10.0, "seconds after the last heartbeat before a node's presence is purged")
     lease_ttl: float = _opt(10.0, "seconds of the periodic-job leader lease")
@@ -339,7 +342,8 @@ def _validate(cfg: Config) -> None:
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")
-    for key in ("history_size", "history_ttl", "drain_period", "max_connections", "max_connections_per_ip",
+    for key in ("history_size", "history_ttl", "user_history_size", "user_history_ttl", "max_ack_wait",
+                "drain_period", "max_connections", "max_connections_per_ip",
                 "max_connections_per_user", "rate_limit_close_after", "history_max_channels",
                 "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate"):
         if getattr(cfg, key) < 0:
