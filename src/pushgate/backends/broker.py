@@ -13,7 +13,15 @@ Errors: a broker that cannot reach its backing service raises
 :class:`pushgate.errors.BrokerUnavailable` (translated once, at the backend boundary).
 
 Data (``data`` fields) is always *raw JSON bytes*: it is parsed once at the edge that
-received it and never re-encoded on the way to subscribers.
+received it and never re-encoded on the way to subscribers (the one exception is the ``ack``
+notification, whose ``data`` is the acknowledged position, see :func:`ack_message`).
+
+User streams are ordinary streams under an internal name (``"!u:" + user``, see
+:mod:`pushgate.names`): publishing, history, offsets and fan-out need nothing new. What is
+new is the *acknowledged position* of a stream (:meth:`Broker.ack`, :meth:`Broker.acked`),
+kept by the broker next to the stream so every node sees the same one; the rules are written
+once in :meth:`Broker.ack` and implemented in Python (:mod:`.ack_memory`) and in Lua
+(``redis/scripts.py`` ``ACK``).
 """
 
 from __future__ import annotations
@@ -58,13 +66,33 @@ class UserMessage:
     ``kind == "direct"``: a client-to-client or API message; ``sender`` is stamped by the
     server (None when the server/API sent it), ``data`` is raw JSON.
     ``kind == "disconnect"``: close the user's connections with ``code`` and ``reason``.
+    ``kind == "ack"``: a connection of the user acknowledged its stream up to a position;
+    ``sender`` is that connection's id, ``data`` is ``b"<epoch>:<offset>"`` (build it with
+    :func:`ack_message`, read it with :func:`parse_ack`). It reaches every node holding a
+    connection of the user, so a node waiting for a delivery receipt learns of it wherever the
+    ack was made.
     """
 
-    kind: Literal["direct", "disconnect"]
+    kind: Literal["direct", "disconnect", "ack"]
     sender: str | None = None
     data: bytes = b"null"
     code: int = 0
     reason: str = ""
+
+def ack_message(sender: str, position: StreamPosition) -> UserMessage:
+    """The ``ack`` notification that connection ``sender`` acknowledged ``position``."""
+    return UserMessage("ack", sender=sender, data=f"{position.epoch}:{position.offset}".encode())
+
+
+def parse_ack(data: bytes) -> StreamPosition:
+    """The position carried by an ``ack`` notification's ``data``; ValueError if malformed.
+
+    Epochs never contain ``:`` (they are hex, or hex plus ``.n``), so the last ``:`` separates."""
+    epoch, sep, offset = data.decode().rpartition(":")
+    if not sep or not epoch or not offset.isdigit():
+        raise ValueError(f"not an ack position: {data[:80]!r}")
+    return StreamPosition(epoch, int(offset))
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
@@ -156,3 +184,34 @@ class Broker(HistoryStore, Protocol):
 
     async def broadcast(self, data: bytes) -> None:
         """Deliver ``data`` to every node (every connection); not kept in history."""
+
+    async def ack(self, stream: str, position: StreamPosition, ttl: float) -> StreamPosition:
+        """Record that ``stream``'s reader has processed everything up to ``position``.
+
+        The acknowledged position is one per stream and cluster-wide (a user's devices on any
+        node share it). The rules, the same on every broker:
+
+        * The stream's *current* position is what :meth:`position` would answer (reading
+          creates the epoch, rule 8 of :mod:`.history`).
+        * An ack in another epoch than the current one is ignored: offsets of different epochs
+          cannot be compared, and an old epoch's history is gone anyway.
+        * An ack beyond the current offset is clamped to it (a client cannot acknowledge what
+          was not published); a negative offset counts as 0.
+        * Acks only move forward: the stored offset becomes the larger of the stored one and
+          the ack's. A stored ack of an older epoch counts as none (it acknowledges nothing of
+          the current stream) and is replaced.
+        * Every ack that is not ignored restarts the stored ack's lifetime: it is forgotten
+          ``ttl`` seconds after the last one (with ``ttl <= 0`` nothing is stored, and what was
+          stored is dropped).
+
+        Returns the acknowledged position after the call, always in the current epoch:
+        ``StreamPosition(current_epoch, 0)`` when nothing of the current epoch is acknowledged.
+        """
+        ...
+
+    async def acked(self, stream: str) -> StreamPosition | None:
+        """The stored acknowledged position of ``stream``, or None (never acked, or expired).
+
+        It is returned as stored: its epoch may be older than the stream's current one (history
+        was lost since), in which case it acknowledges nothing of what the stream keeps now."""
+        ...

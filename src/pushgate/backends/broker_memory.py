@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 
+from pushgate.backends.ack_memory import MemoryAcks
 from pushgate.backends.broker import (
     BrokerHandler,
     ChannelEvent,
@@ -71,6 +72,8 @@ class MemoryBroker:
     ``idempotency_window`` is how long publish idempotency keys are remembered;
     ``sweep_interval`` is how often expired history and keys are freed (the sweep task runs
     between :meth:`start` and :meth:`close`; without it expiry still happens on access).
+    Acknowledged positions (:meth:`ack`) are kept for at most ``history_max_channels`` streams,
+    the least recently acked forgotten first.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class MemoryBroker:
             self._epoch, max_channels=history_max_channels, max_bytes=history_max_bytes, pinned=self._channels
         )
         self._recent = RecentKeys(idempotency_window)
+        self._acks = MemoryAcks(max_streams=history_max_channels)
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
         self._publish_only = False
@@ -118,6 +122,11 @@ class MemoryBroker:
     @property
     def idempotency_keys(self) -> int:
         return len(self._recent)
+
+    @property
+    def acked_streams(self) -> int:
+        """Streams with a stored acknowledged position; <= history_max_channels."""
+        return len(self._acks)
 
     @property
     def healthy(self) -> bool:
@@ -152,6 +161,7 @@ class MemoryBroker:
                 while history.sweep(time.monotonic()):
                     await asyncio.sleep(0)
                 self._recent.sweep(time.monotonic())
+                self._acks.sweep(time.monotonic())
                 if high - history.bytes >= _TRIM_AFTER and _give_back_memory():
                     high = history.bytes
             except Exception:  # a bug here must not end expiry for the life of the process
@@ -226,6 +236,15 @@ class MemoryBroker:
         self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
     ) -> HistoryResult:
         return self._history.read(channel, since, limit, time.monotonic())  # reading creates nothing
+
+    async def ack(self, stream: str, position: StreamPosition, ttl: float) -> StreamPosition:
+        """The rules of :meth:`pushgate.backends.broker.Broker.ack`; the current position is
+        the stream's position in this broker's history (creating nothing)."""
+        current = self._history.position(stream)
+        return self._acks.ack(stream, current, position, ttl, time.monotonic())
+
+    async def acked(self, stream: str) -> StreamPosition | None:
+        return self._acks.get(stream, time.monotonic())
 
     def _require_handler(self) -> None:
         if self._publish_only:

@@ -6,6 +6,7 @@ suite runs over both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +64,14 @@ class PresenceStore(Protocol):
     async def presence(self, channel: str) -> ChannelPresence: ...
 
     async def online(self) -> OnlineCounts: ...
+
+    async def user_connections(self, users: Sequence[str]) -> dict[str, int]:
+        """How many connections each of ``users`` has right now, on all live nodes.
+
+        Every requested user is a key (0 when not connected; duplicates count once). What
+        ``/api/send`` reports as reached live; like the rest of presence, a dead node's
+        connections stop counting as soon as its heartbeat lapses."""
+        ...
 
     async def nodes(self) -> list[str]:
         """Ids of live nodes, sorted."""

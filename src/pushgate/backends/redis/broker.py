@@ -120,6 +120,7 @@ class RedisBroker:
         self._client: RedisClient | None = None
         self._publish_script: AsyncScript | None = None
         self._history_script: AsyncScript | None = None
+        self._ack_script: AsyncScript | None = None
         self._handler: BrokerHandler | None = None
         self._routes: dict[bytes, tuple[int, str]] = {}
         self._links: LinkPool | None = None
@@ -156,6 +157,7 @@ class RedisBroker:
         client = self._client = self._conn.acquire()
         self._publish_script = client.register_script(scripts.PUBLISH)
         self._history_script = client.register_script(scripts.HISTORY)
+        self._ack_script = client.register_script(scripts.ACK)
         if isinstance(client, RedisCluster):
             try:
                 await self._initialize(client)
@@ -382,6 +384,33 @@ class RedisBroker:
 
     async def position(self, channel: str) -> StreamPosition:
         return (await self.history(channel, limit=0)).position
+
+    # --- acknowledged positions --------------------------------------------------------------
+
+    @translate_errors
+    async def ack(self, stream: str, position: StreamPosition, ttl: float) -> StreamPosition:
+        """The rules of :meth:`pushgate.backends.broker.Broker.ack`, in one script (``ACK``) on
+        the stream's slot: reading the epoch and offset and the compare-and-set of ``P:ack:{stream}``
+        are one step, so two nodes acking at once cannot move it back."""
+        epoch, offset = await self._script(self._ack_script)(
+            keys=[self._keys.meta(stream), self._keys.history(stream), self._keys.ack(stream)],
+            args=[
+                secrets.token_hex(8),
+                self._meta_ttl_ms,
+                position.epoch,
+                max(0, position.offset),
+                millis(ttl) if ttl > 0 else 0,
+            ],
+        )
+        return StreamPosition(epoch.decode(), int(offset))
+
+    @translate_errors
+    async def acked(self, stream: str) -> StreamPosition | None:
+        raw: bytes | None = await self._require_client().execute_command("GET", self._keys.ack(stream))
+        if raw is None:
+            return None
+        offset, _, epoch = raw.decode().partition(":")
+        return StreamPosition(epoch, int(offset))
 
     # --- incoming -----------------------------------------------------------------------------
 

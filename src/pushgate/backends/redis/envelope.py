@@ -5,6 +5,12 @@ publish script inside Redis and parsed by the broker's ``_on_message`` with one 
 raw JSON ``data`` passes through without re-encoding. Events are ``b"J"``/``b"L"`` +
 (``b"="`` + user | ``b""``) on the channel's topic. User messages are one msgpack array,
 encoded once for all recipients; broadcast payloads are the raw data itself.
+
+A user message of kind ``ack`` is checked when decoded (its data must be a position, see
+:func:`pushgate.backends.broker.parse_ack`), so the node never sees a malformed one: a decode
+error makes the broker drop it like any invalid message. A node of an older version that does
+not know ``ack`` drops it the same way (and counts it), which is harmless: acks are
+notifications, the acknowledged position itself is kept in Redis.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from pushgate.backends.broker import ChannelEvent, UserMessage
+from pushgate.backends.broker import ChannelEvent, UserMessage, parse_ack
 
 __all__ = [
     "PUBLICATION_TAG",
@@ -54,7 +60,7 @@ def decode_event(channel: str, payload: bytes) -> ChannelEvent | None:
 
 
 class _UserEnvelope(msgspec.Struct, array_like=True):
-    kind: Literal["direct", "disconnect"]
+    kind: Literal["direct", "disconnect", "ack"]
     sender: str | None
     data: bytes
     code: int
@@ -70,5 +76,8 @@ def encode_user_message(message: UserMessage) -> bytes:
 
 
 def decode_user_message(payload: bytes) -> UserMessage:
+    """ValueError (msgspec.DecodeError is one) when the payload is not a valid user message."""
     env = _user_decoder.decode(payload)
+    if env.kind == "ack":
+        parse_ack(env.data)  # only acks pay for this check
     return UserMessage(kind=env.kind, sender=env.sender, data=env.data, code=env.code, reason=env.reason)

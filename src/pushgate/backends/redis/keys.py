@@ -7,6 +7,7 @@ Lua script touches lives in one slot)::
     P:h:{ch}            channel history list (raw JSON data, oldest first)
     P:c:{ch}            channel pub/sub topic (publications and join/leave events)
     P:idem:{ch}:key     publish idempotency key: "offset:epoch" of the first publish, PX = window
+    P:ack:{ch}          acknowledged position of a stream: "offset:epoch", PX = the ack's ttl
     P:u:{user}          user pub/sub topic (direct messages, disconnects)
     P:b                 broadcast topic, every node subscribes
     P:nodes             set of registered node ids
@@ -17,6 +18,11 @@ Lua script touches lives in one slot)::
     P:pres:{ch}:id      hash conn_id -> encoded user: node ``id``'s members of channel ``ch``
     P:lease:{name}      leader lease, value = holder
     P:once:{key}        once-per-tick claim
+
+User streams are channels named ``!u:<user>`` (:mod:`pushgate.names`), so their keys are
+``P:m:{!u:alice}``, ``P:h:{!u:alice}``, ``P:c:{!u:alice}``, ``P:ack:{!u:alice}``: ``!`` needs no
+quoting and is an ordinary hash-tag character. ``P:u:{alice}`` stays the user's *topic* (direct
+messages before user streams, disconnects, ack notifications), a different key.
 
 The prefix itself must not contain ``{`` or ``}``: a brace in it would become the hash tag of
 every key and put the whole deployment in one slot (configuration refuses such a prefix).
@@ -59,6 +65,10 @@ class Keys:
     def idempotency(self, channel: str, key: str) -> str:
         """The channel's hash tag first, so the publish script can touch it on the same shard."""
         return f"{self.prefix}:idem:{{{hash_tag(channel)}}}:{key}"
+
+    def ack(self, stream: str) -> str:
+        """In the stream's slot, so the ack script reads the meta hash and writes this atomically."""
+        return f"{self.prefix}:ack:{{{hash_tag(stream)}}}"
 
     def channel_topic(self, channel: str) -> bytes:
         return f"{self.prefix}:c:{{{hash_tag(channel)}}}".encode()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -34,6 +34,9 @@ from pushgate.backends.redis.keys import Keys
 __all__ = ["RedisPresenceStore"]
 
 log = logging.getLogger(__name__)
+
+_HMGET_CHUNK = 1000
+"""Users asked of one node's hash per HMGET: keeps each command's reply bounded."""
 
 
 class RedisPresenceStore:
@@ -197,6 +200,36 @@ class RedisPresenceStore:
             all_users.update(users)
             nodes[node] = NodeInfo(node=node, connections=conns, users=len(users))
         return OnlineCounts(connections=total, users=len(all_users), nodes=nodes)
+
+    @translate_errors
+    async def user_connections(self, users: Sequence[str]) -> dict[str, int]:
+        """Two round trips whatever the number of nodes and users: the registered nodes, then
+        one pipeline asking each node whether it is alive and reading its ``users`` hash with
+        HMGET (at most ``_HMGET_CHUNK`` fields per command); a node that is not alive is left
+        out of the sum, so a dead node's users stop counting at once, as in :meth:`presence`."""
+        wanted = list(dict.fromkeys(users))
+        counts = dict.fromkeys(wanted, 0)
+        if not wanted:
+            return counts
+        registered = await self._registered()
+        if not registered:
+            return counts
+        chunks = [wanted[i : i + _HMGET_CHUNK] for i in range(0, len(wanted), _HMGET_CHUNK)]
+        pipe = self._require().pipeline(transaction=False)
+        for node in registered:
+            pipe.execute_command("EXISTS", self._keys.alive(node))
+            for chunk in chunks:
+                pipe.execute_command("HMGET", self._keys.node_users(node), *chunk)
+        results: list[Any] = await pipe.execute()
+        step = 1 + len(chunks)
+        for i in range(len(registered)):
+            if not results[i * step]:
+                continue  # not alive: its entries do not count
+            for chunk, values in zip(chunks, results[i * step + 1 : (i + 1) * step], strict=True):
+                for user, value in zip(chunk, values, strict=True):
+                    if value is not None:
+                        counts[user] += max(0, int(value))
+        return counts
 
     @translate_errors
     async def nodes(self) -> list[str]:

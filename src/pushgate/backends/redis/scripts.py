@@ -11,7 +11,7 @@ a reader must see the meta hash and the list at the same instant.
 
 from __future__ import annotations
 
-__all__ = ["HISTORY", "LEASE_ACQUIRE", "LEASE_RELEASE", "PRESENCE_ADD", "PRESENCE_REMOVE", "PUBLISH"]
+__all__ = ["ACK", "HISTORY", "LEASE_ACQUIRE", "LEASE_RELEASE", "PRESENCE_ADD", "PRESENCE_REMOVE", "PUBLISH"]
 
 # KEYS: meta, history[, idempotency key]. ARGV: data, size, ttl ms, meta ttl ms, candidate epoch,
 # topic, publish cmd[, idempotency window ms]. Returns {epoch, offset}.
@@ -82,6 +82,39 @@ if limit >= 0 and first + limit - 1 < last then last = first + limit - 1 end
 local entries = {}
 if first <= last then entries = redis.call('LRANGE', KEYS[2], first, last) end
 return {epoch, offset, complete, oldest + first, entries}
+"""
+
+# The rules of Broker.ack (pushgate/backends/broker.py; Python copy: ack_memory.apply_ack), atomic
+# with reading the stream's epoch and offset. KEYS: meta, history, ack. ARGV: candidate epoch,
+# meta ttl ms, ack epoch, ack offset, ack ttl ms. Returns {epoch, acknowledged offset}.
+ACK = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local offset = 0
+if not epoch then  -- rules 2 and 8 of history: the current epoch is made as a read makes it
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+end
+local base = 0  -- a stored ack of an older epoch counts as none
+local stored = redis.call('GET', KEYS[3])
+if stored then
+  local sep = string.find(stored, ':', 1, true)
+  if sep and string.sub(stored, sep + 1) == epoch then base = tonumber(string.sub(stored, 1, sep - 1)) or 0 end
+end
+if ARGV[3] ~= epoch then return {epoch, base} end  -- another epoch: ignored
+local acked = tonumber(ARGV[4])
+if acked > offset then acked = offset end  -- clamped to what was published
+if acked < base then acked = base end  -- only forward
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('SET', KEYS[3], acked .. ':' .. epoch, 'PX', ttl)
+else
+  redis.call('DEL', KEYS[3])
+end
+return {epoch, acked}
 """
 
 # KEYS: node conns, node users. ARGV: conn id, encoded user. Counts a user once per connection.
