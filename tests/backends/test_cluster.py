@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
@@ -27,11 +28,17 @@ async def _owner_port(cluster: ValkeyCluster, topic: bytes) -> int:
     raise AssertionError(f"slot {slot} not covered")
 
 
-async def test_sharded_pubsub_on_owning_shard(cluster_backend: Backend, valkey_cluster: ValkeyCluster) -> None:
-    broker, _ = await cluster_backend.broker()
-    await broker.subscribe("news")
-    topic = cluster_backend.keys.channel_topic("news")
+@pytest.mark.parametrize("channel", ["news", "!u:alice"])  # a channel, and a user's stream
+async def test_sharded_pubsub_on_owning_shard(
+    cluster_backend: Backend, valkey_cluster: ValkeyCluster, channel: str
+) -> None:
+    broker, rec = await cluster_backend.broker()
+    await broker.subscribe(channel)
+    topic = cluster_backend.keys.channel_topic(channel)
     owner = await _owner_port(valkey_cluster, topic)
+    pos = await broker.publish(channel, b"1", OPTS)  # SPUBLISH from the script, on that shard
+    got = await rec.next()
+    assert (got.channel, got.offset) == (channel, pos.offset)
     for port in valkey_cluster.ports:
         client = Redis(port=port)
         try:
