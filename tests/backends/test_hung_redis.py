@@ -68,6 +68,9 @@ async def test_every_call_fails_within_broker_timeout_then_recovers(own_redis: R
                 "broadcast": lambda: broker.broadcast(b"1"),
                 "presence.add_connection": lambda: presence.add_connection("n1-a", "alice"),
                 "presence.online": presence.online,
+                "ack": lambda: broker.ack("!u:alice", pos, 60),
+                "acked": lambda: broker.acked("!u:alice"),
+                "presence.user_connections": lambda: presence.user_connections(["alice"]),
                 "lease.claim_once": lambda: lease.claim_once("tick", 5),
             }
             # All at once (each timed on its own): a hung Redis must not make them queue up.
