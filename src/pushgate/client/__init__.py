@@ -12,6 +12,10 @@ It does in Python what the browser client ``/pushgate.js`` does (docs/protocol.m
 
     client.on("direct", lambda d: print(d.sender, d.data))   # or: async for ev in client.events("direct")
 
+* Direct messages follow the user's stream: each :class:`Direct` has a ``position``; the client
+  drops duplicates, passes ``user_since`` on every reconnect so missed ones are replayed, and
+  ``await client.ack(direct)`` (or ``auto_ack=True``) tells the server they were processed.
+
 * Stays connected: reconnects with exponential backoff and full jitter (:func:`backoff`) following
   the close-code table (:func:`close_code_action`); stops on 4500-4999, 1008 and refused handshakes.
 * Renews every subscription with ``since`` after a reconnect and de-duplicates by offset.
@@ -49,6 +53,7 @@ from ._events import (
     State,
     StateChange,
     Subscribed,
+    UserStream,
     Welcome,
 )
 from ._listeners import EventStream
@@ -82,6 +87,7 @@ __all__ = [
     "Subscription",
     "TokenSource",
     "UsageError",
+    "UserStream",
     "Welcome",
     "backoff",
     "close_code_action",

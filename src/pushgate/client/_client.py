@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
@@ -34,6 +35,7 @@ from ._errors import (
     UsageError,
 )
 from ._events import (
+    Direct,
     ErrorEvent,
     Message,
     Position,
@@ -51,6 +53,7 @@ from ._listeners import EventStream, Handler, Listeners, start_consumer
 from ._policy import Action, backoff, close_code_action
 from ._subscription import Subscription
 from ._token import refresh_delay, token_expiry
+from ._userstream import Acker, UserStreamPosition
 
 __all__ = ["Client", "TokenSource"]
 
@@ -77,6 +80,24 @@ class Client(Commands):
     * ``max_message_size``: larger commands fail locally with :class:`MessageTooBig` instead of
       getting the connection closed with 1009. ``heartbeat``: seconds between WebSocket pings from
       the client (``None``: rely on the server's pings) — set it to notice a dead network.
+    * ``now_jitter``: after a close that says "reconnect now" (1012 restart/drain, 4002) the first
+      attempt waits a random ``uniform(0, now_jitter)`` seconds (default 1 s; 0 = at once), so the
+      thousands of clients of a node that went away do not all arrive in the same millisecond.
+
+    **User stream** (direct messages, docs/protocol.md#user-streams-direct-messages-are-never-lost):
+    the client keeps the position of the last :class:`Direct` it handed to your listeners
+    (:attr:`user_position`), drops duplicates, and passes the position as ``user_since`` on every
+    reconnect so missed directs are replayed in order. ``user_since``: a position to start from
+    (one you persisted from ``direct.position`` or :attr:`user_position`); without one a fresh
+    client gets what the user has not acknowledged yet. Register ``on("direct", ...)`` (or an
+    :meth:`events` stream) **before** :meth:`connect`: a direct that no listener takes does not
+    move the position and is not acked, so it comes again on the next connection.
+
+    ``auto_ack``: ack each direct once it has been queued for every listener that wants it (not
+    once your code has processed it). That is at-least-once *up to your queue*: if the process
+    dies with directs still queued, they are acked but unprocessed, and a device that connects
+    without a position will not get them. When that matters, leave ``auto_ack`` off and
+    ``await client.ack(direct)`` after processing. Acks are coalesced either way (see :meth:`ack`).
 
     Reconnects forever following docs/protocol.md#close-codes; stops (becomes closed) on
     4500-4999, 1008 and refused handshakes (4xx). Commands issued while disconnected wait for the
@@ -97,8 +118,17 @@ class Client(Commands):
         queue_size: int = 10_000,
         max_message_size: int = 65_536,
         heartbeat: float | None = None,
+        user_since: Position | None = None,
+        auto_ack: bool = False,
+        now_jitter: float = 1.0,
     ) -> None:
         next(backoff(min_delay, max_delay))  # validate the window now, not on the first reconnect
+        if now_jitter < 0:
+            raise ValueError("now_jitter must be >= 0")
+        self._now_jitter = now_jitter
+        self._user_stream = UserStreamPosition(user_since)
+        self._auto_ack = auto_ack
+        self._acker = Acker(self._send_ack, self._spawn)
         self._url = ws_url(url, user)
         self._token = token
         self._min_delay, self._max_delay = min_delay, max_delay
@@ -136,6 +166,13 @@ class Client(Commands):
     def welcome(self) -> Welcome | None:
         """The last welcome (client id, user, node); ``None`` before the first connection."""
         return self._welcome
+
+    @property
+    def user_position(self) -> Position | None:
+        """The user-stream position of the last direct handed to your listeners (or the one the
+        server resynced to): what the next connection passes as ``user_since``. Persist it to
+        resume a fresh client with ``Client(..., user_since=...)``. ``None`` until known."""
+        return self._user_stream.position
 
     @property
     def close_code(self) -> int | None:
@@ -271,9 +308,10 @@ class Client(Commands):
                 if action is Action.STOP:
                     self._finish(code, reason)
                     break
-                delay = 0.0
                 if action is Action.NOW and not immediate_used:
                     immediate_used = True
+                    # "now", spread: a node's whole crowd of clients must not return in one burst
+                    delay = random.uniform(0.0, self._now_jitter) if self._now_jitter else 0.0
                 else:
                     delay = next(delays)
                 log.info("pushgate client: disconnected (%s %s), reconnecting in %.2fs", code, reason, delay)
@@ -294,7 +332,7 @@ class Client(Commands):
         if self._session is None:
             self._session = aiohttp.ClientSession()
         return await open_connection(self._session, self._url, token, timeout=self._request_timeout,
-                                     heartbeat=self._heartbeat)
+                                     heartbeat=self._heartbeat, user_since=self._user_stream.position)
 
     async def _serve(self, conn: Connection) -> tuple[int | None, str, float]:
         """Read frames until the socket closes; return (close code, reason, seconds welcomed)."""
@@ -359,7 +397,14 @@ class Client(Commands):
             if sub is not None and msg is not None:
                 await sub._deliver(msg)  # stragglers for channels we left are dropped
         elif kind == "welcome":
-            await self._on_welcome(conn, parse_welcome(obj))
+            await self._on_welcome(conn, parse_welcome(obj, conn.user_since))
+        elif kind == "direct":
+            await self._on_direct(obj)
+        elif kind == "resync" and obj.get("stream") == "user":
+            position = parse_position(obj)
+            if position is not None:
+                self._user_stream.resync(position)
+                await self._listeners.emit(Resync(None, position))
         elif kind == "resync":
             position = parse_position(obj)
             channel = obj.get("channel")
@@ -372,9 +417,27 @@ class Client(Commands):
             if event is not None:
                 await self._listeners.emit(event)
 
+    async def _on_direct(self, obj: dict[str, Any]) -> None:
+        """De-duplicate by user-stream position, hand to the listeners, then move the position
+        (and auto-ack) only if some listener took it."""
+        event = parse_push(obj)
+        if not isinstance(event, Direct):
+            return
+        position = event.position
+        if position is None:  # a server without user streams: nothing to track
+            await self._listeners.emit(event)
+            return
+        if not self._user_stream.is_new(position):
+            return  # a duplicate (a replay overlapping live traffic)
+        if await self._listeners.emit(event):
+            self._user_stream.delivered(position)
+            if self._auto_ack:
+                self._acker.ack_soon(position)
+
     async def _on_welcome(self, conn: Connection, welcome: Welcome) -> None:
         conn.welcomed, conn.connected_at = True, time.monotonic()
         self._welcome = welcome
+        self._user_stream.welcomed(welcome.stream)
         for sub in list(self._subs.values()):  # renew every subscription from its last position
             self._spawn(self._subscribe_on(conn, sub))
         self._schedule_refresh(conn)
@@ -449,7 +512,8 @@ class Client(Commands):
         """Call ``handler`` (plain or async) for each event of ``kind``, in order, outside the reader.
 
         Kinds: ``direct``, ``broadcast``, ``join``, ``leave``, ``welcome``, ``subscribed``, ``resync``,
-        ``error``, ``state``. Returns a function that removes the handler.
+        ``error``, ``state``. Returns a function that removes the handler. Register ``direct``
+        handlers before :meth:`connect` so the directs replayed after the welcome reach them.
         """
         listener = self._listeners.add(frozenset({kind}))
         self._track(start_consumer(listener.inbox, handler, f"{kind} handler"))
@@ -501,6 +565,30 @@ class Client(Commands):
             raise MessageTooBig(f"{command.get('type')} frame is {len(frame)} bytes, "
                                 f"the limit is {self._max_message_size}")
         return await conn.request(rid, frame, str(command.get("type")))
+
+    # -- user stream ------------------------------------------------------------------------------
+
+    async def ack(self, what: Direct | Position) -> Position:
+        """Acknowledge your user stream up to ``what`` (a :class:`Direct` or a position): the
+        server records, cluster-wide, that the user processed everything up to it, so a device
+        connecting without a position no longer gets it. Returns the server's acked position
+        (acks only move forward; an ack of a stale epoch is answered with the stored position).
+
+        Coalesced: at most one ``ack`` is in flight per client; positions acked meanwhile wait
+        and go out as one ack for the highest of them when the reply arrives. Raises like any
+        command (:class:`Disconnected`: the ack may or may not have been recorded; ack again).
+        """
+        position = what.position if isinstance(what, Direct) else what
+        if position is None:
+            raise UsageError("this direct message has no user-stream position (the server is too old)")
+        return await self._acker.ack(position)
+
+    async def _send_ack(self, position: Position) -> Position:
+        reply = await self.request({"type": "ack", "epoch": position.epoch, "offset": position.offset})
+        acked = parse_position(reply)
+        if acked is None:
+            raise RequestError("bad_reply", f"ack reply without a position: {reply}", reply)
+        return acked
 
     # -- subscriptions ----------------------------------------------------------------------------
 

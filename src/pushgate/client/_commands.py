@@ -37,11 +37,25 @@ class Commands:
             raise RequestError("bad_reply", f"publish reply without a position: {reply}", reply)
         return position
 
-    async def send(self, users: str | Iterable[str], data: Any) -> None:
+    async def send(self, users: str | Iterable[str], data: Any, *,
+                   idempotency_key: str | None = None) -> dict[str, Position]:
         """Send ``data`` to every connection of each user; they get a :class:`Direct` from you.
-        Offline users are not an error: direct messages are not stored."""
+
+        Returns, per user, the message's position in that user's stream (empty from servers
+        without user streams). Offline users are not an error: the message waits in their stream
+        within retention. ``idempotency_key`` makes a retry after :class:`Disconnected` safe: the
+        server applies the same key once per recipient within its ``idempotency_window``.
+        """
         to = [users] if isinstance(users, str) else list(users)
-        await self.request({"type": "send", "to": to, "data": data})
+        cmd: dict[str, Any] = {"type": "send", "to": to, "data": data}
+        if idempotency_key is not None:
+            cmd["idempotency_key"] = idempotency_key
+        reply = await self.request(cmd)
+        positions = reply.get("positions")
+        if not isinstance(positions, dict):
+            return {}
+        return {user: pos for user, value in positions.items()
+                if isinstance(user, str) and isinstance(value, dict) and (pos := parse_position(value)) is not None}
 
     async def presence(self, channel: str) -> PresenceInfo:
         """Who is subscribed to ``channel`` across the cluster (you need not be subscribed)."""

@@ -17,7 +17,9 @@ import aiohttp
 import yarl
 
 from ._errors import Disconnected, HandshakeError, RequestError
+from ._events import Position
 from ._policy import handshake_is_fatal
+from ._userstream import format_since
 
 __all__ = ["Connection", "Retry", "TokenSource", "open_connection", "ws_url"]
 
@@ -36,6 +38,7 @@ class Connection:
     dead: bool = False
     connected_at: float = 0.0
     token: str | None = None  # the token this socket authenticated with (or last refreshed to)
+    user_since: Position | None = None  # the user-stream position passed in this handshake
     refresh_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -96,10 +99,17 @@ async def resolve_token(token: TokenSource) -> str | None:
 
 
 async def open_connection(session: aiohttp.ClientSession, url: yarl.URL, token: str | None, *,
-                          timeout: float, heartbeat: float | None) -> Connection:
-    """Open the socket. Raises :class:`HandshakeError` (fatal) or :class:`Retry` (back off)."""
+                          timeout: float, heartbeat: float | None,
+                          user_since: Position | None = None) -> Connection:
+    """Open the socket. Raises :class:`HandshakeError` (fatal) or :class:`Retry` (back off).
+
+    ``user_since`` goes in the query as ``<epoch>:<offset>``: the server replays the user's direct
+    messages after it (docs/protocol.md#user-streams-direct-messages-are-never-lost).
+    """
     # A header, unlike ?token=, keeps the credential out of proxy and server access logs.
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if user_since is not None:
+        url = url.update_query(user_since=format_since(user_since))
     try:
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(url, headers=headers, heartbeat=heartbeat, autoping=True)
@@ -109,7 +119,7 @@ async def open_connection(session: aiohttp.ClientSession, url: yarl.URL, token: 
         raise Retry(f"handshake refused with HTTP {exc.status}") from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise Retry(f"cannot connect: {exc!r}") from exc
-    return Connection(ws, token=token)
+    return Connection(ws, token=token, user_since=user_since)
 
 
 def ws_url(url: str, user: str | None) -> yarl.URL:

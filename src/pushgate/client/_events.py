@@ -25,6 +25,7 @@ __all__ = [
     "State",
     "StateChange",
     "Subscribed",
+    "UserStream",
     "Welcome",
 ]
 
@@ -64,22 +65,62 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class UserStream:
+    """The state of your user's stream at connect time (``welcome.stream``; named users only).
+
+    ``position`` is the stream's head (the newest message's offset; the missed messages follow
+    the welcome). ``recovered`` is the server's flag: false when it cannot prove it delivers
+    everything after the position the client passed. ``since`` is the position the client passed
+    as ``user_since`` on this connection (``None``: none, so the server sends what the user has not
+    acknowledged yet).
+    """
+
+    position: Position
+    recovered: bool
+    since: Position | None = None
+
+    @property
+    def maybe_missed(self) -> bool:
+        """True when the client passed a position and the server could not recover from it:
+        direct messages may have been missed (trimmed by retention, or history was lost): reload
+        what you derive from them. Messages the server still keeps are delivered anyway."""
+        return self.since is not None and not self.recovered
+
+
+@dataclass(frozen=True, slots=True)
 class Welcome:
-    """Sent by the server once per connection; ``client`` is new on every (re)connect."""
+    """Sent by the server once per connection; ``client`` is new on every (re)connect.
+
+    ``stream`` is your user stream's state (``None`` for anonymous connections and older servers).
+    """
 
     kind: ClassVar[str] = "welcome"
     client: str
     user: str | None
     node: str
+    stream: UserStream | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Direct:
-    """A message sent to your user. ``sender`` is stamped by the server (``None``: server/HTTP API)."""
+    """A message sent to your user. ``sender`` is stamped by the server (``None``: server/HTTP API).
+
+    ``offset``/``epoch`` place it in your user's stream (``None`` from servers without user
+    streams); pass it to :meth:`Client.ack` once processed.
+    """
 
     kind: ClassVar[str] = "direct"
     sender: str | None
     data: Any
+    offset: int | None = None
+    epoch: str | None = None
+
+    @property
+    def position(self) -> Position | None:
+        """Where this message sits in your user stream; persist it and pass it as ``user_since``."""
+        if self.offset is None or self.epoch is None:
+            return None
+        return Position(self.epoch, self.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +167,22 @@ class Subscribed:
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """The server could not keep a subscribed channel's stream whole (its history lost what this
-    node missed, e.g. after a broker restart). The subscription stays and goes on from
-    ``position``; messages before it may have been missed: reload your state from elsewhere.
-    The connection stays open (no reconnect storm)."""
+    """The server could not keep a stream whole (its history lost what this node missed, e.g.
+    after a broker restart). The stream goes on from ``position``; messages before it may have
+    been missed: reload your state from elsewhere. The connection stays open (no reconnect storm).
+
+    ``channel`` names the subscribed channel, or is ``None`` for your *user* stream (direct
+    messages; :attr:`stream` is then ``"user"``), whose position moves the same way.
+    """
 
     kind: ClassVar[str] = "resync"
-    channel: str
+    channel: str | None
     position: Position
+
+    @property
+    def stream(self) -> str:
+        """``"user"`` for the user stream, ``"channel"`` for a channel subscription."""
+        return "user" if self.channel is None else "channel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +242,22 @@ def parse_message(obj: dict[str, Any]) -> Message | None:
     return Message(channel, obj.get("data"), position.offset, position.epoch)
 
 
-def parse_welcome(obj: dict[str, Any]) -> Welcome:
-    return Welcome(str(obj.get("client", "")), _opt_str(obj.get("user")), str(obj.get("node", "")))
+def parse_welcome(obj: dict[str, Any], since: Position | None = None) -> Welcome:
+    """The welcome frame; ``since`` is the ``user_since`` this connection passed."""
+    stream_obj = obj.get("stream")
+    stream = None
+    if isinstance(stream_obj, dict) and (head := parse_position(stream_obj)) is not None:
+        stream = UserStream(head, stream_obj.get("recovered") is True, since)
+    return Welcome(str(obj.get("client", "")), _opt_str(obj.get("user")), str(obj.get("node", "")), stream)
 
 
 def parse_push(obj: dict[str, Any]) -> Event | None:
     """A server push other than ``message``/``welcome``; ``None`` for unknown or malformed ones."""
     kind = obj.get("type")
     if kind == "direct":
-        return Direct(_opt_str(obj.get("from")), obj.get("data"))
+        position = parse_position(obj)  # None from servers without user streams: still delivered
+        return Direct(_opt_str(obj.get("from")), obj.get("data"),
+                      position.offset if position else None, position.epoch if position else None)
     if kind == "broadcast":
         return Broadcast(obj.get("data"))
     if kind in ("join", "leave"):

@@ -63,10 +63,15 @@ class Listeners:
             self._listeners.remove(listener)
         listener.inbox.end()
 
-    async def emit(self, event: Event) -> None:
+    async def emit(self, event: Event) -> int:
+        """Queue ``event`` for every listener that wants it; return how many took it (the client
+        moves its user-stream position only for directs that reached at least one)."""
+        taken = 0
         for listener in list(self._listeners):
             if listener.wants(event):
                 await listener.inbox.put(event)  # backpressure, as for subscriptions
+                taken += 0 if listener.inbox.ended else 1
+        return taken
 
     def end(self, last: StateChange, error: BaseException | None) -> None:
         """Deliver ``last`` where there is room (never block a shutdown), then end every stream."""

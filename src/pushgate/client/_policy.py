@@ -19,7 +19,7 @@ __all__ = ["Action", "backoff", "close_code_action", "handshake_is_fatal"]
 class Action(StrEnum):
     """What to do after a connection ended (same names as ``Pushgate.closeCodeAction`` in JS)."""
 
-    NOW = "now"  # reconnect without delay (once per healthy period, then back off)
+    NOW = "now"  # reconnect after a short random delay (``now_jitter``; once per healthy period, then back off)
     BACKOFF = "backoff"  # reconnect after the next backoff delay
     STOP = "stop"  # do not reconnect: the client becomes closed
 
