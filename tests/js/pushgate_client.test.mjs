@@ -162,6 +162,197 @@ test('resync push: the subscription goes on from the new position, the app hears
   client.close();
 });
 
+// ------------------------------------------------------- user streams, against a scripted socket
+// The scripted socket plays the server exactly as docs/protocol.md writes it: a welcome with the
+// `stream` the test chooses from the handshake URL, pong for ping; every other command is recorded
+// in `sent` for the test to answer. This pins the client's own bookkeeping without a server.
+
+function scripted(streamFor) {
+  const sockets = [];
+  class ScriptedSocket {
+    constructor(url) {
+      this.url = url;
+      this.query = new URL(url).searchParams;
+      this.sent = [];
+      sockets.push(this);
+      const welcome = { type: 'welcome', client: 'c' + sockets.length, user: 'bob', node: 'n1' };
+      const stream = streamFor ? streamFor(this.query, sockets.length) : null;
+      if (stream) welcome.stream = stream;
+      setTimeout(() => this.push(welcome), 0);
+    }
+    push(frame) { if (this.onmessage) this.onmessage({ data: JSON.stringify(frame) }); }
+    send(text) {
+      const cmd = JSON.parse(text);
+      if (cmd.type === 'ping') setTimeout(() => this.push({ id: cmd.id, type: 'pong' }), 0);
+      else this.sent.push(cmd);
+    }
+    reply(cmd, fields) { this.push(Object.assign({ id: cmd.id, type: 'ok' }, fields || {})); }
+    /** The server closes with `code`. */
+    drop(code) { const h = this.onclose; this.onmessage = null; if (h) h({ code, reason: 'scripted' }); }
+    close() {}
+  }
+  return { sockets, ScriptedSocket };
+}
+
+function scriptedClient(script, extra = {}) {
+  const client = new Pushgate.Client('ws://scripted.invalid/ws', Object.assign({ user: 'bob',
+    WebSocket: script.ScriptedSocket, minDelay: 10, maxDelay: 50, nowJitter: 10, requestTimeout: 2000 }, extra));
+  clients.push(client);
+  return client;
+}
+
+const direct = (offset, epoch = 'e1') => ({ type: 'direct', from: 'alice', data: offset, offset, epoch });
+
+test('directs: positions, duplicates dropped, a new epoch starts a new sequence', async (t) => {
+  t.after(closeAll);
+  const script = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const client = scriptedClient(script);
+  const got = [];
+  client.on('direct', (m) => got.push([m.epoch, m.offset]));
+  await waitFor(() => client.state === 'connected', 'welcome', 2000);
+  const ws = script.sockets[0];
+  assert.equal(ws.query.get('user_since'), null);
+  for (const f of [direct(1), direct(2), direct(2), direct(1), direct(3)]) ws.push(f);
+  ws.push({ type: 'direct', from: null, data: 'old server' });  // no position: delivered as is
+  ws.push(direct(1, 'e2'));
+  assert.deepEqual(got, [['e1', 1], ['e1', 2], ['e1', 3], [undefined, undefined], ['e2', 1]]);
+  assert.deepEqual(client.userPosition(), { epoch: 'e2', offset: 1 });
+});
+
+test('user_since on every handshake; the welcome says whether the stream was recovered', async (t) => {
+  t.after(closeAll);
+  const heads = [['e1', 7, true], ['e1', 8, true], ['e2', 3, false], ['e2', 3, true]];
+  const script = scripted((q, n) => ({ epoch: heads[n - 1][0], offset: heads[n - 1][1], recovered: heads[n - 1][2] }));
+  const client = scriptedClient(script, { userSince: { epoch: 'e1', offset: 5 } });
+  const got = [];
+  const welcomes = [];
+  client.on('direct', (m) => got.push(m.epoch + ':' + m.offset));
+  client.on('welcome', (w) => welcomes.push(w));
+  await waitFor(() => welcomes.length === 1, 'welcome', 2000);
+  let ws = script.sockets[0];
+  assert.equal(ws.query.get('user_since'), 'e1:5');
+  assert.deepEqual(welcomes[0].userSince, { epoch: 'e1', offset: 5 });
+  assert.equal(welcomes[0].maybeMissed, false);
+  ws.push(direct(6));
+  ws.push(direct(7));
+
+  ws.drop(1012);
+  await waitFor(() => welcomes.length === 2, 'second welcome', 2000);
+  ws = script.sockets[1];
+  assert.equal(ws.query.get('user_since'), 'e1:7');
+  assert.equal(welcomes[1].maybeMissed, false);
+  ws.push(direct(7));  // the replay overlaps: dropped
+  ws.push(direct(8));
+
+  ws.drop(4000);
+  await waitFor(() => welcomes.length === 3, 'third welcome', 2000);
+  ws = script.sockets[2];
+  assert.equal(ws.query.get('user_since'), 'e1:8');
+  assert.equal(welcomes[2].maybeMissed, true);  // history lost: tell the app
+  assert.deepEqual(client.userPosition(), { epoch: 'e2', offset: 0 });
+  ws.push(direct(2, 'e2'));
+  ws.push(direct(3, 'e2'));
+
+  ws.drop(4000);
+  await waitFor(() => welcomes.length === 4, 'fourth welcome', 2000);
+  assert.equal(script.sockets[3].query.get('user_since'), 'e2:3');
+  assert.deepEqual(got, ['e1:6', 'e1:7', 'e1:8', 'e2:2', 'e2:3']);
+});
+
+test('a direct that no handler takes does not move the position', async (t) => {
+  t.after(closeAll);
+  const script = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const client = scriptedClient(script, { autoAck: true });
+  await waitFor(() => client.state === 'connected', 'welcome', 2000);
+  script.sockets[0].push(direct(1));
+  await client.ping();
+  assert.equal(client.userPosition(), null);
+  assert.deepEqual(script.sockets[0].sent, []);
+});
+
+test('user-stream resync moves the position and emits the frame', async (t) => {
+  t.after(closeAll);
+  const script = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const client = scriptedClient(script);
+  const got = [];
+  const resyncs = [];
+  client.on('direct', (m) => got.push(m.epoch + ':' + m.offset));
+  client.on('resync', (r) => resyncs.push(r));
+  await waitFor(() => client.state === 'connected', 'welcome', 2000);
+  const ws = script.sockets[0];
+  ws.push(direct(1));
+  ws.push({ type: 'resync', stream: 'user', epoch: 'e3', offset: 10 });
+  ws.push(direct(10, 'e3'));
+  ws.push(direct(11, 'e3'));
+  assert.deepEqual(got, ['e1:1', 'e3:11']);
+  assert.deepEqual(resyncs.map((r) => [r.stream, r.epoch, r.offset]), [['user', 'e3', 10]]);
+  assert.deepEqual(client.userPosition(), { epoch: 'e3', offset: 11 });
+  assert.equal(script.sockets.length, 1);
+});
+
+test('acks are coalesced: one in flight, then one for the highest; autoAck acks taken directs', async (t) => {
+  t.after(closeAll);
+  const script = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const client = scriptedClient(script);
+  await waitFor(() => client.state === 'connected', 'welcome', 2000);
+  const ws = script.sockets[0];
+  const first = client.ack({ epoch: 'e1', offset: 1 });
+  const later = [client.ack({ epoch: 'e1', offset: 3 }), client.ack(direct(2))];
+  assert.deepEqual(ws.sent.map((c) => [c.type, c.epoch, c.offset]), [['ack', 'e1', 1]]);
+  ws.reply(ws.sent[0], { epoch: 'e1', offset: 1 });
+  assert.deepEqual(await first, { epoch: 'e1', offset: 1 });
+  assert.deepEqual(ws.sent.slice(1).map((c) => [c.type, c.offset]), [['ack', 3]]);
+  ws.reply(ws.sent[1], { epoch: 'e1', offset: 3 });
+  assert.deepEqual(await Promise.all(later), [{ epoch: 'e1', offset: 3 }, { epoch: 'e1', offset: 3 }]);
+  assert.equal(ws.sent.length, 2);
+  await assert.rejects(client.ack({ type: 'direct', data: 1 }), (err) => err.code === 'bad_request');
+
+  const autoScript = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const auto = scriptedClient(autoScript, { autoAck: true });
+  const taken = [];
+  auto.on('direct', (m) => taken.push(m.offset));
+  await waitFor(() => auto.state === 'connected', 'welcome', 2000);
+  const sock = autoScript.sockets[0];
+  for (const n of [1, 2, 3]) sock.push(direct(n));
+  assert.deepEqual(taken, [1, 2, 3]);
+  assert.deepEqual(sock.sent.map((c) => [c.type, c.offset]), [['ack', 1]]);  // one in flight
+  sock.reply(sock.sent[0], { epoch: 'e1', offset: 1 });
+  await waitFor(() => sock.sent.length === 2, 'the coalesced ack', 2000);
+  assert.deepEqual([sock.sent[1].type, sock.sent[1].offset], ['ack', 3]);
+});
+
+test('send carries idempotency_key and resolves with the positions', async (t) => {
+  t.after(closeAll);
+  const script = scripted(() => ({ epoch: 'e1', offset: 0, recovered: false }));
+  const client = scriptedClient(script);
+  await waitFor(() => client.state === 'connected', 'welcome', 2000);
+  const ws = script.sockets[0];
+  const sent = client.send(['bob', 'carol'], { hi: 1 }, { idempotencyKey: 'k-1' });
+  const cmd = ws.sent[0];
+  assert.deepEqual([cmd.type, cmd.to, cmd.data, cmd.idempotency_key], ['send', ['bob', 'carol'], { hi: 1 }, 'k-1']);
+  ws.reply(cmd, { positions: { bob: { epoch: 'b1', offset: 7 } } });
+  assert.deepEqual((await sent).positions, { bob: { epoch: 'b1', offset: 7 } });
+});
+
+test('reconnect "now" after 1012 waits a random delay within nowJitter', async (t) => {
+  t.after(closeAll);
+  const delays = [];
+  for (const nowJitter of [300, 300, 300, 0]) {
+    const script = scripted(null);
+    const states = [];
+    const client = scriptedClient(script, { nowJitter, onStateChange: (state, info) => states.push({ state, info }) });
+    await waitFor(() => client.state === 'connected', 'welcome', 2000);
+    script.sockets[0].drop(1012);
+    const disc = states.find((s) => s.state === 'disconnected');
+    assert.equal(disc.info.code, 1012);
+    assert.ok(disc.info.delay >= 0 && disc.info.delay <= nowJitter, String(disc.info.delay));
+    delays.push(disc.info.delay);
+    client.close();
+  }
+  assert.equal(delays[3], 0);
+  assert.ok(new Set(delays.slice(0, 3)).size > 1, 'jittered: ' + delays);
+});
+
 test('welcome carries client id, user and node', { skip }, async (t) => {
   t.after(closeAll);
   const user = uid('alice');
@@ -272,12 +463,13 @@ test('errors reject with the server code and keep the connection open', { skip }
   assert.equal(typeof (await client.ping()), 'number');
 });
 
-test('close 1012: reconnects at once and recovers what was published meanwhile', { skip }, async (t) => {
+test('close 1012: reconnects soon (within nowJitter) and recovers what was published meanwhile', { skip }, async (t) => {
   const proxy = await startProxy(new URL(BASE));
   t.after(() => { closeAll(); proxy.close(); });
   const channel = uid('recover');
   const states = [];
   const { client, welcome } = await connect(uid('carol'), {
+    nowJitter: 200,
     onStateChange: (state, info) => states.push({ state, code: info.code, delay: info.delay }),
   }, proxy.url);
   const got = [];
@@ -292,7 +484,7 @@ test('close 1012: reconnects at once and recovers what was published meanwhile',
   proxy.inject(1012);
   await waitFor(() => states.some((s) => s.state === 'disconnected' && s.code === 1012), 'close 1012');
   const disc = states.find((s) => s.state === 'disconnected');
-  assert.equal(disc.delay, 0, 'reconnect after 1012 must be immediate');
+  assert.ok(disc.delay >= 0 && disc.delay <= 200, 'reconnect after 1012 within nowJitter: ' + disc.delay);
   await waitFor(() => proxy.heldCount() === 1, 'the reconnect attempt', 2000);
 
   for (const n of [1, 2, 3]) await api('POST', '/api/publish', { channel, data: `missed ${n}` });

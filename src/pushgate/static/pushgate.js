@@ -7,6 +7,8 @@
  *   await client.subscribe('news', (msg) => console.log(msg.data, msg.offset));
  *   await client.publish('news', { text: 'hello' });
  *   client.on('direct', (msg) => console.log('from', msg.from, msg.data));
+ *   // direct messages follow the user's stream: replayed after reconnects, deduplicated;
+ *   // client.ack(msg) (or the autoAck option) records them as processed
  *
  * Protocol: docs/protocol.md. ES2017, no build step. Also loadable with require()
  * (CommonJS) and in any environment that has a global WebSocket.
@@ -45,6 +47,9 @@
   /** Reconnect window defaults (ms), the same as pushgate.backoff (0.5 s .. 20 s). */
   const DEFAULT_MIN_DELAY = 500;
   const DEFAULT_MAX_DELAY = 20000;
+  /** "Reconnect now" (1012, 4002) waits a random delay in [0, nowJitter] ms: a node's crowd of
+   *  clients must not come back to the survivors in the same millisecond. */
+  const DEFAULT_NOW_JITTER = 1000;
 
   /**
    * The one backoff policy of pushgate (src/pushgate/backoff.py has the reasoning): the delay
@@ -124,7 +129,7 @@
     const u = base ? new URL(url, base) : new URL(url);
     if (u.protocol === 'http:') u.protocol = 'ws:';
     else if (u.protocol === 'https:') u.protocol = 'wss:';
-    for (const key of Object.keys(params)) {
+    for (const key of Object.keys(params)) { // user_since '<epoch>:<offset>': ':' is fine in a query
       if (params[key] !== undefined && params[key] !== null && params[key] !== '') u.searchParams.set(key, params[key]);
     }
     return u.toString();
@@ -148,6 +153,13 @@
      * @param {number} [options.maxMessageSize=65536] frames larger than this are refused locally
      * @param {number} [options.pingInterval=0] if > 0, send a protocol ping this often (ms) and
      *   reconnect when no pong arrives within requestTimeout (browsers cannot see WS-level pings)
+     * @param {number} [options.nowJitter=1000] after a close that says "reconnect now" (1012, 4002)
+     *   the first attempt waits a random delay in [0, nowJitter] ms (0 = at once)
+     * @param {{epoch: string, offset: number}} [options.userSince] user-stream position to start
+     *   from (one persisted from userPosition() or a direct's {epoch, offset}); without it a fresh
+     *   client gets the direct messages its user has not acknowledged yet
+     * @param {boolean} [options.autoAck=false] ack each direct message once the 'direct' handlers
+     *   have returned (coalesced, see ack())
      * @param {boolean} [options.autoConnect=true]
      * @param {function} [options.WebSocket] WebSocket constructor to use instead of the global one
      */
@@ -155,7 +167,7 @@
       const o = options || {};
       this.url = url;
       this.options = Object.assign({ minDelay: DEFAULT_MIN_DELAY, maxDelay: DEFAULT_MAX_DELAY, requestTimeout: 10000,
-        maxMessageSize: 65536, pingInterval: 0, autoConnect: true }, o);
+        maxMessageSize: 65536, pingInterval: 0, nowJitter: DEFAULT_NOW_JITTER, autoAck: false, autoConnect: true }, o);
       /** @type {string} one of Pushgate.STATES */
       this.state = STATES.DISCONNECTED;
       /** Data from the last welcome frame. */
@@ -177,6 +189,12 @@
       this._immediateUsed = false; // one "reconnect now" per healthy period, then backoff
       this._gen = 0; // bumped by connect()/close() so a stale token await cannot open a socket
       this._closed = false;
+      // The user stream: position of the last direct handed to the 'direct' handlers (dedupe and
+      // the handshake's user_since); the user_since of the current connection; coalesced acks.
+      const since = o.userSince;
+      this._userPos = since && typeof since.offset === 'number' ? { epoch: since.epoch, offset: since.offset } : null;
+      this._connSince = null;
+      this._acks = { target: null, targetWaiters: [], inflight: null, inflightWaiters: [] };
       if (this.options.autoConnect) this.connect();
     }
 
@@ -184,8 +202,12 @@
 
     /**
      * Listen for an event: 'message' (every publication), 'direct', 'broadcast', 'join', 'leave',
-     * 'welcome', 'state', 'subscribed' ({channel, recovered, epoch, offset, resubscribe}),
-     * 'resync' ({channel, epoch, offset}: messages before it may be lost; reload), 'error'.
+     * 'welcome' (the frame, plus userSince: the position this connection passed or null, and
+     * maybeMissed: true when it passed one and stream.recovered is false), 'state',
+     * 'subscribed' ({channel, recovered, epoch, offset, resubscribe}), 'resync' ({channel, epoch,
+     * offset}, or {stream: 'user', epoch, offset} for the user stream: messages before it may be
+     * lost; reload), 'error'. A direct that no 'direct' handler takes does not move userPosition()
+     * and is not acked: register 'direct' handlers before the client connects.
      * @returns {function()} call it to remove the listener
      */
     on(type, fn) {
@@ -240,7 +262,10 @@
       if (!WS) throw new Error('Pushgate: no WebSocket implementation available');
       let ws;
       try {
-        ws = new WS(buildUrl(this.url, { user: this.options.user, token: token }));
+        const pos = this._userPos;
+        this._connSince = pos ? { epoch: pos.epoch, offset: pos.offset } : null;
+        ws = new WS(buildUrl(this.url, { user: this.options.user, token: token,
+          user_since: pos ? pos.epoch + ':' + pos.offset : undefined }));
       } catch (err) {
         this._scheduleReconnect(1006, String(err));
         return;
@@ -308,9 +333,10 @@
     _scheduleReconnect(code, reason, immediate) {
       if (this._closed) return;
       this._ws = null;
-      let delay = 0;
+      let delay;
       if (immediate && !this._immediateUsed) {
         this._immediateUsed = true; // a server closing with 1012/4002 again soon gets backoff
+        delay = Math.round(Math.random() * Math.max(0, this.options.nowJitter || 0)); // "now", spread out
       } else {
         delay = backoffDelay(this._attempts, this.options.minDelay, this.options.maxDelay);
         this._attempts += 1;
@@ -325,6 +351,15 @@
       this.userId = frame.user === undefined ? null : frame.user;
       this.node = frame.node;
       this._connectedAt = Date.now();
+      const since = this._connSince;
+      frame.userSince = since;
+      frame.maybeMissed = !!(since && frame.stream && frame.stream.recovered !== true);
+      // The head is not taken as the position (the replay that follows moves it), except for a
+      // new epoch: history was lost, so ask for the new epoch from its start next time.
+      const st = frame.stream;
+      if (st && this._userPos && typeof st.epoch === 'string' && st.epoch !== this._userPos.epoch) {
+        this._userPos = { epoch: st.epoch, offset: 0 };
+      }
       this._setState(STATES.CONNECTED);
       if (this.options.onWelcome) {
         try { this.options.onWelcome(frame); } catch (err) { setTimeout(() => { throw err; }, 0); }
@@ -390,8 +425,9 @@
       switch (msg.type) {
         case 'welcome': this._onWelcome(msg); break;
         case 'message': this._onPublication(msg); break;
-        case 'resync': this._onResync(msg); break;
-        case 'direct': case 'broadcast': case 'join': case 'leave': case 'error':
+        case 'resync': if (msg.stream === 'user') this._onUserResync(msg); else this._onResync(msg); break;
+        case 'direct': this._onDirect(msg); break;
+        case 'broadcast': case 'join': case 'leave': case 'error':
           this._emit(msg.type, msg); break;
         default: break; // unknown push types are ignored for forward compatibility
       }
@@ -408,6 +444,26 @@
       sub.epoch = sub.seenEpoch = msg.epoch;
       sub.offset = sub.seenOffset = msg.offset;
       this._emit('resync', msg);
+    }
+
+    /** The user stream goes on from {epoch, offset} (what came before may be lost). */
+    _onUserResync(msg) {
+      if (typeof msg.offset !== 'number' || typeof msg.epoch !== 'string') return;
+      this._userPos = { epoch: msg.epoch, offset: msg.offset };
+      this._emit('resync', msg);
+    }
+
+    /** A direct message: drop duplicates by user-stream position, hand it to the handlers, then
+     *  move the position (and auto-ack) if some handler took it. */
+    _onDirect(msg) {
+      const positioned = typeof msg.offset === 'number' && typeof msg.epoch === 'string';
+      const pos = this._userPos;
+      if (positioned && pos && pos.epoch === msg.epoch && msg.offset <= pos.offset) return; // duplicate
+      const taken = (this._handlers.direct || []).length > 0;
+      this._emit('direct', msg);
+      if (!positioned || !taken) return; // an older server without user streams, or nobody listening
+      this._userPos = { epoch: msg.epoch, offset: msg.offset };
+      if (this.options.autoAck) this._wantAck(this._userPos, null);
     }
 
     _onPublication(msg) {
@@ -559,10 +615,72 @@
       return this.request(cmd);
     }
 
-    /** Send data to every connection of each named user; they get {type:'direct', from, data}. */
-    send(users, data) {
-      return this.request({ type: 'send', to: Array.isArray(users) ? users : [users],
-        data: data === undefined ? null : data });
+    /**
+     * Send data to every connection of each named user; they get {type:'direct', from, data,
+     * offset, epoch}. Resolves with the reply: positions {user: {epoch, offset}} in each user's
+     * stream. Options: {idempotencyKey} makes a retry safe (applied once per recipient).
+     */
+    send(users, data, options) {
+      const cmd = { type: 'send', to: Array.isArray(users) ? users : [users], data: data === undefined ? null : data };
+      if (options && options.idempotencyKey) cmd.idempotency_key = options.idempotencyKey;
+      return this.request(cmd);
+    }
+
+    /** The user-stream position of the last direct handed to the 'direct' handlers (or resynced
+     *  to): {epoch, offset} or null. Persist it and pass it as the userSince option later. */
+    userPosition() {
+      return this._userPos ? { epoch: this._userPos.epoch, offset: this._userPos.offset } : null;
+    }
+
+    /**
+     * Acknowledge the user stream up to a direct message or an {epoch, offset}: the server records
+     * that the user processed everything up to it, so a device connecting without a position no
+     * longer gets it. Resolves with the server's acked {epoch, offset}. Coalesced: at most one ack
+     * is in flight; acks asked for meanwhile go out as one, for the highest offset, after the reply.
+     * @param {{epoch: string, offset: number}} msgOrPosition
+     * @returns {Promise<{epoch: string, offset: number}>}
+     */
+    ack(msgOrPosition) {
+      const m = msgOrPosition || {};
+      if (typeof m.epoch !== 'string' || typeof m.offset !== 'number') {
+        return Promise.reject(new PushgateError('bad_request', 'ack needs {epoch, offset} (a direct from a server with user streams)'));
+      }
+      if (this._closed) return Promise.reject(new PushgateError('closed', 'client is closed'));
+      return new Promise((resolve, reject) => this._wantAck({ epoch: m.epoch, offset: m.offset },
+        { resolve: resolve, reject: reject }));
+    }
+
+    _wantAck(pos, waiter) {
+      const a = this._acks;
+      if (a.inflight && !a.target && covers(a.inflight, pos)) { // answered by the ack on the wire
+        if (waiter) a.inflightWaiters.push(waiter);
+        return;
+      }
+      if (!a.target || !covers(a.target, pos)) a.target = pos; // higher, or another epoch
+      if (waiter) a.targetWaiters.push(waiter);
+      if (!a.inflight) this._sendAck();
+    }
+
+    _sendAck() {
+      const a = this._acks;
+      if (!a.target) return;
+      const pos = a.target;
+      a.inflight = pos;
+      a.inflightWaiters = a.targetWaiters;
+      a.target = null;
+      a.targetWaiters = [];
+      const done = (err, reply) => {
+        const waiters = a.inflightWaiters;
+        a.inflight = null;
+        a.inflightWaiters = [];
+        for (const w of waiters) {
+          if (err) w.reject(err); else w.resolve({ epoch: reply.epoch, offset: reply.offset });
+        }
+        // an auto-ack lost with its socket: send it again on the next connection
+        if (err && err.code === 'disconnected' && !waiters.length && !a.target) a.target = pos;
+        this._sendAck();
+      };
+      this.request({ type: 'ack', epoch: pos.epoch, offset: pos.offset }).then((reply) => done(null, reply), (err) => done(err));
     }
 
     /** Who is subscribed to a channel; resolves with {users: [...], connections: N, ...}. */
@@ -581,6 +699,11 @@
       const start = Date.now();
       return this.request({ type: 'ping' }).then(() => Date.now() - start);
     }
+  }
+
+  /** True when position a includes b: same epoch, offset at least b's. */
+  function covers(a, b) {
+    return a.epoch === b.epoch && a.offset >= b.offset;
   }
 
   /** Move a subscription's recovery position forward (or onto a new epoch). */
