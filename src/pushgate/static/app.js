@@ -59,9 +59,12 @@
       onWelcome: (w) => {
         $('identity').textContent = (w.user ? 'user ' + w.user : 'anonymous') + ' · client ' + w.client + ' · node ' + w.node;
         log('welcome', 'connected to node ' + w.node, w);
+        if (w.maybeMissed) log('info', 'direct messages may have been missed (user stream not recovered)');
       },
     });
-    client.on('direct', (m) => log('direct', 'from ' + (m.from === null ? '(server)' : m.from), m.data));
+    // Direct messages carry their place in this user's stream (replayed after reconnects).
+    client.on('direct', (m) => log('direct', 'from ' + (m.from === null ? '(server)' : m.from) +
+      (typeof m.offset === 'number' ? ' · #' + m.offset : ''), m.data));
     client.on('broadcast', (m) => log('broadcast', 'to everyone', m.data));
     client.on('join', (m) => { log('join', m.user + ' joined ' + m.channel); refreshPresence(m.channel); });
     client.on('leave', (m) => { log('leave', m.user + ' left ' + m.channel); refreshPresence(m.channel); });
