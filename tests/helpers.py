@@ -132,3 +132,12 @@ class WsClient:
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         await self.session.close()
+
+
+def direct_body(frame: dict[str, Any]) -> dict[str, Any]:
+    """A ``direct`` frame without its user-stream position, after checking the position is there:
+    every direct message carries ``offset`` (>= 1) and ``epoch`` of the recipient's stream."""
+    assert frame.get("type") == "direct", frame
+    assert isinstance(frame.get("offset"), int) and frame["offset"] >= 1, frame
+    assert isinstance(frame.get("epoch"), str) and frame["epoch"], frame
+    return {k: v for k, v in frame.items() if k not in ("offset", "epoch")}

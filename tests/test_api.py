@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio
 
 from .conftest import Running, ServerFactory
+from .helpers import direct_body
 from .servers import RedisServer, start_redis
 
 
@@ -34,7 +35,7 @@ async def test_send_to_users_from_api_has_null_sender(server: Running) -> None:
     status, _ = await server.api("POST", "/api/send", {"users": ["bob", "carol", "nobody"], "data": [1]})
     assert status == 200
     for c in (bob, carol):
-        assert await c.next("direct") == {"type": "direct", "from": None, "data": [1]}
+        assert direct_body(await c.next("direct")) == {"type": "direct", "from": None, "data": [1]}
 
 
 async def test_history_endpoint(make_server: ServerFactory) -> None:

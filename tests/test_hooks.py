@@ -18,7 +18,7 @@ import pushgate
 from pushgate import ClientInfo
 
 from .conftest import Process, Running, ServerFactory
-from .helpers import WsClient, timeout, wait_for
+from .helpers import WsClient, direct_body, timeout, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -348,7 +348,7 @@ async def test_app_pushes_from_an_rpc_handler_reach_clients(make_server: ServerF
     msg = await sub.next("message")
     assert (msg["channel"], msg["data"], msg["offset"]) == ("announcements", {"from": "alice", "text": "hi"}, 1)
     direct = await bob.next("direct")
-    assert direct == {"type": "direct", "from": "alice", "data": {"note": "hi"}}
+    assert direct_body(direct) == {"type": "direct", "from": "alice", "data": {"note": "hi"}}
     for client in (sub, bob, alice):
         assert (await client.next("broadcast"))["data"] == {"everyone": "hi"}
 

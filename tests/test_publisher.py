@@ -19,6 +19,7 @@ import pushgate
 from pushgate.backends import ChannelEvent, HistoryOptions, Publication, StreamPosition, UserMessage
 from pushgate.backends.redis import LinkOptions, RedisBroker
 from pushgate.errors import ClientError, CloseCode
+from pushgate.names import user_stream
 
 from .helpers import timeout as scaled
 from .servers import RedisServer, start_redis
@@ -78,7 +79,8 @@ async def test_publisher_publishes_without_a_pubsub_connection(redis_server: Red
     admin = Redis.from_url(redis_server.url)
     try:
         await node.subscribe("news")
-        await node.subscribe_user("alice")
+        await node.subscribe(user_stream("alice"))  # direct messages: alice's user stream
+        await node.subscribe_user("alice")  # control messages (disconnect)
         before = await _clients(admin)
 
         async with pushgate.Publisher(redis_server.url, prefix="pp", history_size=10) as pub:
@@ -90,9 +92,12 @@ async def test_publisher_publishes_without_a_pubsub_connection(redis_server: Red
             history = await node.history("news")
             assert [p.data for p in history.publications] == [b'{"headline":"hi"}']  # same history
 
-            await pub.send_to_users(["alice"], {"text": "hi"}, sender="bob")
-            user, message = await inbox.next()
-            assert (user, message.kind, message.sender, message.data) == ("alice", "direct", "bob", b'{"text":"hi"}')
+            positions = await pub.send_to_users(["alice"], {"text": "hi"}, sender="bob")
+            got = await inbox.next()
+            assert isinstance(got, Publication)
+            envelope = b'{"from":"bob","data":{"text":"hi"}}'
+            assert (got.channel, got.data, got.offset) == (user_stream("alice"), envelope, 1)
+            assert positions == {"alice": StreamPosition(got.epoch, 1)}
             await pub.broadcast({"maintenance": True})
             assert await inbox.next() == ("broadcast", b'{"maintenance":true}')
             await pub.disconnect_user("alice", "bye")

@@ -265,3 +265,18 @@ def test_an_overflowing_tail_stops_serving() -> None:
         s.publication(pub(i))
     s.read_done(shared, history(at=0), now=0.0)
     assert s.recover(shared, StreamPosition(E, 0)) is None
+
+
+def test_best_effort_recovery_delivers_what_history_still_keeps() -> None:
+    # user streams: an offline inbox hands over what it kept even when older messages are gone
+    s = stream(9)
+    shared, _ = s.shared_read(now=0.0)
+    s.read_done(shared, history(7, 8, 9), now=0.0)
+    s.publication(pub(10))
+    assert s.recover(shared, StreamPosition(E, 2)) == (StreamPosition(E, 9), False, [])
+    position, recovered, replay = s.recover(shared, StreamPosition(E, 2), best_effort=True) or (None, None, [])
+    assert not recovered and offsets(replay) == [7, 8, 9, 10] and position == StreamPosition(E, 10)
+    position, recovered, replay = s.recover(shared, StreamPosition("old", 50), best_effort=True) or (None, None, [])
+    assert not recovered and offsets(replay) == [7, 8, 9, 10]
+    position, recovered, replay = s.recover(shared, StreamPosition(E, 8), best_effort=True) or (None, None, [])
+    assert recovered and offsets(replay) == [9, 10]

@@ -15,7 +15,7 @@ import pytest
 from pushgate.errors import CloseCode
 
 from .conftest import Running, ServerFactory
-from .helpers import timeout, wait_for
+from .helpers import direct_body, timeout, wait_for
 
 
 async def test_welcome_names_connection_user_and_node(server: Running) -> None:
@@ -67,7 +67,7 @@ async def test_send_to_user_stamps_sender_on_every_device(server: Running) -> No
     carol = await server.client("user=carol")
     await alice.ok({"type": "send", "to": ["bob"], "data": {"t": "hi"}, "from": "mallory"})
     for device in (bob_phone, bob_laptop):
-        assert await device.next("direct") == {"type": "direct", "from": "alice", "data": {"t": "hi"}}
+        assert direct_body(await device.next("direct")) == {"type": "direct", "from": "alice", "data": {"t": "hi"}}
     assert (await carol.request({"type": "ping"}))["type"] == "pong"
     await carol.nothing_more()
 

@@ -78,7 +78,9 @@ class Pusher(Protocol):
 
     async def broadcast_json(self, data: Any) -> None: ...
 
-    async def send_json(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None: ...
+    async def send_json(
+        self, users: Sequence[str], data: Any, *, sender: str | None = None
+    ) -> dict[str, StreamPosition]: ...
 
 
 class App:
@@ -140,8 +142,12 @@ class App:
     async def broadcast(self, data: Any) -> None:
         await self.pusher.broadcast_json(data)
 
-    async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
-        await self.pusher.send_json(users, data, sender=sender)
+    async def send_to_users(
+        self, users: Sequence[str], data: Any, *, sender: str | None = None
+    ) -> dict[str, StreamPosition]:
+        """Append ``data`` to each user's stream (delivered now, or when they next connect);
+        returns each message's position per user."""
+        return await self.pusher.send_json(users, data, sender=sender)
 
 
 def load_app(spec: str) -> App:

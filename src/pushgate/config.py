@@ -155,6 +155,8 @@ class Config:
         return not self.jwt_enabled
 
     def history_for(self, channel: str) -> tuple[int, float]:
+        if channel.startswith("!u:"):  # a user stream (pushgate.names.user_stream)
+            return self.user_history_size, self.user_history_ttl
         ns = self.namespace(channel)
         size = self.history_size if ns.history_size is None else ns.history_size
         ttl = self.history_ttl if ns.history_ttl is None else ns.history_ttl

@@ -110,8 +110,13 @@ class Hub:
     def user_count(self) -> int:
         return len(self.users)
 
+    def channel_count(self) -> int:
+        """Channels with live subscribers here (server-internal streams, named ``!…``, excluded)."""
+        return sum(1 for name in self.channels if name[:1] != "!")
+
     def subscription_count(self) -> int:
-        return sum(len(subs) for subs in self.channels.values())
+        """Channel subscriptions of local connections (server-internal streams excluded)."""
+        return sum(len(subs) for name, subs in self.channels.items() if name[:1] != "!")
 
     # -- fan-out (hot path) --
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:

@@ -26,7 +26,7 @@ class _HubCollector(Collector):
         hub = self.hub
         yield GaugeMetricFamily("pushgate_connections", "Open client connections", value=len(hub.connections))
         yield GaugeMetricFamily("pushgate_users", "Distinct users connected", value=hub.user_count())
-        yield GaugeMetricFamily("pushgate_channels", "Channels with local subscribers", value=len(hub.channels))
+        yield GaugeMetricFamily("pushgate_channels", "Channels with local subscribers", value=hub.channel_count())
         yield GaugeMetricFamily(
             "pushgate_subscriptions", "Channel subscriptions of local connections", value=hub.subscription_count()
         )

@@ -18,6 +18,21 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_\-:.@/=+#$]{1,255}$")
 CHANNEL_RE = NAME_RE  # the same rule for channels and users
 MAX_USERS_PER_SEND = 1000
 
+#: Every named user has a stream of the messages addressed to them, kept like a channel's. Its
+#: internal channel name starts with ``!``, which no client channel name may contain, so no
+#: client can subscribe to, publish into or ask about another user's stream.
+USER_STREAM_PREFIX = "!u:"
+
+
+def user_stream(user: str) -> str:
+    """The internal channel that carries ``user``'s direct messages."""
+    return USER_STREAM_PREFIX + user
+
+
+def is_internal(channel: str) -> bool:
+    """True for server-internal streams (user streams), which skip presence, hooks and rules."""
+    return channel[:1] == "!"
+
 
 def is_valid_name(name: object) -> bool:
     """True when ``name`` is a string that is a valid channel or user name."""

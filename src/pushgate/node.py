@@ -44,7 +44,7 @@ from .config import Config
 from .errors import ClientError, CloseCode, Reject
 from .hub import Hub
 from .metrics import NodeMetrics
-from .names import valid_channel, valid_users
+from .names import is_internal, user_stream, valid_channel, valid_users
 from .payload import check_data
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
@@ -288,7 +288,8 @@ class Node:
         valid_channel(channel)
         if channel in conn.channels:
             raise ClientError("already_subscribed", f"already subscribed to {channel!r}")
-        if len(conn.channels) >= self.config.max_subscriptions:
+        own = 1 if conn.user is not None and user_stream(conn.user) in conn.channels else 0
+        if len(conn.channels) - own >= self.config.max_subscriptions:
             raise ClientError("limit_exceeded", f"at most {self.config.max_subscriptions} subscriptions")
         await self.authorizer.subscribe(self.client_info(conn), channel)
         ns = self.config.namespace(channel)
@@ -313,13 +314,44 @@ class Node:
         self.metrics.subscriptions_total.inc()
         return result
 
+    async def open_user_stream(self, conn: Connection, since: StreamPosition | None) -> SubscribeResult | None:
+        """Make ``conn`` follow its user's stream (direct messages); None for anonymous ``conn``.
+
+        Like :meth:`subscribe` (``conn`` is held until :meth:`finish_subscribe`), but for the
+        server's own stream: no rules, hooks or presence, and recovery is best effort — from
+        ``since``, or without one from what the user has acknowledged, whatever history still
+        keeps is delivered (an offline inbox), with ``recovered`` saying whether it is all.
+        """
+        if conn.user is None:
+            return None
+        channel = user_stream(conn.user)
+        conn.channels.add(channel)
+        try:
+            stream = await self._acquire(channel)
+        except BaseException:
+            conn.channels.discard(channel)
+            raise
+        stream.begin(conn)
+        try:
+            if since is None:  # a new device or a fresh start: everything not yet acknowledged
+                since = await self.broker.acked(channel) or StreamPosition(stream.last.epoch, 0)
+            result = await self._recover(channel, stream, since, best_effort=True)
+        except BaseException:
+            stream.cancel(conn)
+            conn.channels.discard(channel)
+            await self._release(channel)
+            raise
+        return result
+
     async def _recover(
-        self, channel: str, stream: ChannelStream, since: StreamPosition | None
+        self, channel: str, stream: ChannelStream, since: StreamPosition | None, *, best_effort: bool = False
     ) -> SubscribeResult:
         """What a subscriber with ``since`` missed, from one history read shared by everyone who
         recovers this channel around the same time (a mass reconnect costs one read)."""
         if since is None:
             return SubscribeResult(stream.last, False, [])
+        if since == stream.last:
+            return SubscribeResult(since, True, [])  # nothing missed: no history read at all
         loop = asyncio.get_running_loop()
         shared, start = stream.shared_read(loop.time())
         if start:
@@ -330,12 +362,13 @@ class Node:
         read = self._reads.get(shared)
         if read is not None:
             await asyncio.shield(read)  # raises what the read raised: the subscribe fails with it
-        served = stream.recover(shared, since)
+        served = stream.recover(shared, since, best_effort=best_effort)
         if served is not None:
             return SubscribeResult(*served)
         self.metrics.history_reads.labels("recover").inc()
         res = await self.broker.history(channel, since=since)  # the shared tail overflowed
-        return SubscribeResult(res.position, res.complete, res.publications if res.complete else [])
+        keep = res.complete or best_effort
+        return SubscribeResult(res.position, res.complete, res.publications if keep else [])
 
     async def _shared_read(self, channel: str, stream: ChannelStream, shared: SharedRead) -> None:
         try:
@@ -373,6 +406,9 @@ class Node:
         if stream is not None:
             stream.cancel(conn)
         self.hub.remove_sub(channel, conn)
+        if is_internal(channel):
+            await self._release(channel)
+            return
         ns = self.config.namespace(channel)
         try:
             if ns.presence:
@@ -415,12 +451,21 @@ class Node:
         return msgspec.json.encode(value) if changed else data
 
     async def send_to_users(
-        self, users: Sequence[str], data: bytes, *, sender: str | None, conn: Connection | None = None
-    ) -> None:
-        """Deliver to every connection of each user, wherever it is; ``sender`` is server-stamped.
+        self,
+        users: Sequence[str],
+        data: bytes,
+        *,
+        sender: str | None,
+        conn: Connection | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, StreamPosition]:
+        """Append to each user's stream: every connection of the user gets it now, wherever it
+        is, and a connection that opens later within retention gets it then (the offline
+        inbox). ``sender`` is server-stamped. Returns each message's position in each stream.
 
         With ``conn`` it is a client's send: the authorizer decides, and the sender is the
-        connection's user whatever the caller passed.
+        connection's user whatever the caller passed. An ``idempotency_key`` makes a retry
+        safe: within the window each user's stream applies the same key once.
         """
         if conn is not None:
             self.authorizer.send(conn, users)
@@ -429,8 +474,26 @@ class Node:
         check_data(data, max_depth=self.config.max_json_depth)
         if conn is not None and self.app.send_hooks:
             await self.authorizer.send_hooks(self.client_info(conn), targets, msgspec.json.decode(data))
-        await self.broker.send_to_users(targets, UserMessage("direct", sender=sender, data=data))
+        if not self._publish_rate.take():
+            raise ClientError("rate_limited", "this node is at its publish rate limit: retry shortly")
+        envelope = jsonwire.direct_envelope(sender, data)
+        options = HistoryOptions(self.config.user_history_size, self.config.user_history_ttl)
+        positions = await asyncio.gather(
+            *(self.broker.publish(user_stream(u), envelope, options, idempotency_key=idempotency_key) for u in targets)
+        )
         self.metrics.published_total.inc()
+        return dict(zip(targets, positions, strict=True))
+
+    async def ack(self, conn: Connection, position: StreamPosition) -> StreamPosition:
+        """The connection's user has processed its stream up to ``position``: record it
+        cluster-wide (forward only) and tell senders waiting for a receipt. Returns the user's
+        acknowledged position."""
+        if conn.user is None:
+            raise ClientError("permission_denied", "anonymous connections have no user stream to acknowledge")
+        stored = await self.broker.ack(user_stream(conn.user), position, self.config.user_history_ttl)
+        notice = UserMessage("ack", sender=conn.id, data=f"{stored.epoch}:{stored.offset}".encode())
+        await self.broker.send_to_users([conn.user], notice)
+        return stored
 
     async def broadcast(self, data: bytes) -> None:
         await self.broker.broadcast(check_data(data, max_depth=self.config.max_json_depth))
@@ -449,8 +512,10 @@ class Node:
     async def broadcast_json(self, data: Any) -> None:
         await self.broadcast(msgspec.json.encode(data))
 
-    async def send_json(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
-        await self.send_to_users(users, msgspec.json.encode(data), sender=sender)
+    async def send_json(
+        self, users: Sequence[str], data: Any, *, sender: str | None = None
+    ) -> dict[str, StreamPosition]:
+        return await self.send_to_users(users, msgspec.json.encode(data), sender=sender)
 
     # -- queries ----------------------------------------------------------------------------
     async def channel_presence(self, channel: str, *, conn: Connection | None = None) -> ChannelPresence:
@@ -482,7 +547,9 @@ class Node:
     def local_channels(self) -> dict[str, int]:
         """Channels with local subscribers (live or replaying) and how many each has."""
         return {
-            name: len(self.hub.channels.get(name, ())) + stream.held for name, stream in self._streams.items()
+            name: len(self.hub.channels.get(name, ())) + stream.held
+            for name, stream in self._streams.items()
+            if not is_internal(name)
         }
 
     # -- BrokerHandler: traffic arriving from the broker ------------------------------------

@@ -26,6 +26,7 @@ applied twice (use the nodes' window; the Redis key lives that long whoever wrot
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -35,8 +36,9 @@ import msgspec
 from .backends import create_broker
 from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
 from .errors import ClientError, CloseCode
-from .names import valid_channel, valid_users
+from .names import user_stream, valid_channel, valid_users
 from .payload import DEFAULT_MAX_DEPTH, check_data
+from .protocol import jsonwire
 
 
 class Publisher:
@@ -44,11 +46,13 @@ class Publisher:
 
     def __init__(self, url: str, *, prefix: str = "pg", history_size: int = 100,
                  history_ttl: float = 300.0, broker_timeout: float = 5.0,
-                 idempotency_window: float = 120.0, max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
+                 idempotency_window: float = 120.0, max_json_depth: int = DEFAULT_MAX_DEPTH,
+                 user_history_size: int = 100, user_history_ttl: float = 86400.0) -> None:
         self._broker: Broker = create_broker(
             url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window
         )
         self._history = HistoryOptions(history_size, history_ttl)
+        self._user_history = HistoryOptions(user_history_size, user_history_ttl)
         self._max_depth = max_json_depth
         self._started = False
 
@@ -81,10 +85,20 @@ class Publisher:
         return await self._broker.publish(valid_channel(channel), payload, self._history,
                                           idempotency_key=idempotency_key)
 
-    async def send_to_users(self, users: Sequence[str], data: Any, *, sender: str | None = None) -> None:
-        message = UserMessage("direct", sender=sender, data=self._encode(data))
+    async def send_to_users(
+        self, users: Sequence[str], data: Any, *, sender: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, StreamPosition]:
+        """Append ``data`` to each user's stream, exactly as a node does: delivered now to every
+        connection of the user, or when one connects within retention. Returns each message's
+        position per user; an ``idempotency_key`` makes a retry safe."""
+        targets = valid_users(users)
+        envelope = jsonwire.direct_envelope(sender, self._encode(data))
         await self.start()
-        await self._broker.send_to_users(valid_users(users), message)
+        positions = await asyncio.gather(*(
+            self._broker.publish(user_stream(u), envelope, self._user_history, idempotency_key=idempotency_key)
+            for u in targets
+        ))
+        return dict(zip(targets, positions, strict=True))
 
     async def broadcast(self, data: Any) -> None:
         payload = self._encode(data)

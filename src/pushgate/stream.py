@@ -248,14 +248,16 @@ class ChannelStream:
             self._shared = None
 
     def recover(
-        self, shared: SharedRead, since: StreamPosition
+        self, shared: SharedRead, since: StreamPosition, *, best_effort: bool = False
     ) -> tuple[StreamPosition, bool, list[Publication]] | None:
         """Serve one recovery from ``shared``: (position, recovered, replay), oldest first.
 
         ``recovered`` is False when history cannot prove the subscriber whole (another epoch,
-        publications after ``since`` already trimmed, or a position this node never saw): the
-        replay is then empty and the position is where history stands. None when ``shared``
-        cannot serve (its tail overflowed): read history for this subscriber alone.
+        publications after ``since`` already trimmed, or a position this node never saw). The
+        replay is then empty and the position is where history stands — unless ``best_effort``
+        (user streams: an offline inbox delivers what it still keeps), when the replay holds
+        every kept publication after ``since`` (all of them in another epoch). None when
+        ``shared`` cannot serve (its tail overflowed): read history for this subscriber alone.
         """
         result = shared.result
         if result is None or shared.overflowed:
@@ -264,18 +266,22 @@ class ChannelStream:
         if any(p.epoch != position.epoch for p in tail):
             return position, False, []  # history was reset while the read was shared
         newest = max(position.offset, tail[-1].offset if tail else 0)
-        if since.epoch != position.epoch or since.offset > newest:
-            return position, False, []
+        if since.epoch == position.epoch and since.offset > newest:
+            return position, False, []  # a position this node never saw
         replay: list[Publication] = []
-        if since.offset < position.offset:
+        recovered = since.epoch == position.epoch
+        if recovered and since.offset < position.offset:
             chosen = select_history(result.publications, position, since, None)
-            if not chosen.complete:
+            recovered = chosen.complete
+            replay = list(chosen.publications) if recovered else []
+        if not recovered:
+            if not best_effort:
                 return position, False, []
-            replay = list(chosen.publications)
-        covered = max(since.offset, position.offset)
+            replay = [p for p in result.publications if newer(p, since)]
+        covered = max(since.offset, position.offset) if since.epoch == position.epoch else position.offset
         replay.extend(p for p in tail if p.offset > covered)
         end = replay[-1].offset if replay else covered
-        return StreamPosition(position.epoch, end), True, replay
+        return StreamPosition(position.epoch, end), recovered, replay
 
     # -- gaps and fills ----------------------------------------------------------------------
     def link_restored(self) -> StartFill | None:

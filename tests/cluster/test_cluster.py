@@ -17,7 +17,7 @@ from pushgate import Publisher
 from pushgate.errors import CloseCode
 
 from ..conftest import Process
-from ..helpers import WsClient, wait_for
+from ..helpers import WsClient, direct_body, wait_for
 from ..servers import RedisServer
 
 
@@ -82,12 +82,12 @@ async def test_six_problems_across_three_nodes(cluster_node: Callable[..., Proce
         # (4) push to chosen users wherever their connections landed
         status, _ = await api(n2, "POST", "/api/send", {"users": ["alice"], "data": {"to": "alice"}})
         for device in (alice_phone, alice_laptop):
-            assert await device.next("direct") == {"type": "direct", "from": None, "data": {"to": "alice"}}
+            assert direct_body(await device.next("direct")) == {"type": "direct", "from": None, "data": {"to": "alice"}}
 
         # (6) a client messages clients on other nodes; the server stamps the sender
         await carol.ok({"type": "send", "to": ["bob", "alice"], "data": "hey", "from": "mallory"})
         for c in (bob, alice_phone, alice_laptop):
-            assert await c.next("direct") == {"type": "direct", "from": "carol", "data": "hey"}
+            assert direct_body(await c.next("direct")) == {"type": "direct", "from": "carol", "data": "hey"}
         # carol got nothing of her own
         assert (await carol.request({"type": "ping"}))["type"] == "pong"
         await carol.nothing_more()
@@ -316,7 +316,7 @@ async def test_publisher_and_cli_publish_without_http(cluster_node: Callable[...
             await pub.broadcast("everyone")
         msg = await alice.next("message")
         assert msg["data"] == {"from": "backend"} and msg["offset"] == pos.offset
-        assert await alice.next("direct") == {"type": "direct", "from": None, "data": "private"}
+        assert direct_body(await alice.next("direct")) == {"type": "direct", "from": None, "data": "private"}
         assert (await alice.next("broadcast"))["data"] == "everyone"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pushgate", "publish", "news", '{"via": "cli"}', "--broker", redis_server.url,

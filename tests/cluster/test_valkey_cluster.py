@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from ..conftest import Process
+from ..helpers import direct_body
 from ..servers import ValkeyCluster, start_valkey_cluster
 from .test_cluster import Clients, api
 
@@ -50,12 +51,13 @@ async def test_nodes_on_valkey_cluster_use_sharded_pubsub(valkey_cluster: Valkey
             shard_topics += here
             assert r.execute_command("PUBSUB", "CHANNELS", "vk:c:*") == []
             r.close()
-        assert sorted(shard_topics) == sorted(f"vk:c:{{{ch}}}".encode() for ch in channels)
+        user_streams = [f"vk:c:{{!u:{u}}}".encode() for u in ("alice", "bob")]  # each user's stream too
+        assert sorted(shard_topics) == sorted([*(f"vk:c:{{{ch}}}".encode() for ch in channels), *user_streams])
         assert shards_used == 3  # the twelve channels spread over all three shards
 
         # users, presence and online counts work across nodes on the cluster too
         await pub.ok({"type": "send", "to": ["alice"], "data": "hi"})
-        assert await sub.next("direct") == {"type": "direct", "from": "bob", "data": "hi"}
+        assert direct_body(await sub.next("direct")) == {"type": "direct", "from": "bob", "data": "hi"}
         _, online = await api(n2, "GET", "/api/online")
         assert online["users"] == 2 and set(online["nodes"]) == {"n1", "n2"}
         _, presence = await api(n2, "GET", "/api/presence/room3")

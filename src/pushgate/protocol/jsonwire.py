@@ -45,6 +45,7 @@ class Send(msgspec.Struct, tag="send", tag_field="type", frozen=True):
     to: list[str]
     data: msgspec.Raw
     id: RequestId = None
+    idempotency_key: str | None = None  # a retry with the same key is applied once per recipient
 
 
 class Presence(msgspec.Struct, tag="presence", tag_field="type", frozen=True):
@@ -53,6 +54,14 @@ class Presence(msgspec.Struct, tag="presence", tag_field="type", frozen=True):
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="type", frozen=True):
+    id: RequestId = None
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
+    """The user has processed its stream up to (epoch, offset)."""
+
+    epoch: str
+    offset: int
     id: RequestId = None
 
 
@@ -69,9 +78,9 @@ class Refresh(msgspec.Struct, tag="refresh", tag_field="type", frozen=True):
     id: RequestId = None
 
 
-Command = Subscribe | Unsubscribe | Publish | Send | Presence | Ping | Rpc | Refresh
+Command = Subscribe | Unsubscribe | Publish | Send | Presence | Ping | Rpc | Refresh | Ack
 COMMAND_TYPES: Final = frozenset(
-    {"subscribe", "unsubscribe", "publish", "send", "presence", "ping", "rpc", "refresh"}
+    {"subscribe", "unsubscribe", "publish", "send", "presence", "ping", "rpc", "refresh", "ack"}
 )
 
 
@@ -162,13 +171,29 @@ def direct_frame(sender: str | None, data: bytes) -> bytes:
     return b'{"type":"direct","from":' + _encode(sender) + b',"data":' + data + b"}"
 
 
+def direct_envelope(sender: str | None, data: bytes) -> bytes:
+    """What a user stream stores per message: ``{"from":...,"data":...}`` (raw ``data``)."""
+    return b'{"from":' + _encode(sender) + b',"data":' + data + b"}"
+
+
+def stream_direct_frame(envelope: bytes, offset: int, epoch: str) -> bytes:
+    """``{"type":"direct","from":..,"data":..,"offset":..,"epoch":..}`` from a user stream's
+    stored envelope. Hot path: built by concatenation once per message, sent to every device."""
+    return b"".join(
+        (b'{"type":"direct",', envelope[1:-1], b',"offset":', str(offset).encode(), b',"epoch":', _encode(epoch), b"}")
+    )
+
+
 def broadcast_frame(data: bytes) -> bytes:
     return b'{"type":"broadcast","data":' + data + b"}"
 
 
 def resync_frame(channel: str, epoch: str, offset: int) -> bytes:
     """``{"type":"resync",...}``: the channel's stream goes on from (epoch, offset) and messages
-    before it may have been missed; the subscription stays, the client keeps its connection."""
+    before it may have been missed; the subscription stays, the client keeps its connection.
+    For the connection's own user stream the frame names ``"stream":"user"`` instead."""
+    if channel.startswith("!u:"):
+        return _encode({"type": "resync", "stream": "user", "epoch": epoch, "offset": offset})
     return _encode({"type": "resync", "channel": channel, "epoch": epoch, "offset": offset})
 
 
@@ -176,8 +201,14 @@ def channel_event_frame(kind: str, channel: str, user: str | None) -> bytes:
     return _encode({"type": kind, "channel": channel, "user": user})
 
 
-def welcome_frame(client: str, user: str | None, node: str) -> bytes:
-    return _encode({"type": "welcome", "client": client, "user": user, "node": node})
+def welcome_frame(
+    client: str, user: str | None, node: str, stream: tuple[str, int, bool] | None = None
+) -> bytes:
+    """The first frame; ``stream`` = (epoch, offset, recovered) of a named user's stream."""
+    body: dict[str, Any] = {"type": "welcome", "client": client, "user": user, "node": node}
+    if stream is not None:
+        body["stream"] = {"epoch": stream[0], "offset": stream[1], "recovered": stream[2]}
+    return _encode(body)
 
 
 def ok_frame(rid: RequestId, fields: dict[str, Any] | None = None) -> bytes:

@@ -71,6 +71,13 @@ def chunk(data: bytes) -> bytes:
 
 
 def message_outgoing(pub: Publication) -> Outgoing:
-    """The frame of one publication, for every transport."""
+    """The frame of one publication, for every transport.
+
+    A user stream's publication (internal channel ``!u:<user>``) is a ``direct`` frame; it
+    carries no SSE ``id``, because ``Last-Event-ID`` names a channel position (user streams
+    recover with ``user_since``).
+    """
+    if pub.channel[:1] == "!":
+        return Outgoing(jsonwire.stream_direct_frame(pub.data, pub.offset, pub.epoch))
     payload = jsonwire.message_frame(pub.channel, pub.data, pub.offset, pub.epoch)
     return Outgoing(payload, f"{pub.epoch}:{pub.offset}")

@@ -56,6 +56,7 @@ class SendBody(msgspec.Struct, forbid_unknown_fields=True):
     users: list[str]
     data: msgspec.Raw
     sender: str | None = None
+    idempotency_key: str | None = None
 
 
 class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -270,8 +271,15 @@ class Api:
 
     async def send(self, request: web.Request) -> web.Response:
         body = await self._body(request, SendBody)
-        await self.node.send_to_users(body.users, bytes(body.data), sender=body.sender)
-        return _json({})
+        positions = await self.node.send_to_users(
+            body.users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key
+        )
+        config = self.node.config
+        stored = config.user_history_size > 0 and config.user_history_ttl > 0
+        return _json({
+            "stored": stored,
+            "positions": {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()},
+        })
 
     async def disconnect(self, request: web.Request) -> web.Response:
         body = await self._body(request, DisconnectBody)

@@ -21,12 +21,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..app import ClientInfo
-from ..errors import CloseCode
+from ..backends.broker import StreamPosition
+from ..errors import ClientError, CloseCode
+from ..names import user_stream
+from ..protocol import jsonwire
+from ..protocol.outgoing import message_outgoing
 from .errors import classify, error_response
 from .peer import client_address
 
 if TYPE_CHECKING:
     from ..node import Node
+    from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
     if node.draining:
         return Refusal(503, "draining", DRAINING_MESSAGE)
     try:
+        user_since(request)  # a malformed position is refused like any other bad request
         # Browsers send no Origin on a same-origin GET (EventSource) but always on a WebSocket
         # handshake; a cross-site EventSource carries one, so a missing Origin is same-origin there.
         node.auth.check_origin(request.headers.get("Origin"), missing_is_same_origin=transport_name == "sse")
@@ -93,3 +99,35 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
             log.exception("%s handshake failed (a connect hook raised)", transport_name)
         return Refusal(status, code, message)
     return info
+
+
+def user_since(request: web.Request) -> StreamPosition | None:
+    """``?user_since=<epoch>:<offset>``: where the client's user stream left off (or None).
+
+    Raises :class:`ClientError` ``bad_request`` for a malformed value (checked before admission).
+    """
+    value = request.query.get("user_since")
+    if not value:
+        return None
+    epoch, _, offset = value.rpartition(":")
+    if not epoch or not offset.isdigit() or len(value) > 200:
+        raise ClientError("bad_request", "user_since must be <epoch>:<offset>")
+    return StreamPosition(epoch, int(offset))
+
+
+async def open_session(node: Node, conn: Connection, since: StreamPosition | None) -> None:
+    """The start every transport shares once a connection is admitted: follow the user's
+    stream, send the welcome (with the stream's state), the stream's replay, then register.
+
+    Welcome and replay go out without an await in between, and before the connection is
+    registered (reachable for broadcasts), so the welcome is always the first frame and the
+    replay comes in order before live direct messages. Raises what the broker raised; the
+    caller closes with 1011 and unregisters.
+    """
+    result = await node.open_user_stream(conn, since)
+    stream = None if result is None else (result.position.epoch, result.position.offset, result.recovered)
+    conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id, stream))
+    if result is not None and conn.user is not None:
+        for pub in (*result.replay, *node.finish_subscribe(conn, user_stream(conn.user), result)):
+            conn.send(message_outgoing(pub))
+    await node.register(conn)

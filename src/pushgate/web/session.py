@@ -30,7 +30,7 @@ from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..payload import check_data
 from ..protocol import jsonwire
-from ..protocol.jsonwire import Ping, Presence, Publish, Refresh, Rpc, Send, Subscribe, Unsubscribe
+from ..protocol.jsonwire import Ack, Ping, Presence, Publish, Refresh, Rpc, Send, Subscribe, Unsubscribe
 from ..protocol.outgoing import message_outgoing
 from ..ratelimit import TokenBucket
 from .connection import Connection
@@ -150,8 +150,11 @@ class JsonSession:
         elif isinstance(cmd, Send):
             # with conn= the node's Authorizer decides (anonymous connections cannot send) and the
             # sender is stamped from the connection, whatever the client wrote in "from"
-            await node.send_to_users(cmd.to, bytes(cmd.data), sender=conn.user, conn=conn)
-            conn.send_payload(jsonwire.ok_frame(cmd.id))
+            positions = await node.send_to_users(
+                cmd.to, bytes(cmd.data), sender=conn.user, conn=conn, idempotency_key=cmd.idempotency_key
+            )
+            fields = {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()}
+            conn.send_payload(jsonwire.ok_frame(cmd.id, {"positions": fields}))
         elif isinstance(cmd, Presence):
             p = await node.channel_presence(cmd.channel, conn=conn)
             conn.send_payload(
@@ -163,6 +166,9 @@ class JsonSession:
             await self._rpc(cmd)
         elif isinstance(cmd, Refresh):
             await self._refresh(cmd)
+        elif isinstance(cmd, Ack):
+            acked = await node.ack(conn, StreamPosition(cmd.epoch, cmd.offset))
+            conn.send_payload(jsonwire.ok_frame(cmd.id, {"epoch": acked.epoch, "offset": acked.offset}))
 
     async def _refresh(self, cmd: Refresh) -> None:
         """Adopt a new token for the same user: its claims apply from the next command on, and the

@@ -28,7 +28,7 @@ from ..protocol.outgoing import Outgoing, chunk, message_outgoing
 from .connection import TransportConnection
 from .errors import classify, error_response
 from .expiry import TokenDeadline
-from .handshake import Refusal, accept
+from .handshake import Refusal, accept, open_session, user_since
 
 if TYPE_CHECKING:
     from ..metrics import NodeMetrics
@@ -122,12 +122,11 @@ class SseHandler:
         deadline = TokenDeadline(conn)
         try:
             try:
-                await node.register(conn)
+                await open_session(node, conn, user_since(request))
             except Exception as exc:
                 log.warning("cannot register %s: %r", conn.id, exc)
                 conn.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
                 return resp
-            conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
             deadline.set(token_expiry(conn.claims))
             await self._subscribe_all(conn, channels, since)
             await self._keep_alive(conn, transport)

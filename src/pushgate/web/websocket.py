@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from ..errors import CloseCode
-from ..protocol import jsonwire
 from ..protocol.outgoing import Outgoing, close_reason
 from ..protocol.wsframe import peer_close_code_valid
 from .connection import TransportConnection
-from .handshake import Refusal, accept
+from .handshake import Refusal, accept, open_session, user_since
 from .session import JsonSession
 
 if TYPE_CHECKING:
@@ -129,13 +128,14 @@ class WebsocketHandler:
                             hub=node.hub, write_limit=node.config.write_buffer_limit, metrics=node.metrics)
         conn.address = admitted.address
         try:
-            await node.register(conn)
+            await open_session(node, conn, user_since(request))
         except Exception as exc:
             log.warning("cannot register %s: %r", conn.id, exc)
-            await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"broker unavailable")
+            conn.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
             await node.unregister(conn)
+            if conn.close_task is not None:
+                await asyncio.wait([conn.close_task], timeout=CLOSE_TIMEOUT)
             return ws
-        conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id))
         await self._serve(ws, conn)
         return ws
 
