@@ -502,6 +502,77 @@ test('close 1012: reconnects soon (within nowJitter) and recovers what was publi
   assert.deepEqual(got, ['before', 'missed 1', 'missed 2', 'missed 3', 'after']);
 });
 
+/** A client whose 'direct' handler is registered before the welcome (the replay follows it). */
+async function connectForDirects(user, extra = {}, base = BASE) {
+  const opts = Object.assign({ user, minDelay: 100, maxDelay: 1000, requestTimeout: 5000 }, extra);
+  const client = new Pushgate.Client(base + '/ws', opts);
+  clients.push(client);
+  const got = [];
+  client.on('direct', (m) => got.push(m));
+  const welcome = await withTimeout(new Promise((resolve) => client.on('welcome', resolve)), 5000, 'welcome');
+  return { client, got, welcome };
+}
+
+async function apiSend(user, data) {
+  const reply = await api('POST', '/api/send', { users: [user], data });
+  return reply.positions[user];
+}
+
+test('user stream: directs missed while reconnecting arrive in order, once', { skip }, async (t) => {
+  const proxy = await startProxy(new URL(BASE));
+  t.after(() => { closeAll(); proxy.close(); });
+  const bob = uid('bob');
+  const { client, got } = await connectForDirects(bob, { nowJitter: 100 }, proxy.url);
+  const first = await apiSend(bob, 'before');
+  await waitFor(() => got.length === 1, 'first direct');
+  assert.deepEqual(client.userPosition(), first);
+  await sleep(100); // idle: no frame in flight when the proxy cuts in
+
+  proxy.hold();
+  proxy.inject(1012);
+  await waitFor(() => proxy.heldCount() === 1, 'the reconnect attempt', 2000);
+  const missed = [];
+  for (const n of [1, 2, 3]) missed.push(await apiSend(bob, `missed ${n}`));
+  const reconnected = new Promise((resolve) => client.on('welcome', resolve));
+  proxy.release();
+  const again = await withTimeout(reconnected, 5000, 'welcome after reconnect');
+  assert.deepEqual(again.userSince, first);
+  assert.equal(again.stream.recovered, true);
+  assert.equal(again.maybeMissed, false);
+  const live = await apiSend(bob, 'live');
+  await waitFor(() => got.length >= 5, 'missed + live directs');
+  await client.ping();
+  assert.deepEqual(got.map((m) => m.data), ['before', 'missed 1', 'missed 2', 'missed 3', 'live']);
+  assert.deepEqual(got.map((m) => ({ epoch: m.epoch, offset: m.offset })), [first, ...missed, live]);
+});
+
+test('user stream: ack decides what a device without a position gets', { skip }, async (t) => {
+  t.after(closeAll);
+  const carol = uid('carol');
+  const sent = [];
+  for (let n = 0; n < 5; n++) sent.push(await apiSend(carol, n));  // carol is offline
+  const phone = await connectForDirects(carol);
+  await waitFor(() => phone.got.length === 5, 'the offline inbox');
+  assert.deepEqual(phone.got.map((m) => m.data), [0, 1, 2, 3, 4]);
+  assert.deepEqual(await phone.client.ack(phone.got[2]), sent[2]);
+
+  const laptop = await connectForDirects(carol);  // a new device: no userSince
+  await waitFor(() => laptop.got.length === 2, 'the unacknowledged directs');
+  await laptop.client.ping();
+  assert.deepEqual(laptop.got.map((m) => ({ epoch: m.epoch, offset: m.offset })), sent.slice(3));
+
+  // autoAck, then a client resuming from a persisted position
+  const tablet = await connectForDirects(carol, { autoAck: true, userSince: sent[4] });
+  assert.deepEqual(tablet.welcome.userSince, sent[4]);
+  const later = await apiSend(carol, 'later');
+  await waitFor(() => tablet.got.length === 1, 'the direct after the position');
+  assert.deepEqual(tablet.client.userPosition(), later);
+  assert.deepEqual(await tablet.client.ack(later), later); // coalesced with the auto-ack: the server has it
+  const fresh = await connectForDirects(carol);
+  await fresh.client.ping();
+  assert.deepEqual(fresh.got, []);
+});
+
 test('POST /api/disconnect closes with 4500 and the client stays closed', { skip }, async (t) => {
   t.after(closeAll);
   const user = uid('dave');
