@@ -135,3 +135,37 @@ async def test_a_lost_user_stream_is_resynced_in_band(make_server: ServerFactory
     assert resync == {"type": "resync", "stream": "user", "epoch": resync["epoch"], "offset": 4}
     got = [await bob.next("direct") for _ in range(2)]
     assert [(d["offset"], d["data"]) for d in got] == [(5, {"lost": 4}), (6, "live")]
+
+
+async def test_api_send_reports_live_connections_and_waits_for_delivery_receipts(server: Running) -> None:
+    import asyncio
+
+    phone = await server.client("user=bob")
+    await server.client("user=bob")
+
+    async def ack_when_received() -> None:
+        d = await phone.next("direct")
+        await phone.ok({"type": "ack", "epoch": d["epoch"], "offset": d["offset"]})
+
+    acker = asyncio.create_task(ack_when_received())
+    status, body = await server.api(
+        "POST", "/api/send", {"users": ["bob", "zoe"], "data": {"cmd": "reboot"}, "wait_for_ack": 2}
+    )
+    await acker
+    assert status == 200
+    assert body["live"] == {"bob": 2, "zoe": 0} and body["stored"] is True
+    assert body["acked"] == {"bob": [phone.welcome["client"]]} and body["pending"] == ["zoe"]
+    status, err = await server.api("POST", "/api/send", {"users": ["bob"], "data": 1, "wait_for_ack": 999})
+    assert status == 400 and err["error"]["code"] == "bad_request"
+
+
+async def test_a_receipt_is_found_when_the_ack_came_before_the_wait(server: Running) -> None:
+    phone = await server.client("user=bob")
+    _, body = await server.api("POST", "/api/send", {"users": ["bob"], "data": 1})
+    pos = body["positions"]["bob"]
+    d = await phone.next("direct")
+    await phone.ok({"type": "ack", "epoch": d["epoch"], "offset": d["offset"]})
+    from pushgate.backends import StreamPosition
+
+    receipts = await server.node.wait_for_acks({"bob": StreamPosition(pos["epoch"], pos["offset"])}, 1.0)
+    assert receipts == {"bob": []}  # found stored: acknowledged, by a connection not seen here

@@ -103,6 +103,10 @@ class Node:
         self.scheduler = Scheduler(config.schedule, self.leases, self.id, config.lease_ttl, self.publish)
         #: channels this node is subscribed to upstream, each with its stream state
         self._streams: dict[str, ChannelStream] = {}
+        #: users whose control topic this node follows, and how many reasons it has to
+        self._user_routes: dict[str, int] = {}
+        #: senders waiting for delivery receipts, per recipient
+        self._ack_waiters: dict[str, set[_AckWaiter]] = {}
         #: recovery reads in flight, one per channel at most (see ChannelStream.shared_read)
         self._reads: dict[SharedRead, asyncio.Task[None]] = {}
         #: publications per second this node accepts, from every door (a bound on broker load)
@@ -221,8 +225,9 @@ class Node:
 
     async def register(self, conn: Connection) -> None:
         """Make ``conn`` reachable: local indexes, the user's route, presence."""
-        if self.hub.add(conn) and conn.user is not None:
-            await self.broker.subscribe_user(conn.user)
+        self.hub.add(conn)
+        if conn.user is not None:
+            await self._route_user(conn.user)
         self.metrics.connections_total.inc()
         await self.presence.add_connection(conn.id, conn.user)
 
@@ -233,10 +238,11 @@ class Node:
                 await self.unsubscribe(conn, channel)
             except Exception as exc:
                 log.warning("cleanup of %s in %s failed: %s", conn.id, channel, exc)
-        last = self.hub.remove(conn)
+        removed = conn.id in self.hub.connections
+        self.hub.remove(conn)
         try:
-            if last and conn.user is not None:
-                await self.broker.unsubscribe_user(conn.user)
+            if removed and conn.user is not None:
+                await self._unroute_user(conn.user)
             await self.presence.remove_connection(conn.id, conn.user)
         except Exception as exc:
             log.warning("cleanup of %s failed: %s (resync on reconnect fixes it)", conn.id, exc)
@@ -245,6 +251,22 @@ class Node:
                 await call_maybe_async(hook, self.client_info(conn))
             except Exception:
                 log.exception("disconnect hook failed")
+
+    async def _route_user(self, user: str) -> None:
+        """Receive ``user``'s control messages (disconnects, ack notices) on this node; counted,
+        because connections and senders waiting for receipts both need the route."""
+        count = self._user_routes.get(user, 0)
+        self._user_routes[user] = count + 1
+        if count == 0:
+            await self.broker.subscribe_user(user)
+
+    async def _unroute_user(self, user: str) -> None:
+        count = self._user_routes.get(user, 0) - 1
+        if count > 0:
+            self._user_routes[user] = count
+            return
+        self._user_routes.pop(user, None)
+        await self.broker.unsubscribe_user(user)
 
     # -- channels ---------------------------------------------------------------------------
     def _lock(self, channel: str) -> asyncio.Lock:
@@ -484,6 +506,52 @@ class Node:
         self.metrics.published_total.inc()
         return dict(zip(targets, positions, strict=True))
 
+    async def wait_for_acks(
+        self, positions: dict[str, StreamPosition], timeout: float
+    ) -> dict[str, list[str] | None]:
+        """Wait (at most ``timeout`` s, capped by ``max_ack_wait``) until each user has
+        acknowledged its message at ``positions[user]``; per user, the ids of the connections
+        that acknowledged it (empty when the ack was found stored rather than seen), or None.
+
+        Ack notices arrive on the user's control topic from whichever node the acking device
+        is on; the stored ack is read as well (at the start and then every half second), so a
+        notice missed while the route was being set up cannot turn a delivered message into a
+        timeout.
+        """
+        timeout = max(0.0, min(timeout, self.config.max_ack_wait))
+        waiters = {user: _AckWaiter(pos) for user, pos in positions.items()}
+        for user, waiter in waiters.items():
+            self._ack_waiters.setdefault(user, set()).add(waiter)
+            await self._route_user(user)
+        loop = asyncio.get_running_loop()
+        watches = [loop.create_task(w.done.wait()) for w in waiters.values()]
+        try:
+            deadline = loop.time() + timeout
+            while True:
+                for user, waiter in waiters.items():
+                    if not waiter.done.is_set():
+                        stored = await self.broker.acked(user_stream(user))
+                        if stored is not None and waiter.covered_by(stored):
+                            waiter.done.set()
+                left = deadline - loop.time()
+                if all(w.done.is_set() for w in waiters.values()) or left <= 0:
+                    break
+                await asyncio.wait(watches, timeout=min(0.5, left))
+        finally:
+            for watch in watches:
+                watch.cancel()
+            for user, waiter in waiters.items():
+                group = self._ack_waiters.get(user)
+                if group is not None:
+                    group.discard(waiter)
+                    if not group:
+                        del self._ack_waiters[user]
+                try:
+                    await self._unroute_user(user)
+                except Exception as exc:
+                    log.warning("receipt route of %s not removed: %s", user, exc)
+        return {user: (w.conns if w.done.is_set() else None) for user, w in waiters.items()}
+
     async def ack(self, conn: Connection, position: StreamPosition) -> StreamPosition:
         """The connection's user has processed its stream up to ``position``: record it
         cluster-wide (forward only) and tell senders waiting for a receipt. Returns the user's
@@ -615,6 +683,17 @@ class Node:
         elif message.kind == "disconnect":
             for conn in list(self.hub.users.get(user, ())):
                 conn.close(message.code or CloseCode.DISCONNECTED, message.reason)
+        elif message.kind == "ack":
+            waiters = self._ack_waiters.get(user)
+            if waiters:
+                epoch, _, offset = message.data.decode("utf-8", "replace").rpartition(":")
+                if offset.isdigit():
+                    acked = StreamPosition(epoch, int(offset))
+                    for waiter in waiters:
+                        if waiter.covered_by(acked):
+                            if message.sender and message.sender not in waiter.conns:
+                                waiter.conns.append(message.sender)
+                            waiter.done.set()
 
     def on_broadcast(self, data: bytes) -> None:
         self.hub.to_all(Outgoing(jsonwire.broadcast_frame(data)))
@@ -638,6 +717,20 @@ class Node:
                 members = [*self.hub.channels.get(name, ()), *map(_as_connection, stream.held_subscribers())]
                 channels[name] = {c.id: c.user for c in members}
         await self.presence.resync(connections, channels)
+
+
+class _AckWaiter:
+    """A sender waiting for one user's acknowledgement of the message at ``target``."""
+
+    __slots__ = ("conns", "done", "target")
+
+    def __init__(self, target: StreamPosition) -> None:
+        self.target = target
+        self.conns: list[str] = []
+        self.done = asyncio.Event()
+
+    def covered_by(self, acked: StreamPosition) -> bool:
+        return acked.epoch == self.target.epoch and acked.offset >= self.target.offset
 
 
 def _as_connection(sub: object) -> Connection:

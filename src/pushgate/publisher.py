@@ -100,6 +100,25 @@ class Publisher:
         ))
         return dict(zip(targets, positions, strict=True))
 
+    async def wait_for_acks(self, positions: dict[str, StreamPosition], timeout: float) -> dict[str, bool]:
+        """Delivery receipts: wait (at most ``timeout`` s) until each user has acknowledged its
+        message at ``positions[user]`` (as :meth:`send_to_users` returned them); per user,
+        whether it did. A publisher has no pub/sub link, so it reads the stored acks every
+        100 ms; a node (``POST /api/send`` with ``wait_for_ack``) also names the connections."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        done: dict[str, bool] = dict.fromkeys(positions, False)
+        while True:
+            for user, target in positions.items():
+                if not done[user]:
+                    acked = await self._broker.acked(user_stream(user))
+                    done[user] = acked is not None and acked.epoch == target.epoch and acked.offset >= target.offset
+            left = deadline - loop.time()
+            if all(done.values()) or left <= 0:
+                return done
+            await asyncio.sleep(min(0.1, left))
+
     async def broadcast(self, data: Any) -> None:
         payload = self._encode(data)
         await self.start()

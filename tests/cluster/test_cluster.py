@@ -398,3 +398,38 @@ async def test_connect_storm_on_redis_backed_node(cluster_node: Callable[..., Pr
         assert online["connections"] == 300 and online["users"] == 300
     finally:
         await asyncio.gather(*(c.close() for c in clients.all), return_exceptions=True)
+
+
+async def test_user_streams_across_nodes_offline_inbox_receipts_and_recovery(
+    cluster_node: Callable[..., Process],
+) -> None:
+    n1, n2 = cluster_node("n1"), cluster_node("n2")
+    clients = Clients()
+    try:
+        # offline: messages sent through n1 wait for bob, who connects to n2
+        for i in range(5):
+            status, body = await api(n1, "POST", "/api/send", {"users": ["bob"], "data": i})
+            assert status == 200 and body["live"] == {"bob": 0} and body["stored"] is True
+        bob = await clients.connect(n2, "bob")
+        got = [await bob.next("direct") for _ in range(5)]
+        assert [d["data"] for d in got] == [0, 1, 2, 3, 4] and bob.welcome["stream"]["offset"] == 5
+
+        # a receipt: n1 waits, bob acknowledges on n2
+        async def ack_next() -> None:
+            d = await bob.next("direct")
+            await bob.ok({"type": "ack", "epoch": d["epoch"], "offset": d["offset"]})
+
+        acker = asyncio.create_task(ack_next())
+        status, body = await api(n1, "POST", "/api/send", {"users": ["bob"], "data": "cmd", "wait_for_ack": 5})
+        await acker
+        assert status == 200 and body["live"] == {"bob": 1}
+        assert body["acked"] == {"bob": [bob.welcome["client"]]} and body["pending"] == []
+
+        # a new device of bob on n1 gets nothing already acknowledged (offset 6 was)
+        status, _ = await api(n2, "POST", "/api/send", {"users": ["bob"], "data": "late"})
+        tablet = await clients.connect(n1, "bob")
+        late = await tablet.next("direct")
+        assert (late["data"], late["offset"]) == ("late", 7)
+        await tablet.nothing_more()
+    finally:
+        await clients.close()

@@ -57,6 +57,7 @@ class SendBody(msgspec.Struct, forbid_unknown_fields=True):
     data: msgspec.Raw
     sender: str | None = None
     idempotency_key: str | None = None
+    wait_for_ack: float | None = None  # seconds to wait for the recipients' acks (delivery receipts)
 
 
 class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -271,15 +272,24 @@ class Api:
 
     async def send(self, request: web.Request) -> web.Response:
         body = await self._body(request, SendBody)
+        wait = body.wait_for_ack
+        if wait is not None and not 0 <= wait <= self.node.config.max_ack_wait:
+            raise ClientError("bad_request", f"wait_for_ack must be 0..{self.node.config.max_ack_wait:g} seconds")
         positions = await self.node.send_to_users(
             body.users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key
         )
         config = self.node.config
-        stored = config.user_history_size > 0 and config.user_history_ttl > 0
-        return _json({
-            "stored": stored,
+        reply: dict[str, Any] = {
+            "stored": config.user_history_size > 0 and config.user_history_ttl > 0,
             "positions": {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()},
-        })
+            # connections of each user open right now, cluster-wide: they got it live
+            "live": await self.node.presence.user_connections(list(positions)),
+        }
+        if wait is not None:
+            receipts = await self.node.wait_for_acks(positions, wait)
+            reply["acked"] = {u: conns for u, conns in receipts.items() if conns is not None}
+            reply["pending"] = [u for u, conns in receipts.items() if conns is None]
+        return _json(reply)
 
     async def disconnect(self, request: web.Request) -> web.Response:
         body = await self._body(request, DisconnectBody)

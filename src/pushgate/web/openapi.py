@@ -96,9 +96,23 @@ def openapi_document() -> dict[str, Any]:
             "/api/broadcast": {"post": _op(
                 "Send to every connection on every node", body=_obj({"data": _ANY}, ["data"]))},
             "/api/send": {"post": _op(
-                "Send to every connection of each user, wherever connected (`from` is `sender` or null)",
-                body=_obj({"users": users, "data": _ANY, "sender": {"type": ["string", "null"]}},
-                          ["users", "data"]))},
+                "Append to each user's stream: every connection of the user gets it now, wherever connected, "
+                "and a user who is offline gets it on connecting within retention (`from` is `sender` or null)",
+                body=_obj({
+                    "users": users, "data": _ANY, "sender": {"type": ["string", "null"]},
+                    "idempotency_key": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.:~+/=-]{1,128}$",
+                                        "description": "a retry with the same key is applied once per user"},
+                    "wait_for_ack": {"type": ["number", "null"], "minimum": 0, "maximum": 30,
+                                     "description": "seconds to wait for each user's acknowledgement (receipts)"},
+                }, ["users", "data"]),
+                result={"type": "object", "properties": {
+                    "stored": {"type": "boolean"},
+                    "positions": {"type": "object", "additionalProperties": _POSITION},
+                    "live": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "acked": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+                    "pending": {"type": "array", "items": {"type": "string"}},
+                }, "required": ["stored", "positions", "live"]},
+                rate_limited=True)},
             "/api/disconnect": {"post": _op(
                 "Close every connection of a user with code 4500 (do not reconnect)",
                 body=_obj({"user": {"type": "string"}, "reason": {
