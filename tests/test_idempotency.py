@@ -47,3 +47,25 @@ async def test_a_client_publish_retry_with_the_same_key_is_applied_once(server: 
     await sub.nothing_more()
     bad = await sub.request({"type": "publish", "channel": "idem-client", "data": 1, "idempotency_key": "no spaces"})
     assert bad["type"] == "error" and bad["code"] == "bad_request"
+
+
+async def test_a_broadcast_retry_with_the_same_key_is_delivered_once(server: Running) -> None:
+    c = await server.client("user=a")
+    body = {"data": {"maintenance": True}, "idempotency_key": "maint-1"}
+    assert (await server.api("POST", "/api/broadcast", body))[0] == 200
+    assert (await server.api("POST", "/api/broadcast", body))[0] == 200  # the retry: no second delivery
+    assert (await c.next("broadcast"))["data"] == {"maintenance": True}
+    await c.nothing_more()
+    status, err = await server.api("POST", "/api/broadcast", {"data": 1, "idempotency_key": "bad key!"})
+    assert status == 400 and err["error"]["code"] == "bad_request"
+
+
+async def test_publisher_broadcast_and_send_retries_are_applied_once() -> None:
+    import pushgate
+
+    async with pushgate.Publisher("memory://") as pub:
+        assert await pub.broadcast({"x": 1}, idempotency_key="b-1") is True
+        assert await pub.broadcast({"x": 1}, idempotency_key="b-1") is False
+        first = await pub.send_to_users(["bob"], "hi", idempotency_key="s-1")
+        again = await pub.send_to_users(["bob"], "hi", idempotency_key="s-1")
+        assert first == again

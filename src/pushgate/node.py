@@ -38,6 +38,7 @@ from .backends.broker import (
     StreamPosition,
     UserMessage,
 )
+from .backends.idempotency import check_idempotency_key
 from .backends.lease import LeaseStore
 from .backends.presence import ChannelPresence, OnlineCounts, PresenceStore
 from .config import Config
@@ -563,9 +564,18 @@ class Node:
         await self.broker.send_to_users([conn.user], notice)
         return stored
 
-    async def broadcast(self, data: bytes) -> None:
-        await self.broker.broadcast(check_data(data, max_depth=self.config.max_json_depth))
+    async def broadcast(self, data: bytes, *, idempotency_key: str | None = None) -> bool:
+        """Deliver ``data`` to every connection on every node (not kept). With an
+        ``idempotency_key`` a retry within ``idempotency_window`` is not delivered again,
+        cluster-wide (a once-only claim in the lease store). Returns whether it was sent now."""
+        check_data(data, max_depth=self.config.max_json_depth)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            if not await self.leases.claim_once(f"idem:b:{idempotency_key}", self.config.idempotency_window):
+                return False
+        await self.broker.broadcast(data)
         self.metrics.published_total.inc()
+        return True
 
     async def disconnect_user(
         self, user: str, code: int = CloseCode.DISCONNECTED, reason: str = "disconnected by server"

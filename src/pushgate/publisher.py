@@ -33,8 +33,10 @@ from typing import Any
 
 import msgspec
 
-from .backends import create_broker
+from .backends import create_stores
 from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
+from .backends.idempotency import check_idempotency_key
+from .backends.lease import LeaseStore
 from .errors import ClientError, CloseCode
 from .names import user_stream, valid_channel, valid_users
 from .payload import DEFAULT_MAX_DEPTH, check_data
@@ -48,9 +50,12 @@ class Publisher:
                  history_ttl: float = 300.0, broker_timeout: float = 5.0,
                  idempotency_window: float = 120.0, max_json_depth: int = DEFAULT_MAX_DEPTH,
                  user_history_size: int = 100, user_history_ttl: float = 86400.0) -> None:
-        self._broker: Broker = create_broker(
+        broker, _presence, leases = create_stores(
             url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window
         )
+        self._broker: Broker = broker
+        self._leases: LeaseStore = leases  # once-only claims for broadcast idempotency keys
+        self._idempotency_window = idempotency_window
         self._history = HistoryOptions(history_size, history_ttl)
         self._user_history = HistoryOptions(user_history_size, user_history_ttl)
         self._max_depth = max_json_depth
@@ -119,10 +124,17 @@ class Publisher:
                 return done
             await asyncio.sleep(min(0.1, left))
 
-    async def broadcast(self, data: Any) -> None:
+    async def broadcast(self, data: Any, *, idempotency_key: str | None = None) -> bool:
+        """Deliver to every connection on every node; with an ``idempotency_key`` a retry within
+        the window is not delivered again (cluster-wide). Returns whether it was sent now."""
         payload = self._encode(data)
         await self.start()
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            if not await self._leases.claim_once(f"idem:b:{idempotency_key}", self._idempotency_window):
+                return False
         await self._broker.broadcast(payload)
+        return True
 
     def _encode(self, data: Any) -> bytes:
         """JSON bytes of ``data`` that every door would accept, else ClientError ``bad_request``."""

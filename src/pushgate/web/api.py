@@ -50,6 +50,7 @@ class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class BroadcastBody(msgspec.Struct, forbid_unknown_fields=True):
     data: msgspec.Raw
+    idempotency_key: str | None = None
 
 
 class SendBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -267,8 +268,8 @@ class Api:
 
     async def broadcast(self, request: web.Request) -> web.Response:
         body = await self._body(request, BroadcastBody)
-        await self.node.broadcast(bytes(body.data))
-        return _json({})
+        await self.node.broadcast(bytes(body.data), idempotency_key=body.idempotency_key)
+        return _json({})  # a retry the key made a no-op answers the same
 
     async def send(self, request: web.Request) -> web.Response:
         body = await self._body(request, SendBody)

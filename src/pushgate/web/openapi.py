@@ -94,7 +94,10 @@ def openapi_document() -> dict[str, Any]:
                     "the first one's epoch and offset"}}, ["channel", "data"]),
                 result=_POSITION, rate_limited=True)},
             "/api/broadcast": {"post": _op(
-                "Send to every connection on every node", body=_obj({"data": _ANY}, ["data"]))},
+                "Send to every connection on every node", body=_obj({"data": _ANY, "idempotency_key": {
+                    "type": ["string", "null"], "pattern": "^[A-Za-z0-9_.:~+/=-]{1,128}$",
+                    "description": "a retry with the same key within the window is not delivered again"}},
+                    ["data"]))},
             "/api/send": {"post": _op(
                 "Append to each user's stream: every connection of the user gets it now, wherever connected, "
                 "and a user who is offline gets it on connecting within retention (`from` is `sender` or null)",
