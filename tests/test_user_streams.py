@@ -169,3 +169,13 @@ async def test_a_receipt_is_found_when_the_ack_came_before_the_wait(server: Runn
 
     receipts = await server.node.wait_for_acks({"bob": StreamPosition(pos["epoch"], pos["offset"])}, 1.0)
     assert receipts == {"bob": []}  # found stored: acknowledged, by a connection not seen here
+
+
+async def test_a_send_may_name_a_destination_for_stomp_subscribers(server: Running) -> None:
+    bob = await server.client("user=bob")
+    status, _ = await server.api("POST", "/api/send", {"users": ["bob"], "data": 1, "destination": "/queue/reply"})
+    assert status == 200
+    d = await bob.next("direct")
+    assert (d["destination"], d["data"], d["from"]) == ("/queue/reply", 1, None)
+    status, err = await server.api("POST", "/api/send", {"users": ["bob"], "data": 1, "destination": "no-slash"})
+    assert status == 400 and err["error"]["code"] == "bad_request"

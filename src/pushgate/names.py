@@ -57,3 +57,14 @@ def valid_users(users: Iterable[Any]) -> list[str]:
         if not is_valid_name(user):
             raise ClientError("bad_request", f"invalid user id {user!r}")
     return targets
+
+
+DESTINATION_RE = re.compile(r"^/[A-Za-z0-9_\-:.@/=+#$]{1,254}$")
+
+
+def valid_destination(destination: Any) -> str:
+    """A user-message destination (``/queue/<name>``, as STOMP's ``/user/queue/<name>`` sees it),
+    or :class:`ClientError` ``bad_request``."""
+    if not isinstance(destination, str) or DESTINATION_RE.match(destination) is None:
+        raise ClientError("bad_request", "destination must be / followed by 1-254 chars of A-Za-z0-9_-:.@/=+#$")
+    return destination

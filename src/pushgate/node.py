@@ -45,7 +45,7 @@ from .config import Config
 from .errors import ClientError, CloseCode, Reject
 from .hub import Hub
 from .metrics import NodeMetrics
-from .names import is_internal, user_stream, valid_channel, valid_users
+from .names import is_internal, user_stream, valid_channel, valid_destination, valid_users
 from .payload import check_data
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
@@ -481,6 +481,7 @@ class Node:
         sender: str | None,
         conn: Connection | None = None,
         idempotency_key: str | None = None,
+        destination: str | None = None,
     ) -> dict[str, StreamPosition]:
         """Append to each user's stream: every connection of the user gets it now, wherever it
         is, and a connection that opens later within retention gets it then (the offline
@@ -488,7 +489,8 @@ class Node:
 
         With ``conn`` it is a client's send: the authorizer decides, and the sender is the
         connection's user whatever the caller passed. An ``idempotency_key`` makes a retry
-        safe: within the window each user's stream applies the same key once.
+        safe: within the window each user's stream applies the same key once. ``destination``
+        (``/queue/<name>``) is where STOMP clients of the user receive it (``/user/queue/<name>``).
         """
         if conn is not None:
             self.authorizer.send(conn, users)
@@ -499,7 +501,9 @@ class Node:
             await self.authorizer.send_hooks(self.client_info(conn), targets, msgspec.json.decode(data))
         if not self._publish_rate.take():
             raise ClientError("rate_limited", "this node is at its publish rate limit: retry shortly")
-        envelope = jsonwire.direct_envelope(sender, data)
+        if destination is not None:
+            valid_destination(destination)
+        envelope = jsonwire.direct_envelope(sender, data, destination)
         options = HistoryOptions(self.config.user_history_size, self.config.user_history_ttl)
         positions = await asyncio.gather(
             *(self.broker.publish(user_stream(u), envelope, options, idempotency_key=idempotency_key) for u in targets)

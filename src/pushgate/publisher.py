@@ -38,7 +38,7 @@ from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
 from .backends.idempotency import check_idempotency_key
 from .backends.lease import LeaseStore
 from .errors import ClientError, CloseCode
-from .names import user_stream, valid_channel, valid_users
+from .names import user_stream, valid_channel, valid_destination, valid_users
 from .payload import DEFAULT_MAX_DEPTH, check_data
 from .protocol import jsonwire
 
@@ -91,13 +91,21 @@ class Publisher:
                                           idempotency_key=idempotency_key)
 
     async def send_to_users(
-        self, users: Sequence[str], data: Any, *, sender: str | None = None, idempotency_key: str | None = None
+        self,
+        users: Sequence[str],
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+        destination: str | None = None,
     ) -> dict[str, StreamPosition]:
         """Append ``data`` to each user's stream, exactly as a node does: delivered now to every
         connection of the user, or when one connects within retention. Returns each message's
         position per user; an ``idempotency_key`` makes a retry safe."""
         targets = valid_users(users)
-        envelope = jsonwire.direct_envelope(sender, self._encode(data))
+        envelope = jsonwire.direct_envelope(
+            sender, self._encode(data), None if destination is None else valid_destination(destination)
+        )
         await self.start()
         positions = await asyncio.gather(*(
             self._broker.publish(user_stream(u), envelope, self._user_history, idempotency_key=idempotency_key)

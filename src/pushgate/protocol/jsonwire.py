@@ -46,6 +46,7 @@ class Send(msgspec.Struct, tag="send", tag_field="type", frozen=True):
     data: msgspec.Raw
     id: RequestId = None
     idempotency_key: str | None = None  # a retry with the same key is applied once per recipient
+    destination: str | None = None  # for STOMP recipients: their /user<destination> subscription
 
 
 class Presence(msgspec.Struct, tag="presence", tag_field="type", frozen=True):
@@ -171,9 +172,13 @@ def direct_frame(sender: str | None, data: bytes) -> bytes:
     return b'{"type":"direct","from":' + _encode(sender) + b',"data":' + data + b"}"
 
 
-def direct_envelope(sender: str | None, data: bytes) -> bytes:
-    """What a user stream stores per message: ``{"from":...,"data":...}`` (raw ``data``)."""
-    return b'{"from":' + _encode(sender) + b',"data":' + data + b"}"
+def direct_envelope(sender: str | None, data: bytes, destination: str | None = None) -> bytes:
+    """What a user stream stores per message: ``{"from":...,"data":...}`` (raw ``data``), plus
+    the ``destination`` a STOMP client subscribes to (``/user/queue/<name>``) when one was given."""
+    head = b'{"from":' + _encode(sender)
+    if destination is not None:
+        head += b',"destination":' + _encode(destination)
+    return head + b',"data":' + data + b"}"
 
 
 def stream_direct_frame(envelope: bytes, offset: int, epoch: str) -> bytes:

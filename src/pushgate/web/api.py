@@ -59,6 +59,7 @@ class SendBody(msgspec.Struct, forbid_unknown_fields=True):
     sender: str | None = None
     idempotency_key: str | None = None
     wait_for_ack: float | None = None  # seconds to wait for the recipients' acks (delivery receipts)
+    destination: str | None = None  # STOMP recipients receive it on /user<destination>
 
 
 class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -277,7 +278,8 @@ class Api:
         if wait is not None and not 0 <= wait <= self.node.config.max_ack_wait:
             raise ClientError("bad_request", f"wait_for_ack must be 0..{self.node.config.max_ack_wait:g} seconds")
         positions = await self.node.send_to_users(
-            body.users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key
+            body.users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key,
+            destination=body.destination,
         )
         config = self.node.config
         reply: dict[str, Any] = {

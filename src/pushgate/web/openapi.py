@@ -105,6 +105,8 @@ def openapi_document() -> dict[str, Any]:
                     "users": users, "data": _ANY, "sender": {"type": ["string", "null"]},
                     "idempotency_key": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.:~+/=-]{1,128}$",
                                         "description": "a retry with the same key is applied once per user"},
+                    "destination": {"type": ["string", "null"], "pattern": "^/[A-Za-z0-9_\\-:.@/=+#$]{1,254}$",
+                                    "description": "STOMP clients of the user receive it on /user<destination>"},
                     "wait_for_ack": {"type": ["number", "null"], "minimum": 0, "maximum": 30,
                                      "description": "seconds to wait for each user's acknowledgement (receipts)"},
                 }, ["users", "data"]),

@@ -151,7 +151,8 @@ class JsonSession:
             # with conn= the node's Authorizer decides (anonymous connections cannot send) and the
             # sender is stamped from the connection, whatever the client wrote in "from"
             positions = await node.send_to_users(
-                cmd.to, bytes(cmd.data), sender=conn.user, conn=conn, idempotency_key=cmd.idempotency_key
+                cmd.to, bytes(cmd.data), sender=conn.user, conn=conn, idempotency_key=cmd.idempotency_key,
+                destination=cmd.destination,
             )
             fields = {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()}
             conn.send_payload(jsonwire.ok_frame(cmd.id, {"positions": fields}))
