@@ -23,6 +23,10 @@
         await app.publish("log", data)             # server-side push from a handler
         return data
 
+    @app.message("/chat.send", send_to="/topic/chat")   # STOMP: SEND to /app/chat.send
+    def chat(client: ClientInfo, data: Any, headers: dict[str, str]) -> Any:
+        return {"text": data["text"], "by": client.user}  # published to /topic/chat (channel chat)
+
 Hooks may be plain functions or coroutines. They run after the :class:`~pushgate.auth.Authorizer`'s
 rules (namespace, token claims) allowed the operation, so a hook only sees what the rules let
 through. Raising :class:`~pushgate.errors.Reject` refuses;
@@ -60,7 +64,40 @@ SubscribeHook = Callable[[ClientInfo, str], Awaitable[None] | None]
 PublishHook = Callable[[ClientInfo, str, Any], Awaitable[Any] | Any]
 SendHook = Callable[[ClientInfo, list[str], Any], Awaitable[None] | None]
 DisconnectHook = Callable[[ClientInfo], Awaitable[None] | None]
+UnsubscribeHook = Callable[[ClientInfo, str], Awaitable[None] | None]
 RpcHandler = Callable[[ClientInfo, Any], Awaitable[Any] | Any]
+MessageHandler = Callable[[ClientInfo, Any, dict[str, str]], Awaitable[Any] | Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """A message handler's reply for a broker destination (``/topic/x``: every subscriber of
+    channel ``x``, whatever protocol it speaks). Return it, or a list of replies, from a handler
+    to choose the destination at run time (Spring's ``@SendTo`` with a computed destination)."""
+
+    destination: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SendToUser:
+    """A message handler's reply for users: ``destination`` is the user destination without the
+    user prefix (``/queue/reply``: STOMP clients receive it on ``/user/queue/reply``, JSON clients
+    as a ``direct`` frame). ``users`` None means the sender's user (Spring's ``@SendToUser``):
+    every device of that user gets it, on any node, and an offline device gets it later."""
+
+    destination: str
+    data: Any
+    users: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMapping:
+    """One ``@app.message`` registration: the handler and where its return value goes by default."""
+
+    handler: MessageHandler
+    send_to: str | None = None
+    send_to_user: str | None = None
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -92,7 +129,9 @@ class App:
         self.publish_hooks: list[PublishHook] = []
         self.send_hooks: list[SendHook] = []
         self.disconnect_hooks: list[DisconnectHook] = []
+        self.unsubscribe_hooks: list[UnsubscribeHook] = []
         self.rpc_handlers: dict[str, RpcHandler] = {}
+        self.message_handlers: dict[str, MessageMapping] = {}
         self._pusher: Pusher | None = None
 
     # -- registration (decorators) --
@@ -117,6 +156,39 @@ class App:
     def on_disconnect(self, fn: F) -> F:
         self.disconnect_hooks.append(fn)
         return fn
+
+    def on_unsubscribe(self, fn: F) -> F:
+        """Called as ``fn(client, channel)`` after a client's explicit unsubscribe (STOMP
+        ``UNSUBSCRIBE``; like Spring's ``SessionUnsubscribeEvent``, not for subscriptions that
+        end with the connection, which ``on_disconnect`` covers). Errors are logged, not sent."""
+        self.unsubscribe_hooks.append(fn)
+        return fn
+
+    def message(
+        self, path: str, *, send_to: str | None = None, send_to_user: str | None = None
+    ) -> Callable[[F], F]:
+        """Handle STOMP ``SEND`` frames to ``<app prefix><path>`` (``/app/chat.send`` for
+        ``path="/chat.send"`` with the default prefix): Spring's ``@MessageMapping``.
+
+        The handler is called as ``fn(client, data, headers)`` with the JSON-decoded body and the
+        frame's headers, after the rate limits. Its return value (unless None) is sent:
+
+        * to ``send_to`` (a broker destination such as ``/topic/chat``, Spring's ``@SendTo``);
+        * or to ``send_to_user`` (``/queue/reply``: every device of the sender's user receives it
+          on ``/user/queue/reply``, Spring's ``@SendToUser``);
+        * with neither, to ``/topic<path>`` (Spring's default for a returned value);
+        * a returned :class:`SendTo` / :class:`SendToUser` (or a list of them) goes where it says.
+
+        Raise :class:`~pushgate.errors.Reject` to refuse (the client gets an ERROR frame).
+        """
+        if not path.startswith("/"):
+            path = "/" + path
+
+        def register(fn: F) -> F:
+            self.message_handlers[path] = MessageMapping(fn, send_to, send_to_user)
+            return fn
+
+        return register
 
     def rpc(self, method: str) -> Callable[[F], F]:
         def register(fn: F) -> F:

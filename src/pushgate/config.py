@@ -131,6 +131,26 @@ class Config:
         120.0, "seconds a publish `idempotency_key` is remembered cluster-wide (a retry within it is not re-applied)"
     )
 
+    # -- STOMP over WebSocket (docs/stomp.md) --
+    stomp_paths: tuple[str, ...] = _opt(
+        ("/stomp",), "comma-separated paths that speak STOMP with or without a subprotocol (/ws does when offered one)"
+    )
+    stomp_broker_prefixes: tuple[str, ...] = _opt(
+        ("/topic",), "STOMP destination prefixes mapped onto channels: /topic/x is channel x, /<p>/x is channel <p>:x"
+    )
+    stomp_app_prefix: str = _opt("/app", "STOMP destinations whose SENDs go to the App's @app.message handlers")
+    stomp_user_prefix: str = _opt("/user", "STOMP prefix of user destinations (/user/queue/x: this user's messages)")
+    stomp_user_destination: str = _opt(
+        "/queue/messages", "where STOMP clients receive user messages sent without a destination (under /user)"
+    )
+    stomp_heartbeat: float = _opt(
+        10.0, "seconds between STOMP heart-beats the server offers to send and asks the client for (0 = none)"
+    )
+    stomp_heartbeat_tolerance: float = _opt(
+        2.0, "a STOMP client silent for this many times its negotiated heart-beat interval is closed"
+    )
+    stomp_transaction_frames: int = _opt(100, "SEND frames one STOMP transaction may buffer")
+
     namespaces: Mapping[str, NamespaceConfig] = field(default_factory=dict, metadata={"toml_only": True})
     schedule: Sequence[ScheduleConfig] = field(default_factory=tuple, metadata={"toml_only": True})
 
@@ -340,14 +360,15 @@ def _validate(cfg: Config) -> None:
     positive = ("max_message_size", "max_subscriptions", "write_buffer_limit", "ping_interval",
                 "node_ttl", "lease_ttl", "sse_ping_interval", "handshake_timeout", "keepalive_timeout",
                 "client_command_burst", "client_publish_bytes_burst", "max_json_depth", "broker_timeout",
-                "idempotency_window")
+                "idempotency_window", "stomp_heartbeat_tolerance", "stomp_transaction_frames")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")
     for key in ("history_size", "history_ttl", "user_history_size", "user_history_ttl", "max_ack_wait",
                 "drain_period", "max_connections", "max_connections_per_ip",
                 "max_connections_per_user", "rate_limit_close_after", "history_max_channels",
-                "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate"):
+                "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate",
+                "stomp_heartbeat"):
         if getattr(cfg, key) < 0:
             raise ConfigError(key, "must be >= 0")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
@@ -362,6 +383,7 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
+    _validate_stomp(cfg)
     if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log_level", "must be debug, info, warning or error")
     if cfg.production:
@@ -372,6 +394,18 @@ def _validate(cfg: Config) -> None:
         if problems:
             first = next(iter(problems))
             raise ConfigError(first, "production: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+
+
+def _validate_stomp(cfg: Config) -> None:
+    """STOMP paths and prefixes are ``/`` followed by something, without a trailing ``/``."""
+    for key in ("stomp_paths", "stomp_broker_prefixes", "stomp_app_prefix", "stomp_user_prefix",
+                "stomp_user_destination"):
+        value = getattr(cfg, key)
+        for item in value if isinstance(value, tuple) else (value,):
+            if not item.startswith("/") or item.endswith("/") or len(item) < 2 or " " in item:
+                raise ConfigError(key, f"{item!r} must start with '/', not end with one, and hold no spaces")
+    if "/ws" in cfg.stomp_paths:
+        raise ConfigError("stomp_paths", "/ws is the JSON endpoint (it speaks STOMP when the client offers it)")
 
 
 def add_cli_options(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ No I/O here: this module only turns payloads into bytes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Hashable
 
 from ..backends.broker import Publication
 from . import jsonwire, wsframe
@@ -20,16 +21,23 @@ _SSE_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 class Outgoing:
-    """One server frame's JSON payload, with its per-transport encodings made lazily, once."""
+    """One server frame's JSON payload, with its per-transport encodings made lazily, once.
 
-    __slots__ = ("_sse", "_sse_chunk", "_ws", "event_id", "payload")
+    ``pub`` is the publication the frame carries (set by :func:`message_outgoing`): protocols
+    that do not speak pushgate's JSON frames (STOMP) build their own frame from it, and cache it
+    here with :meth:`encoded` so that it too is built once and shared by every connection.
+    """
 
-    def __init__(self, payload: bytes, event_id: str | None = None) -> None:
+    __slots__ = ("_encoded", "_sse", "_sse_chunk", "_ws", "event_id", "payload", "pub")
+
+    def __init__(self, payload: bytes, event_id: str | None = None, pub: Publication | None = None) -> None:
         self.payload = payload
         self.event_id = event_id  # SSE `id:` (epoch:offset of a publication) for Last-Event-ID
+        self.pub = pub
         self._ws: bytes | None = None
         self._sse: bytes | None = None
         self._sse_chunk: bytes | None = None
+        self._encoded: dict[Hashable, bytes] | None = None
 
     def ws(self) -> bytes:
         if self._ws is None:
@@ -41,6 +49,25 @@ class Outgoing:
             head = b"id: " + self.event_id.encode() + b"\n" if self.event_id else b""
             self._sse = head + sse_data(self.payload) + b"\n"
         return self._sse
+
+    def encoded(self, key: Hashable, build: Callable[[Publication], bytes]) -> bytes:
+        """The bytes ``build(self.pub)`` returns, built on the first ask for ``key`` and then reused.
+
+        Hot path for STOMP fan-out: a MESSAGE frame differs between connections only by what
+        ``key`` names (version, subscription id, destination, ack mode), so a thousand
+        subscribers with the same subscription id (stompjs numbers them ``sub-0``, ``sub-1``...)
+        share one encoding. Only for frames that carry a publication (``pub`` is set).
+        """
+        cache = self._encoded
+        if cache is None:
+            cache = self._encoded = {}
+        else:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        assert self.pub is not None, "encoded() needs an Outgoing built by message_outgoing()"
+        value = cache[key] = build(self.pub)
+        return value
 
     def sse_chunk(self) -> bytes:
         """The SSE event as one HTTP/1.1 chunk, for streams with chunked transfer encoding."""
@@ -78,6 +105,6 @@ def message_outgoing(pub: Publication) -> Outgoing:
     recover with ``user_since``).
     """
     if pub.channel[:1] == "!":
-        return Outgoing(jsonwire.stream_direct_frame(pub.data, pub.offset, pub.epoch))
+        return Outgoing(jsonwire.stream_direct_frame(pub.data, pub.offset, pub.epoch), None, pub)
     payload = jsonwire.message_frame(pub.channel, pub.data, pub.offset, pub.epoch)
-    return Outgoing(payload, f"{pub.epoch}:{pub.offset}")
+    return Outgoing(payload, f"{pub.epoch}:{pub.offset}", pub)

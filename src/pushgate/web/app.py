@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from ..protocol import wsframe
 from .api import Api, Probes
 from .sse import SseHandler
+from .stomp import StompHandler
 from .websocket import WebsocketHandler
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class EchoHandler:
 
 
 def build_app(node: Node) -> web.Application:
-    """The web edge of ``node``: ``/api`` (+ auth and JSON errors), ``/ws``, ``/sse``, the demo
+    """The web edge of ``node``: ``/api`` (+ auth and JSON errors), ``/ws``, ``/sse``, the STOMP
+    endpoints (``stomp_paths``, default ``/stomp``; ``/ws`` speaks STOMP too when offered), the demo
     page ``/``, ``/pushgate.js``, ``/static/``, ``/healthz``, ``/readyz`` and ``/metrics``.
 
     With ``PUSHGATE_TEST_ECHO=1`` in the environment it also has the conformance-test echo
@@ -87,8 +89,10 @@ def build_app(node: Node) -> web.Application:
     mounted as a sub-application, the parent's limit applies to API bodies.
     """
     app = web.Application(client_max_size=max(1 << 20, node.config.max_message_size))
+    stomp = StompHandler(node)
     app.add_routes([
-        web.get("/ws", WebsocketHandler(node).handle),
+        web.get("/ws", WebsocketHandler(node, stomp).handle),
+        *(web.get(path, stomp.handle) for path in node.config.stomp_paths),
         web.get("/sse", SseHandler(node).handle),
         *Probes(node).routes(),
         web.get("/", _index),

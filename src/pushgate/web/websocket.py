@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..hub import Hub
     from ..metrics import NodeMetrics
     from ..node import Node
+    from .stomp import StompHandler
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
@@ -64,6 +65,18 @@ class WsConnection(TransportConnection):
         else:
             pending.append(out.ws())
 
+    def queue(self, framed: bytes) -> None:
+        """Queue bytes that are already WebSocket frames (a protocol other than JSON on this
+        socket, :class:`~pushgate.web.stomp_connection.StompConnection`); same flush as send."""
+        if self.closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [framed]
+            self._hub.want_flush(self)
+        else:
+            pending.append(framed)
+
     def flush(self) -> None:
         # Hot path (once per connection per loop iteration): one write for all queued frames.
         pending, self._pending = self._pending, None
@@ -91,19 +104,43 @@ class WsConnection(TransportConnection):
         loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
 
 
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # best first
+
+
+def offered_subprotocols(request: web.Request) -> list[str]:
+    """The subprotocols of the upgrade's ``Sec-WebSocket-Protocol`` headers (RFC 6455 §4.1)."""
+    return [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in value.split(",")]
+
+
+def offers_stomp(request: web.Request) -> bool:
+    return any(p in STOMP_SUBPROTOCOLS for p in offered_subprotocols(request))
+
+
 def _ignore_result(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
 
 class WebsocketHandler:
-    """``GET /ws``: aiohttp handler object holding the node it serves (mount it anywhere)."""
+    """``GET /ws``: aiohttp handler object holding the node it serves (mount it anywhere).
 
-    def __init__(self, node: Node) -> None:
+    A client that offers a STOMP subprotocol (``v12.stomp``, ``v11.stomp``, ``v10.stomp``) gets
+    STOMP on the same path (:class:`~pushgate.web.stomp.StompHandler`, docs/stomp.md); everyone
+    else the JSON protocol.
+    """
+
+    def __init__(self, node: Node, stomp: StompHandler | None = None) -> None:
         self.node = node
+        self._stomp = stomp
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         node = self.node
+        if offers_stomp(request):
+            if self._stomp is None:
+                from .stomp import StompHandler  # the STOMP edge imports this module, not the reverse
+
+                self._stomp = StompHandler(node)
+            return await self._stomp.handle(request)
         admitted = await accept(node, request, WsConnection.transport_name)
         if isinstance(admitted, Refusal) and admitted.close_code is None:
             return admitted.response()
