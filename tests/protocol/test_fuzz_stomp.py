@@ -98,6 +98,15 @@ def test_any_text_encodes_to_exactly_one_frame(version: str, command: str, heade
     assert len(events[0].headers) == len(kept) + (1 if body else 0)
 
 
+@BOUNDED
+@given(VERSIONS, st.sampled_from(sorted(ALL_COMMANDS)),
+       st.lists(st.tuples(names | st.just("content-length"), values), max_size=5), st.integers(0, 10**6))
+def test_the_fast_path_is_only_an_optimisation(version: str, command: str, headers: list[tuple[str, str]],
+                                               body_length: int) -> None:
+    fast = stomp.encode_head(command, headers, body_length, version=version)
+    assert fast == stomp._encode_head_slow(command, headers, body_length, version)
+
+
 # --- a reference writer, from the grammar (§Augmented BNF) ----------------------------------------
 
 
