@@ -44,6 +44,7 @@ _BROKER_STATS = (
     ("history_positions", "pushgate_history_positions",
      "Channels the memory broker remembers by position only (history expired or evicted)", "gauge"),
     ("idempotency_keys", "pushgate_idempotency_keys", "Publish idempotency keys remembered in memory", "gauge"),
+    ("acked_streams", "pushgate_acked_streams", "User streams with a stored acknowledgement in memory", "gauge"),
     ("dropped_messages", "pushgate_broker_dropped_messages",
      "Messages from the broker dropped as invalid (not UTF-8, bad envelope)", "counter"),
 )

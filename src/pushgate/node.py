@@ -37,6 +37,8 @@ from .backends.broker import (
     Publication,
     StreamPosition,
     UserMessage,
+    ack_message,
+    parse_ack,
 )
 from .backends.idempotency import check_idempotency_key
 from .backends.lease import LeaseStore
@@ -564,8 +566,7 @@ class Node:
         if conn.user is None:
             raise ClientError("permission_denied", "anonymous connections have no user stream to acknowledge")
         stored = await self.broker.ack(user_stream(conn.user), position, self.config.user_history_ttl)
-        notice = UserMessage("ack", sender=conn.id, data=f"{stored.epoch}:{stored.offset}".encode())
-        await self.broker.send_to_users([conn.user], notice)
+        await self.broker.send_to_users([conn.user], ack_message(conn.id, stored))
         return stored
 
     async def broadcast(self, data: bytes, *, idempotency_key: str | None = None) -> bool:
@@ -700,14 +701,15 @@ class Node:
         elif message.kind == "ack":
             waiters = self._ack_waiters.get(user)
             if waiters:
-                epoch, _, offset = message.data.decode("utf-8", "replace").rpartition(":")
-                if offset.isdigit():
-                    acked = StreamPosition(epoch, int(offset))
-                    for waiter in waiters:
-                        if waiter.covered_by(acked):
-                            if message.sender and message.sender not in waiter.conns:
-                                waiter.conns.append(message.sender)
-                            waiter.done.set()
+                try:
+                    acked = parse_ack(message.data)
+                except ValueError:
+                    return
+                for waiter in waiters:
+                    if waiter.covered_by(acked):
+                        if message.sender and message.sender not in waiter.conns:
+                            waiter.conns.append(message.sender)
+                        waiter.done.set()
 
     def on_broadcast(self, data: bytes) -> None:
         self.hub.to_all(Outgoing(jsonwire.broadcast_frame(data)))
