@@ -165,6 +165,14 @@ def test_connect_switches_the_parser_to_the_negotiated_version_for_pipelined_fra
     assert parser.version == "1.2"
 
 
+def test_a_client_side_parser_follows_connected() -> None:
+    parser = FrameParser(commands=stomp.SERVER_COMMANDS)
+    events = parser.feed(b"CONNECTED\nversion:1.1\n\n\x00MESSAGE\nk:a\\cb\n\n\x00")
+    assert parser.version == "1.1" and events[1] == Frame("MESSAGE", (("k", "a:b"),))
+    parser.feed(b"CONNECTED\n\n\x00")  # no version header: a 1.0 server
+    assert parser.version == "1.0"
+
+
 # --- §Header content-length ---------------------------------------------------------------------
 
 

@@ -23,8 +23,9 @@ Choices where the specification leaves room (each also said where the code makes
   rejected: it cannot confuse the framing, and the session decides what to do with it.
 - ``max_frame_size`` bounds a whole frame: command line, headers, body and NUL.
 - After a CONNECT or STOMP frame the parser switches itself to the version :func:`negotiate`
-  picks from its ``accept-version``, so frames a client pipelines behind CONNECT in the same
-  message are unescaped by the right rules; the session may still set :attr:`FrameParser.version`.
+  picks from its ``accept-version`` (after a CONNECTED, when it accepts one, to its ``version``),
+  so frames pipelined behind it in the same message are unescaped by the right rules; the
+  session may still set :attr:`FrameParser.version`.
 
 Encoding is the fan-out hot path: a MESSAGE is encoded once per publication and subscription
 id, so :func:`encode` is a single byte join with a fast path that skips escaping when no header
@@ -499,6 +500,17 @@ class FrameParser:
                 return False
         return True
 
+    def _follow_version(self, frame: Frame) -> None:
+        """Switch to the version a CONNECT/STOMP will get (:func:`negotiate`) or a CONNECTED
+        announces (its ``version`` header; none means 1.0), so that frames pipelined behind it
+        are unescaped by that version's rules (§Protocol Negotiation). No common version: stay."""
+        if frame.command == "CONNECTED":
+            version: str | None = frame.get("version", "1.0")
+        else:
+            version = negotiate(frame.get("accept-version"))
+        if version in _UNESCAPE:
+            self.version = version
+
     def _parse_body(self, buf: bytearray, pos: int, events: list[Event]) -> int:
         """The body and its NUL (§Body, §Header content-length); the position after the frame,
         or -1 when more bytes are needed or the stream is broken."""
@@ -523,10 +535,8 @@ class FrameParser:
                     self._scan = end
                 return -1
         frame = Frame(self._command, tuple(self._headers), bytes(buf[pos:nul]))
-        if self._command in ("CONNECT", "STOMP"):
-            negotiated = negotiate(frame.get("accept-version"))
-            if negotiated is not None:
-                self.version = negotiated
+        if self._command in _UNESCAPED_COMMANDS:
+            self._follow_version(frame)
         events.append(frame)
         self._reset_frame()
         self._scan = nul + 1
