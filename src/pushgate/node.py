@@ -13,13 +13,14 @@ that waited for it, and tell subscribers in-band to resync when history cannot f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, cast
@@ -108,6 +109,7 @@ class Node:
         self._streams: dict[str, ChannelStream] = {}
         #: users whose control topic this node follows, and how many reasons it has to
         self._user_routes: dict[str, int] = {}
+        self._routed: set[str] = set()  # connections holding a user route
         #: senders waiting for delivery receipts, per recipient
         self._ack_waiters: dict[str, set[_AckWaiter]] = {}
         #: recovery reads in flight, one per channel at most (see ChannelStream.shared_read)
@@ -227,12 +229,18 @@ class Node:
             await call_maybe_async(hook, info)
 
     async def register(self, conn: Connection) -> None:
-        """Make ``conn`` reachable: local indexes, the user's route, presence."""
-        self.hub.add(conn)
+        """Make ``conn`` known: the user's route, presence, then the local indexes.
+
+        The hub learns of ``conn`` last and nothing awaits after that, so a caller that sends
+        its first frame right after this returns is sure no broadcast got there before it, and
+        cluster-wide presence already counts ``conn`` when it is told it is connected.
+        """
         if conn.user is not None:
             await self._route_user(conn.user)
+            self._routed.add(conn.id)
         self.metrics.connections_total.inc()
         await self.presence.add_connection(conn.id, conn.user)
+        self.hub.add(conn)
 
     async def unregister(self, conn: Connection) -> None:
         """Undo everything ``conn`` set up; tolerant of a broker that is down."""
@@ -241,10 +249,10 @@ class Node:
                 await self.unsubscribe(conn, channel)
             except Exception as exc:
                 log.warning("cleanup of %s in %s failed: %s", conn.id, channel, exc)
-        removed = conn.id in self.hub.connections
         self.hub.remove(conn)
         try:
-            if removed and conn.user is not None:
+            if conn.id in self._routed and conn.user is not None:
+                self._routed.discard(conn.id)
                 await self._unroute_user(conn.user)
             await self.presence.remove_connection(conn.id, conn.user)
         except Exception as exc:
@@ -513,51 +521,46 @@ class Node:
         self.metrics.published_total.inc()
         return dict(zip(targets, positions, strict=True))
 
-    async def wait_for_acks(
-        self, positions: dict[str, StreamPosition], timeout: float
-    ) -> dict[str, list[str] | None]:
-        """Wait (at most ``timeout`` s, capped by ``max_ack_wait``) until each user has
-        acknowledged its message at ``positions[user]``; per user, the ids of the connections
-        that acknowledged it (empty when the ack was found stored rather than seen), or None.
+    @contextlib.asynccontextmanager
+    async def receipts(self, users: Sequence[str]) -> AsyncIterator[Receipts]:
+        """Listen for ``users``' acknowledgements — open it *before* sending, so that an ack
+        arriving before the send even returns is seen, with the connection that sent it::
 
-        Ack notices arrive on the user's control topic from whichever node the acking device
-        is on; the stored ack is read as well (at the start and then every half second), so a
-        notice missed while the route was being set up cannot turn a delivered message into a
-        timeout.
+            async with node.receipts(users) as receipts:
+                positions = await node.send_to_users(users, data, sender=None)
+                acked = await receipts.wait(positions, timeout=10)
+
+        Ack notices arrive on each user's control topic from whichever node the acking device
+        is on; the stored acks are read as well (then every half second), so a notice missed
+        while a route was being set up cannot turn a delivered message into a timeout.
         """
-        timeout = max(0.0, min(timeout, self.config.max_ack_wait))
-        waiters = {user: _AckWaiter(pos) for user, pos in positions.items()}
-        for user, waiter in waiters.items():
-            self._ack_waiters.setdefault(user, set()).add(waiter)
-            await self._route_user(user)
-        loop = asyncio.get_running_loop()
-        watches = [loop.create_task(w.done.wait()) for w in waiters.values()]
+        waiters = {user: _AckWaiter() for user in dict.fromkeys(users)}
+        routed: list[str] = []
         try:
-            deadline = loop.time() + timeout
-            while True:
-                for user, waiter in waiters.items():
-                    if not waiter.done.is_set():
-                        stored = await self.broker.acked(user_stream(user))
-                        if stored is not None and waiter.covered_by(stored):
-                            waiter.done.set()
-                left = deadline - loop.time()
-                if all(w.done.is_set() for w in waiters.values()) or left <= 0:
-                    break
-                await asyncio.wait(watches, timeout=min(0.5, left))
+            for user, waiter in waiters.items():
+                self._ack_waiters.setdefault(user, set()).add(waiter)
+                await self._route_user(user)
+                routed.append(user)
+            yield Receipts(self, waiters)
         finally:
-            for watch in watches:
-                watch.cancel()
             for user, waiter in waiters.items():
                 group = self._ack_waiters.get(user)
                 if group is not None:
                     group.discard(waiter)
                     if not group:
                         del self._ack_waiters[user]
+            for user in routed:
                 try:
                     await self._unroute_user(user)
                 except Exception as exc:
                     log.warning("receipt route of %s not removed: %s", user, exc)
-        return {user: (w.conns if w.done.is_set() else None) for user, w in waiters.items()}
+
+    async def wait_for_acks(
+        self, positions: dict[str, StreamPosition], timeout: float
+    ) -> dict[str, list[str] | None]:
+        """:meth:`receipts` for messages already sent (an ack that came first is found stored)."""
+        async with self.receipts(list(positions)) as receipts:
+            return await receipts.wait(positions, timeout)
 
     async def ack(self, conn: Connection, position: StreamPosition) -> StreamPosition:
         """The connection's user has processed its stream up to ``position``: record it
@@ -706,10 +709,7 @@ class Node:
                 except ValueError:
                     return
                 for waiter in waiters:
-                    if waiter.covered_by(acked):
-                        if message.sender and message.sender not in waiter.conns:
-                            waiter.conns.append(message.sender)
-                        waiter.done.set()
+                    waiter.notice(acked, message.sender)
 
     def on_broadcast(self, data: bytes) -> None:
         self.hub.to_all(Outgoing(jsonwire.broadcast_frame(data)))
@@ -736,17 +736,69 @@ class Node:
 
 
 class _AckWaiter:
-    """A sender waiting for one user's acknowledgement of the message at ``target``."""
+    """One user's acknowledgements, as seen while a sender waits for a receipt."""
 
-    __slots__ = ("conns", "done", "target")
+    __slots__ = ("done", "seen", "target")
 
-    def __init__(self, target: StreamPosition) -> None:
-        self.target = target
-        self.conns: list[str] = []
+    def __init__(self) -> None:
+        self.target: StreamPosition | None = None
+        self.seen: list[tuple[StreamPosition, str | None]] = []  # notices, with the acking connection
         self.done = asyncio.Event()
 
     def covered_by(self, acked: StreamPosition) -> bool:
-        return acked.epoch == self.target.epoch and acked.offset >= self.target.offset
+        target = self.target
+        return target is not None and acked.epoch == target.epoch and acked.offset >= target.offset
+
+    def notice(self, acked: StreamPosition, conn: str | None) -> None:
+        if len(self.seen) < 1000:  # bounded: a sender waits for one message
+            self.seen.append((acked, conn))
+        if self.covered_by(acked):
+            self.done.set()
+
+    def aim(self, target: StreamPosition) -> None:
+        self.target = target
+        if any(self.covered_by(acked) for acked, _ in self.seen):
+            self.done.set()
+
+    @property
+    def conns(self) -> list[str]:
+        return list(dict.fromkeys(c for acked, c in self.seen if c and self.covered_by(acked)))
+
+
+class Receipts:
+    """Acknowledgements being collected for some users (see :meth:`Node.receipts`)."""
+
+    def __init__(self, node: Node, waiters: dict[str, _AckWaiter]) -> None:
+        self._node = node
+        self._waiters = waiters
+
+    async def wait(self, positions: dict[str, StreamPosition], timeout: float) -> dict[str, list[str] | None]:
+        """Wait (at most ``timeout`` s, capped by ``max_ack_wait``) until each user has
+        acknowledged its message at ``positions[user]``; per user, the ids of the connections
+        that acknowledged it (empty when the ack was only found stored), or None."""
+        node = self._node
+        timeout = max(0.0, min(timeout, node.config.max_ack_wait))
+        waiters = {user: self._waiters[user] for user in positions}
+        for user, waiter in waiters.items():
+            waiter.aim(positions[user])
+        loop = asyncio.get_running_loop()
+        watches = [loop.create_task(w.done.wait()) for w in waiters.values()]
+        try:
+            deadline = loop.time() + timeout
+            while True:
+                for user, waiter in waiters.items():
+                    if not waiter.done.is_set():
+                        stored = await node.broker.acked(user_stream(user))
+                        if stored is not None and waiter.covered_by(stored):
+                            waiter.done.set()
+                left = deadline - loop.time()
+                if all(w.done.is_set() for w in waiters.values()) or left <= 0:
+                    break
+                await asyncio.wait(watches, timeout=min(0.5, left))
+        finally:
+            for watch in watches:
+                watch.cancel()
+        return {user: (w.conns if w.done.is_set() else None) for user, w in waiters.items()}
 
 
 def _as_connection(sub: object) -> Connection:

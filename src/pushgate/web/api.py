@@ -16,6 +16,7 @@ mounted by :func:`pushgate.web.build_app` (or on any aiohttp application).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -29,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
-from ..names import valid_channel
+from ..names import valid_channel, valid_users
 from .errors import Classified, classify, error_response
 from .openapi import openapi_document
 from .peer import client_address, forwarded_clients, has_forwarding_headers, is_trusted_proxy
@@ -277,21 +278,25 @@ class Api:
         wait = body.wait_for_ack
         if wait is not None and not 0 <= wait <= self.node.config.max_ack_wait:
             raise ClientError("bad_request", f"wait_for_ack must be 0..{self.node.config.max_ack_wait:g} seconds")
-        positions = await self.node.send_to_users(
-            body.users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key,
-            destination=body.destination,
-        )
-        config = self.node.config
-        reply: dict[str, Any] = {
-            "stored": config.user_history_size > 0 and config.user_history_ttl > 0,
-            "positions": {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()},
-            # connections of each user open right now, cluster-wide: they got it live
-            "live": await self.node.presence.user_connections(list(positions)),
-        }
-        if wait is not None:
-            receipts = await self.node.wait_for_acks(positions, wait)
-            reply["acked"] = {u: conns for u, conns in receipts.items() if conns is not None}
-            reply["pending"] = [u for u, conns in receipts.items() if conns is None]
+        async with contextlib.AsyncExitStack() as stack:
+            # listen for acks before sending: a quick device may ack before the send returns
+            users = valid_users(body.users)
+            receipts = None if wait is None else await stack.enter_async_context(self.node.receipts(users))
+            positions = await self.node.send_to_users(
+                users, bytes(body.data), sender=body.sender, idempotency_key=body.idempotency_key,
+                destination=body.destination,
+            )
+            config = self.node.config
+            reply: dict[str, Any] = {
+                "stored": config.user_history_size > 0 and config.user_history_ttl > 0,
+                "positions": {u: {"epoch": p.epoch, "offset": p.offset} for u, p in positions.items()},
+                # connections of each user open right now, cluster-wide: they got it live
+                "live": await self.node.presence.user_connections(list(positions)),
+            }
+            if receipts is not None and wait is not None:
+                acked = await receipts.wait(positions, wait)
+                reply["acked"] = {u: conns for u, conns in acked.items() if conns is not None}
+                reply["pending"] = [u for u, conns in acked.items() if conns is None]
         return _json(reply)
 
     async def disconnect(self, request: web.Request) -> web.Response:

@@ -117,17 +117,18 @@ def user_since(request: web.Request) -> StreamPosition | None:
 
 async def open_session(node: Node, conn: Connection, since: StreamPosition | None) -> None:
     """The start every transport shares once a connection is admitted: follow the user's
-    stream, send the welcome (with the stream's state), the stream's replay, then register.
+    stream (held), register, then send the welcome (with the stream's state) and the replay.
 
-    Welcome and replay go out without an await in between, and before the connection is
-    registered (reachable for broadcasts), so the welcome is always the first frame and the
-    replay comes in order before live direct messages. Raises what the broker raised; the
-    caller closes with 1011 and unregisters.
+    :meth:`Node.register` makes the connection reachable last and awaits nothing after that,
+    and the welcome and the replay go out right after it returns, without an await: so the
+    welcome is always the first frame, the replay comes in order before live direct messages
+    (held meanwhile), and when the client sees its welcome, presence already counts it.
+    Raises what the broker raised; the caller closes with 1011 and unregisters.
     """
     result = await node.open_user_stream(conn, since)
+    await node.register(conn)
     stream = None if result is None else (result.position.epoch, result.position.offset, result.recovered)
     conn.send_payload(jsonwire.welcome_frame(conn.id, conn.user, node.id, stream))
     if result is not None and conn.user is not None:
         for pub in (*result.replay, *node.finish_subscribe(conn, user_stream(conn.user), result)):
             conn.send(message_outgoing(pub))
-    await node.register(conn)
