@@ -404,3 +404,14 @@ def test_serve_with_a_bad_app_exits_2(spec: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "app" in done.stderr and "Traceback" not in done.stderr
     assert "config app:" in done.stderr
+
+
+async def test_unsubscribe_hooks_fire_for_json_clients(make_server: ServerFactory) -> None:
+    app = pushgate.App()
+    seen: list[tuple[str | None, str]] = []
+    app.on_unsubscribe(lambda client, channel: seen.append((client.user, channel)))
+    server = await make_server(app=app)
+    c = await server.client("user=ann")
+    await c.ok({"type": "subscribe", "channel": "news"})
+    await c.ok({"type": "unsubscribe", "channel": "news"})
+    await wait_for(lambda: seen == [("ann", "news")], what="unsubscribe hook")

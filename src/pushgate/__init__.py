@@ -22,10 +22,10 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .app import App, ClientInfo
+    from .app import App, ClientInfo, SendTo, SendToUser
     from .publisher import Publisher
 
-_LAZY = {"App": "app", "ClientInfo": "app", "Publisher": "publisher"}
+_LAZY = {"App": "app", "ClientInfo": "app", "SendTo": "app", "SendToUser": "app", "Publisher": "publisher"}
 
 
 def __getattr__(name: str) -> Any:
@@ -50,5 +50,7 @@ __all__ = [
     "Publisher",
     "PushgateError",
     "Reject",
+    "SendTo",
+    "SendToUser",
     "__version__",
 ]

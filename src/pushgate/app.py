@@ -158,8 +158,8 @@ class App:
         return fn
 
     def on_unsubscribe(self, fn: F) -> F:
-        """Called as ``fn(client, channel)`` after a client's explicit unsubscribe (STOMP
-        ``UNSUBSCRIBE``; like Spring's ``SessionUnsubscribeEvent``, not for subscriptions that
+        """Called as ``fn(client, channel)`` after a client's explicit unsubscribe (JSON ``unsubscribe``,
+        STOMP ``UNSUBSCRIBE``; like Spring's ``SessionUnsubscribeEvent``, not for subscriptions that
         end with the connection, which ``on_disconnect`` covers). Errors are logged, not sent."""
         self.unsubscribe_hooks.append(fn)
         return fn

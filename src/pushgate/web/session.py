@@ -147,6 +147,11 @@ class JsonSession:
         elif isinstance(cmd, Unsubscribe):
             await node.unsubscribe(conn, cmd.channel)
             conn.send_payload(jsonwire.ok_frame(cmd.id, {"channel": cmd.channel}))
+            for hook in node.app.unsubscribe_hooks:  # as for STOMP's UNSUBSCRIBE; a failing hook is logged
+                try:
+                    await call_maybe_async(hook, node.client_info(conn), cmd.channel)
+                except Exception:
+                    log.exception("unsubscribe hook failed")
         elif isinstance(cmd, Send):
             # with conn= the node's Authorizer decides (anonymous connections cannot send) and the
             # sender is stamped from the connection, whatever the client wrote in "from"
