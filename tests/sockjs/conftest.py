@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from pushgate.app import App
 from pushgate.config import load_config
@@ -42,14 +43,16 @@ FAST = SockJsOptions(heartbeat=timeout(25.0), disconnect_delay=timeout(1.0))
 
 @pytest.fixture
 async def make_sockjs() -> AsyncIterator[SockJsFactory]:
-    """``await make_sockjs(options=SockJsOptions(...), app=App(), **settings)``: a server on a free
-    port with :class:`SockJsEndpoint` mounted the way web/app.py would (routes + shutdown hook)."""
+    """``await make_sockjs(options=SockJsOptions(...), app=App(), routes=[...], **settings)``: a server
+    on a free port with :class:`SockJsEndpoint` mounted the way web/app.py would (routes + shutdown
+    hook), and ``routes`` of the test's own."""
     started: list[Server] = []
     loop_errors: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
 
-    async def factory(*, options: SockJsOptions = FAST, app: App | None = None, **settings: Any) -> SockJsRunning:
+    async def factory(*, options: SockJsOptions = FAST, app: App | None = None, routes: Sequence[web.RouteDef] = (),
+                      **settings: Any) -> SockJsRunning:
         settings.setdefault("port", 0)
         settings.setdefault("host", "127.0.0.1")
         settings.setdefault("drain_period", 0.2)
@@ -57,6 +60,7 @@ async def make_sockjs() -> AsyncIterator[SockJsFactory]:
         server = Server(config, app=app)
         endpoint = SockJsEndpoint(server.node, config.stomp_paths, options)
         server.web_app.add_routes(endpoint.routes())
+        server.web_app.add_routes(routes)
         server.web_app.on_shutdown.append(endpoint.shutdown)
         port = await server.start()
         started.append(server)
