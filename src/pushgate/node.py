@@ -53,6 +53,7 @@ from .payload import check_data
 from .protocol import jsonwire
 from .protocol.outgoing import Outgoing, message_outgoing
 from .ratelimit import TokenBucket
+from .receipts import AckWaiter, Receipts
 from .scheduler import Scheduler
 from .stream import DELIVER, ChannelStream, FillOutcome, SharedRead, StartFill, newer
 from .web.connection import Connection
@@ -111,7 +112,7 @@ class Node:
         self._user_routes: dict[str, int] = {}
         self._routed: set[str] = set()  # connections holding a user route
         #: senders waiting for delivery receipts, per recipient
-        self._ack_waiters: dict[str, set[_AckWaiter]] = {}
+        self._ack_waiters: dict[str, set[AckWaiter]] = {}
         #: recovery reads in flight, one per channel at most (see ChannelStream.shared_read)
         self._reads: dict[SharedRead, asyncio.Task[None]] = {}
         #: publications per second this node accepts, from every door (a bound on broker load)
@@ -534,14 +535,14 @@ class Node:
         is on; the stored acks are read as well (then every half second), so a notice missed
         while a route was being set up cannot turn a delivered message into a timeout.
         """
-        waiters = {user: _AckWaiter() for user in dict.fromkeys(users)}
+        waiters = {user: AckWaiter() for user in dict.fromkeys(users)}
         routed: list[str] = []
         try:
             for user, waiter in waiters.items():
                 self._ack_waiters.setdefault(user, set()).add(waiter)
                 await self._route_user(user)
                 routed.append(user)
-            yield Receipts(self, waiters)
+            yield Receipts(self.broker, waiters, self.config.max_ack_wait)
         finally:
             for user, waiter in waiters.items():
                 group = self._ack_waiters.get(user)
@@ -733,72 +734,6 @@ class Node:
                 members = [*self.hub.channels.get(name, ()), *map(_as_connection, stream.held_subscribers())]
                 channels[name] = {c.id: c.user for c in members}
         await self.presence.resync(connections, channels)
-
-
-class _AckWaiter:
-    """One user's acknowledgements, as seen while a sender waits for a receipt."""
-
-    __slots__ = ("done", "seen", "target")
-
-    def __init__(self) -> None:
-        self.target: StreamPosition | None = None
-        self.seen: list[tuple[StreamPosition, str | None]] = []  # notices, with the acking connection
-        self.done = asyncio.Event()
-
-    def covered_by(self, acked: StreamPosition) -> bool:
-        target = self.target
-        return target is not None and acked.epoch == target.epoch and acked.offset >= target.offset
-
-    def notice(self, acked: StreamPosition, conn: str | None) -> None:
-        if len(self.seen) < 1000:  # bounded: a sender waits for one message
-            self.seen.append((acked, conn))
-        if self.covered_by(acked):
-            self.done.set()
-
-    def aim(self, target: StreamPosition) -> None:
-        self.target = target
-        if any(self.covered_by(acked) for acked, _ in self.seen):
-            self.done.set()
-
-    @property
-    def conns(self) -> list[str]:
-        return list(dict.fromkeys(c for acked, c in self.seen if c and self.covered_by(acked)))
-
-
-class Receipts:
-    """Acknowledgements being collected for some users (see :meth:`Node.receipts`)."""
-
-    def __init__(self, node: Node, waiters: dict[str, _AckWaiter]) -> None:
-        self._node = node
-        self._waiters = waiters
-
-    async def wait(self, positions: dict[str, StreamPosition], timeout: float) -> dict[str, list[str] | None]:
-        """Wait (at most ``timeout`` s, capped by ``max_ack_wait``) until each user has
-        acknowledged its message at ``positions[user]``; per user, the ids of the connections
-        that acknowledged it (empty when the ack was only found stored), or None."""
-        node = self._node
-        timeout = max(0.0, min(timeout, node.config.max_ack_wait))
-        waiters = {user: self._waiters[user] for user in positions}
-        for user, waiter in waiters.items():
-            waiter.aim(positions[user])
-        loop = asyncio.get_running_loop()
-        watches = [loop.create_task(w.done.wait()) for w in waiters.values()]
-        try:
-            deadline = loop.time() + timeout
-            while True:
-                for user, waiter in waiters.items():
-                    if not waiter.done.is_set():
-                        stored = await node.broker.acked(user_stream(user))
-                        if stored is not None and waiter.covered_by(stored):
-                            waiter.done.set()
-                left = deadline - loop.time()
-                if all(w.done.is_set() for w in waiters.values()) or left <= 0:
-                    break
-                await asyncio.wait(watches, timeout=min(0.5, left))
-        finally:
-            for watch in watches:
-                watch.cancel()
-        return {user: (w.conns if w.done.is_set() else None) for user, w in waiters.items()}
 
 
 def _as_connection(sub: object) -> Connection:
