@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..backends.broker import Publication, StreamPosition
+from ..errors import CloseCode
 from ..protocol import wsframe
 from ..protocol.outgoing import Outgoing
 from ..protocol.stomp import HEARTBEAT, Frame, encode
@@ -237,6 +238,24 @@ class StompConnection(WsConnection):
                        ("destination", sub.destination), ("content-type", "application/json"),
                        ("resync", "true"), ("epoch", epoch), ("offset", offset))
             self.send_frame(Frame("MESSAGE", headers, out.payload))
+
+    def close(self, code: int, reason: str) -> None:
+        """Close, first telling the client why where STOMP has a frame for it (see :meth:`last_words`)."""
+        self.last_words(code, reason)
+        super().close(code, reason)
+
+    def last_words(self, code: int, reason: str) -> None:
+        """An ERROR frame before a close the session did not decide (§ERROR: "the server MUST
+        then close"; a STOMP client shows the frame, while a close reason most clients drop).
+
+        The session's own ERRORs are queued before they close; the token deadline
+        (:mod:`.expiry`) closes with no frame of its own, so a STOMP client would only see a bare
+        4005. A slow consumer gets nothing: its buffer is what is full. Subclasses that replace
+        :meth:`close` (SockJS) call this first."""
+        if self.closed or code != CloseCode.TOKEN_EXPIRED:
+            return
+        self.send_frame(Frame("ERROR", (("message", reason), ("code", "token_expired"),
+                                        ("content-type", "text/plain")), reason.encode()))
 
     def heartbeat(self) -> None:
         """Queue one EOL heart-beat (§Heart-beating)."""
