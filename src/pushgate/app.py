@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import keyword
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -93,11 +95,70 @@ class SendToUser:
 
 @dataclass(frozen=True, slots=True)
 class MessageMapping:
-    """One ``@app.message`` registration: the handler and where its return value goes by default."""
+    """One ``@app.message`` registration: the handler and where its return value goes by default.
+
+    ``pattern`` is set when the path has ``{name}`` variables (Spring's ``@DestinationVariable``):
+    it matches a whole destination path and captures each variable from one path segment.
+    """
 
     handler: MessageHandler
     send_to: str | None = None
     send_to_user: str | None = None
+    pattern: re.Pattern[str] | None = None
+    variables: tuple[str, ...] = ()
+
+    def reply_targets(self, variables: dict[str, str]) -> tuple[str | None, str | None]:
+        """``send_to`` and ``send_to_user`` with their ``{name}`` placeholders filled in."""
+        return _fill(self.send_to, variables), _fill(self.send_to_user, variables)
+
+
+_VARIABLE = re.compile(r"\{([^{}]*)\}")
+
+
+def _compile_path(path: str) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """A ``@app.message`` path's matcher: None for a plain path (matched exactly, as before),
+    else a regex where each ``{name}`` is one non-empty path segment (no ``/``), as Spring's
+    ``{var}`` in ``@MessageMapping``. Bad patterns fail at registration, not at the first SEND."""
+    if "{" not in path and "}" not in path:
+        return None, ()
+    parts: list[str] = []
+    names: list[str] = []
+    end = 0
+    for match in _VARIABLE.finditer(path):
+        literal = path[end : match.start()]
+        name = match.group(1)
+        if "{" in literal or "}" in literal:
+            raise ValueError(f"unbalanced braces in message path {path!r}")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"message path {path!r}: {{{name}}} must name a Python identifier")
+        if name in names:
+            raise ValueError(f"message path {path!r}: {{{name}}} appears twice")
+        parts.append(re.escape(literal))
+        parts.append(f"(?P<{name}>[^/]+)")
+        names.append(name)
+        end = match.end()
+    tail = path[end:]
+    if "{" in tail or "}" in tail:
+        raise ValueError(f"unbalanced braces in message path {path!r}")
+    parts.append(re.escape(tail))
+    return re.compile("".join(parts)), tuple(names)
+
+
+def _check_template(template: str | None, names: tuple[str, ...], what: str) -> None:
+    """``send_to``/``send_to_user`` may use the path's variables (Spring's ``@SendTo("/topic/{room}")``)."""
+    if template is None:
+        return
+    for name in _VARIABLE.findall(template):
+        if name not in names:
+            raise ValueError(f"{what} {template!r} uses {{{name}}}, which the message path does not define")
+
+
+def _fill(template: str | None, variables: dict[str, str]) -> str | None:
+    if template is None or not variables:
+        return template
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(0)), template)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -180,15 +241,44 @@ class App:
         * a returned :class:`SendTo` / :class:`SendToUser` (or a list of them) goes where it says.
 
         Raise :class:`~pushgate.errors.Reject` to refuse (the client gets an ERROR frame).
+
+        ``{name}`` in ``path`` is a destination variable (Spring's ``@DestinationVariable``): it
+        matches one path segment, and the handler gets it as a keyword argument::
+
+            @app.message("/chat/{room}", send_to="/topic/chat.{room}")
+            def chat(client, data, headers, room: str): ...
+
+        ``send_to`` / ``send_to_user`` may use the variables too. A plain path that matches
+        exactly wins over a pattern; among patterns, the one with fewer variables, then the one
+        registered first. A malformed pattern raises ``ValueError`` here.
         """
         if not path.startswith("/"):
             path = "/" + path
+        pattern, names = _compile_path(path)
+        _check_template(send_to, names, "send_to")
+        _check_template(send_to_user, names, "send_to_user")
 
         def register(fn: F) -> F:
-            self.message_handlers[path] = MessageMapping(fn, send_to, send_to_user)
+            self.message_handlers[path] = MessageMapping(fn, send_to, send_to_user, pattern, names)
             return fn
 
         return register
+
+    def find_message(self, path: str) -> tuple[MessageMapping, dict[str, str]] | None:
+        """The mapping for a SEND to ``<app prefix><path>`` and its destination variables, or None.
+
+        Exact paths are a dict lookup (the common case stays O(1)); patterns are tried only
+        when none matched, fewest variables first (the most specific, as Spring prefers)."""
+        exact = self.message_handlers.get(path)
+        if exact is not None and exact.pattern is None:
+            return exact, {}
+        candidates = [m for m in self.message_handlers.values() if m.pattern is not None]
+        for mapping in sorted(candidates, key=lambda m: len(m.variables)):  # stable: registration order
+            assert mapping.pattern is not None
+            match = mapping.pattern.fullmatch(path)
+            if match is not None:
+                return mapping, match.groupdict()
+        return None
 
     def rpc(self, method: str) -> Callable[[F], F]:
         def register(fn: F) -> F:

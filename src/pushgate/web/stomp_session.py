@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -56,9 +57,13 @@ TRANSACTIONAL = frozenset({"SEND", "ACK", "NACK"})  # §BEGIN: the frames a tran
 def error_close_code(code: str) -> int:
     """The close code after an ERROR with pushgate error ``code`` (errors.close_action reads it):
     a server-side failure may pass (1011: reconnect with backoff), a refused frame will be refused
-    again (4500: do not reconnect as is), a malformed one is a client bug (4501)."""
+    again (4500: do not reconnect as is), a malformed one is a client bug (4501). ``rate_limited``
+    here is the node's publish rate (the HTTP API's 429: the per-connection limits read slower
+    instead): it passes, so 4004, reconnect with backoff and send less."""
     if code in ("internal", "unavailable"):
         return CloseCode.INTERNAL_ERROR
+    if code == "rate_limited":
+        return CloseCode.RATE_LIMITED
     if code == "protocol_error":
         return CloseCode.PROTOCOL_VIOLATION
     return CloseCode.DISCONNECTED
@@ -219,28 +224,33 @@ class StompSession:
     async def _app_message(self, target: AppDestination, frame: Frame) -> None:
         """``/app<path>``: the application's handler, then its reply where the mapping says."""
         node, conn = self.node, self.conn
-        mapping = node.app.message_handlers.get(target.path)
-        if mapping is None:
+        found = node.app.find_message(target.path)
+        if found is None:
             prefix = self.destinations.app_prefix
             raise ClientError("unknown_destination", f"no @app.message handler for {prefix}{target.path}")
+        mapping, variables = found
         data = msgspec.json.decode(self._json_body(frame))
         headers: dict[str, str] = {}
         for name, value in frame.headers:
             headers.setdefault(name, value)  # §Repeated Header Entries: the first wins
-        result = await call_maybe_async(mapping.handler, node.client_info(conn), data, headers)
+        # destination variables are keyword arguments, so a plain path's handler keeps its 3 parameters
+        handler = partial(mapping.handler, **variables) if variables else mapping.handler
+        result = await call_maybe_async(handler, node.client_info(conn), data, headers)
         if result is None:
             return
-        for reply in self._replies(mapping, target, result):
+        for reply in self._replies(mapping, variables, target, result):
             await self._deliver_reply(reply)
 
-    def _replies(self, mapping: MessageMapping, target: AppDestination, result: Any) -> list[SendTo | SendToUser]:
+    def _replies(self, mapping: MessageMapping, variables: dict[str, str], target: AppDestination,
+                 result: Any) -> list[SendTo | SendToUser]:
         if isinstance(result, SendTo | SendToUser):
             return [result]
         if isinstance(result, list) and result and all(isinstance(r, SendTo | SendToUser) for r in result):
             return list(result)
-        if mapping.send_to_user is not None:
-            return [SendToUser(mapping.send_to_user, result)]
-        return [SendTo(mapping.send_to or "/topic" + target.path, result)]
+        send_to, send_to_user = mapping.reply_targets(variables)
+        if send_to_user is not None:
+            return [SendToUser(send_to_user, result)]
+        return [SendTo(send_to or "/topic" + target.path, result)]
 
     async def _deliver_reply(self, reply: SendTo | SendToUser) -> None:
         """A handler's reply is the server's own message: no client rules apply to it."""
