@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import jwt
 import pytest
 
 from pushgate.web.sockjs import SockJsOptions
@@ -292,3 +294,13 @@ async def test_websocket_sessions_may_share_an_id(sockjs: SockJsRunning, sockjs_
     assert (await b.connect({"login": "b"})).get("user-name") == "b"
     await asyncio.sleep(0)
     assert len(sockjs.node.hub.connections) == 2
+
+
+async def test_token_expiry_is_an_error_then_4005(make_sockjs: SockJsFactory, sockjs_client: Open) -> None:
+    running = await make_sockjs(jwt_secret="s" * 32)
+    token = jwt.encode({"sub": "kim", "exp": int(time.time()) + 2}, "s" * 32, algorithm="HS256")
+    c = await sockjs_client(running, "xhr-streaming", query=f"token={token}")
+    assert (await c.connect({"heart-beat": "0,0"})).get("user-name") == "kim"
+    error = await c.next("ERROR", seconds=6)
+    assert error.get("code") == "token_expired"
+    assert (await c.wait_closed())[0] == 4005

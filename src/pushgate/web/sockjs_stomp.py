@@ -119,6 +119,7 @@ class SockJsStompConnection(StompConnection):
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
+        self.last_words(code, reason)  # the parent's ERROR for closes STOMP did not decide (4005)
         self.flush()  # frames queued before the close go before the close frame
         if self.closed:
             return
