@@ -120,7 +120,7 @@ async def test_a_flooding_client_is_read_slower_and_others_are_served(make_serve
     await other.connect()
     t0 = time.monotonic()
     await other.request("SEND", {"destination": "/topic/elsewhere"}, b"1")
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < timeout(0.5)  # not queued behind the flooder's ~1 s
     assert (await flooder.next("RECEIPT", seconds=10)).get("receipt-id") == "done"
     # 25 frames after the first CONNECT: (25 - 5 burst) / 20 per second = ~1 s, not refused
     assert time.monotonic() - started >= 0.8
