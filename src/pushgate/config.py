@@ -150,6 +150,14 @@ class Config:
         2.0, "a STOMP client silent for this many times its negotiated heart-beat interval is closed"
     )
     stomp_transaction_frames: int = _opt(100, "SEND frames one STOMP transaction may buffer")
+    sockjs_heartbeat: float = _opt(25.0, "seconds between SockJS heartbeat frames on an idle session")
+    sockjs_disconnect_delay: float = _opt(
+        5.0, "seconds a SockJS session lives without a receiving request before it is closed"
+    )
+    sockjs_response_limit: int = _opt(
+        131072, "bytes one SockJS xhr-streaming response carries before the client opens the next"
+    )
+    sockjs_max_pending_sessions: int = _opt(10000, "SockJS sessions that have not sent their STOMP CONNECT yet")
 
     namespaces: Mapping[str, NamespaceConfig] = field(default_factory=dict, metadata={"toml_only": True})
     schedule: Sequence[ScheduleConfig] = field(default_factory=tuple, metadata={"toml_only": True})
@@ -360,7 +368,9 @@ def _validate(cfg: Config) -> None:
     positive = ("max_message_size", "max_subscriptions", "write_buffer_limit", "ping_interval",
                 "node_ttl", "lease_ttl", "sse_ping_interval", "handshake_timeout", "keepalive_timeout",
                 "client_command_burst", "client_publish_bytes_burst", "max_json_depth", "broker_timeout",
-                "idempotency_window", "stomp_heartbeat_tolerance", "stomp_transaction_frames")
+                "idempotency_window", "stomp_heartbeat_tolerance", "stomp_transaction_frames",
+                "sockjs_heartbeat", "sockjs_disconnect_delay", "sockjs_response_limit",
+                "sockjs_max_pending_sessions")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")

@@ -13,6 +13,7 @@ from aiohttp import web
 from pushgate.app import App
 from pushgate.config import load_config
 from pushgate.server import Server
+from pushgate.web.app import SOCKJS_KEY
 from pushgate.web.sockjs import SockJsEndpoint, SockJsOptions
 
 from ..conftest import Running
@@ -44,8 +45,8 @@ FAST = SockJsOptions(heartbeat=timeout(25.0), disconnect_delay=timeout(1.0))
 @pytest.fixture
 async def make_sockjs() -> AsyncIterator[SockJsFactory]:
     """``await make_sockjs(options=SockJsOptions(...), app=App(), routes=[...], **settings)``: a server
-    on a free port with :class:`SockJsEndpoint` mounted the way web/app.py would (routes + shutdown
-    hook), and ``routes`` of the test's own."""
+    on a free port whose SockJS endpoint (mounted by build_app) runs with ``options`` (passed as the
+    ``sockjs_*`` settings), plus ``routes`` of the test's own."""
     started: list[Server] = []
     loop_errors: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
@@ -56,12 +57,14 @@ async def make_sockjs() -> AsyncIterator[SockJsFactory]:
         settings.setdefault("port", 0)
         settings.setdefault("host", "127.0.0.1")
         settings.setdefault("drain_period", 0.2)
+        settings.setdefault("sockjs_heartbeat", options.heartbeat)
+        settings.setdefault("sockjs_disconnect_delay", options.disconnect_delay)
+        settings.setdefault("sockjs_response_limit", options.response_limit)
+        settings.setdefault("sockjs_max_pending_sessions", options.max_unadmitted_sessions)
         config = load_config(env={}, cli=settings)
         server = Server(config, app=app)
-        endpoint = SockJsEndpoint(server.node, config.stomp_paths, options)
-        server.web_app.add_routes(endpoint.routes())
+        endpoint = server.web_app[SOCKJS_KEY]  # mounted by build_app, from the settings above
         server.web_app.add_routes(routes)
-        server.web_app.on_shutdown.append(endpoint.shutdown)
         port = await server.start()
         started.append(server)
         url = f"http://127.0.0.1:{port}"

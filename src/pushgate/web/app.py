@@ -17,6 +17,8 @@ from aiohttp import WSMsgType, web
 
 from ..protocol import wsframe
 from .api import Api, Probes
+from .sockjs import SockJsEndpoint
+from .sockjs_session import SockJsOptions
 from .sse import SseHandler
 from .stomp import StompHandler
 from .websocket import WebsocketHandler
@@ -24,6 +26,7 @@ from .websocket import WebsocketHandler
 if TYPE_CHECKING:
     from ..node import Node
 
+SOCKJS_KEY = web.AppKey("pushgate.sockjs", SockJsEndpoint)
 STATIC_DIR = Path(str(resources.files("pushgate") / "static"))
 
 #: Set to ``1`` to mount :class:`EchoHandler` at :data:`ECHO_PATH` (conformance tests only).
@@ -79,7 +82,8 @@ class EchoHandler:
 
 def build_app(node: Node) -> web.Application:
     """The web edge of ``node``: ``/api`` (+ auth and JSON errors), ``/ws``, ``/sse``, the STOMP
-    endpoints (``stomp_paths``, default ``/stomp``; ``/ws`` speaks STOMP too when offered), the demo
+    endpoints (``stomp_paths``, default ``/stomp``; ``/ws`` speaks STOMP too when offered; SockJS
+    under each STOMP path for ``new SockJS(url)`` clients), the demo
     page ``/``, ``/pushgate.js``, ``/static/``, ``/healthz``, ``/readyz`` and ``/metrics``.
 
     With ``PUSHGATE_TEST_ECHO=1`` in the environment it also has the conformance-test echo
@@ -90,9 +94,15 @@ def build_app(node: Node) -> web.Application:
     """
     app = web.Application(client_max_size=max(1 << 20, node.config.max_message_size))
     stomp = StompHandler(node)
+    cfg = node.config
+    sockjs = SockJsEndpoint(node, cfg.stomp_paths, SockJsOptions(  # SockJS on the same paths (/stomp/info, ...)
+        heartbeat=cfg.sockjs_heartbeat, disconnect_delay=cfg.sockjs_disconnect_delay,
+        response_limit=cfg.sockjs_response_limit, max_unadmitted_sessions=cfg.sockjs_max_pending_sessions,
+    ))
     app.add_routes([
         web.get("/ws", WebsocketHandler(node, stomp).handle),
         *(web.get(path, stomp.handle) for path in node.config.stomp_paths),
+        *sockjs.routes(),
         web.get("/sse", SseHandler(node).handle),
         *Probes(node).routes(),
         web.get("/", _index),
@@ -100,6 +110,8 @@ def build_app(node: Node) -> web.Application:
         web.static("/static/", STATIC_DIR, show_index=False),
     ])
     app.add_subapp("/api", Api(node).application())
+    app.on_shutdown.append(sockjs.shutdown)
+    app[SOCKJS_KEY] = sockjs  # for operators' introspection and tests; handlers never look it up
     if os.environ.get(TEST_ECHO_ENV) == "1":
         app.router.add_get(ECHO_PATH, EchoHandler(node).handle)
     return app
