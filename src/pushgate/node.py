@@ -327,13 +327,7 @@ class Node:
             raise ClientError("limit_exceeded", f"at most {self.config.max_subscriptions} subscriptions")
         await self.authorizer.subscribe(self.client_info(conn), channel)
         ns = self.config.namespace(channel)
-        conn.channels.add(channel)
-        try:
-            stream = await self._acquire(channel)
-        except BaseException:
-            conn.channels.discard(channel)
-            raise
-        stream.begin(conn)
+        stream = await self._hold(conn, channel)
         try:
             result = await self._recover(channel, stream, since)
             if ns.presence:
@@ -341,12 +335,27 @@ class Node:
             if ns.join_leave:
                 await self.broker.publish_event(ChannelEvent(channel, "join", conn.user))
         except BaseException:
-            stream.cancel(conn)
-            conn.channels.discard(channel)
-            await self._release(channel)
+            await self._unhold(conn, channel, stream)
             raise
         self.metrics.subscriptions_total.inc()
         return result
+
+    async def _hold(self, conn: Connection, channel: str) -> ChannelStream:
+        """Add ``conn`` to ``channel`` as a held subscriber (live traffic kept for it)."""
+        conn.channels.add(channel)
+        try:
+            stream = await self._acquire(channel)
+        except BaseException:
+            conn.channels.discard(channel)
+            raise
+        stream.begin(conn)
+        return stream
+
+    async def _unhold(self, conn: Connection, channel: str, stream: ChannelStream) -> None:
+        """Undo :meth:`_hold` after a failed subscribe."""
+        stream.cancel(conn)
+        conn.channels.discard(channel)
+        await self._release(channel)
 
     async def open_user_stream(self, conn: Connection, since: StreamPosition | None) -> SubscribeResult | None:
         """Make ``conn`` follow its user's stream (direct messages); None for anonymous ``conn``.
@@ -359,23 +368,14 @@ class Node:
         if conn.user is None:
             return None
         channel = user_stream(conn.user)
-        conn.channels.add(channel)
-        try:
-            stream = await self._acquire(channel)
-        except BaseException:
-            conn.channels.discard(channel)
-            raise
-        stream.begin(conn)
+        stream = await self._hold(conn, channel)
         try:
             if since is None:  # a new device or a fresh start: everything not yet acknowledged
                 since = await self.broker.acked(channel) or StreamPosition(stream.last.epoch, 0)
-            result = await self._recover(channel, stream, since, best_effort=True)
+            return await self._recover(channel, stream, since, best_effort=True)
         except BaseException:
-            stream.cancel(conn)
-            conn.channels.discard(channel)
-            await self._release(channel)
+            await self._unhold(conn, channel, stream)
             raise
-        return result
 
     async def _recover(
         self, channel: str, stream: ChannelStream, since: StreamPosition | None, *, best_effort: bool = False
