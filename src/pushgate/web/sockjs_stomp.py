@@ -29,31 +29,20 @@ from typing import TYPE_CHECKING, Any, cast
 from ..auth import token_expiry
 from ..errors import CloseCode
 from ..protocol.stomp import (
-    SUPPORTED_VERSIONS,
     Frame,
     FrameParser,
     Heartbeat,
     ProtocolError,
     encode,
-    negotiate,
-    negotiate_heartbeat,
-    parse_heartbeat,
 )
 from .expiry import TokenDeadline
-from .handshake import Refusal, accept, user_since
+from .handshake import user_since
 from .sockjs_codec import MessageCache, json_string
 from .sockjs_session import SockJsSession
 
-# The WebSocket STOMP edge's own pieces, reused so both carriers admit and beat the same way.
-from .stomp import (
-    MAX_HEADER_LENGTH,
-    MAX_HEADERS,
-    REFUSAL_CLOSE,
-    SERVER,
-    _conflicting_user,
-    _Heartbeats,
-    _with_connect_credentials,
-)
+# The STOMP edge's own pieces, reused so both carriers admit and beat the same way.
+from .stomp import MAX_HEADER_LENGTH, MAX_HEADERS, Heartbeats
+from .stomp_admission import ConnectRefusal, admit, connected_frame
 from .stomp_connection import StompConnection
 from .stomp_session import StompSession, error_close_code
 
@@ -149,7 +138,7 @@ class SockJsStomp:
         self.stomp: StompSession | None = None
         self.on_admitted: Callable[[], None] | None = None
         self._connecting = False
-        self._beats: _Heartbeats | None = None
+        self._beats: Heartbeats | None = None
         self._deadline: TokenDeadline | None = None
         self._loop = asyncio.get_running_loop()
         # STOMP 1.2 §Connecting: the CONNECT must come within handshake_timeout, as on /stomp
@@ -177,50 +166,36 @@ class SockJsStomp:
                 if self.stomp is not None:
                     self.stomp.error("internal error", code="internal", close=error_close_code("internal"))
                 else:
-                    self._refuse("1.2", "internal error", CloseCode.INTERNAL_ERROR, code="internal")
+                    self._refuse(ConnectRefusal("1.2", "internal error", CloseCode.INTERNAL_ERROR, code="internal"))
 
     async def _before_connected(self, events: list[Frame | Heartbeat | ProtocolError], request: web.Request) -> None:
         for i, event in enumerate(events):
             if isinstance(event, Heartbeat):
                 continue
             if isinstance(event, ProtocolError):
-                self._refuse("1.2", event.message, CloseCode.PROTOCOL_VIOLATION, receipt=event.receipt)
+                self._refuse(ConnectRefusal("1.2", event.message, CloseCode.PROTOCOL_VIOLATION, receipt=event.receipt))
                 return
             if event.command not in ("CONNECT", "STOMP"):
-                self._refuse("1.2", f"expected CONNECT or STOMP, got {event.command}", CloseCode.PROTOCOL_VIOLATION,
-                             receipt=event.get("receipt"))
+                self._refuse(ConnectRefusal("1.2", f"expected CONNECT or STOMP, got {event.command}",
+                                            CloseCode.PROTOCOL_VIOLATION, receipt=event.get("receipt")))
                 return
             await self._connect(event, events[i + 1 :], request)
             return
 
     async def _connect(self, connect: Frame, rest: list[Frame | Heartbeat | ProtocolError],
                        request: web.Request) -> None:
-        """CONNECT → admission → CONNECTED, as :meth:`.stomp.StompHandler.handle` does after the upgrade."""
+        """CONNECT → admission → CONNECTED: the same :func:`~.stomp_admission.admit` as ``/stomp``."""
         node, cfg = self.node, self.node.config
         self._cancel_connect_timer()
-        version = negotiate(connect.get("accept-version"))
-        if version is None:  # §Protocol Negotiation
-            self._refuse("1.2", "no common STOMP version: the server supports " + ",".join(SUPPORTED_VERSIONS),
-                         CloseCode.PROTOCOL_VIOLATION, extra=(("version", ",".join(reversed(SUPPORTED_VERSIONS))),))
-            return
-        self.parser.version = version
-        try:
-            client_beat = parse_heartbeat(connect.get("heart-beat"))
-        except ValueError as exc:
-            self._refuse(version, str(exc), CloseCode.PROTOCOL_VIOLATION)
-            return
         self._connecting = True
-        admitted = await accept(node, _with_connect_credentials(node, request, connect), TRANSPORT_NAME)
+        decided = await admit(node, request, connect, TRANSPORT_NAME)
         if self.session.closed:
             return
-        if isinstance(admitted, Refusal):
-            self._refuse(version, admitted.message, REFUSAL_CLOSE.get(admitted.code, CloseCode.DISCONNECTED),
-                         code=admitted.code)
+        if isinstance(decided, ConnectRefusal):
+            self._refuse(decided)
             return
-        conflict = await _conflicting_user(node, request, connect, admitted.user)
-        if conflict is not None or self.session.closed:
-            self._refuse(version, conflict or "closed", CloseCode.DISCONNECTED, code="permission_denied")
-            return
+        version, admitted = decided.version, decided.info
+        self.parser.version = version
         conn = SockJsStompConnection(admitted.client, admitted.user, admitted.claims, session=self.session,
                                      cache=self.cache, hub=node.hub, write_limit=cfg.write_buffer_limit,
                                      metrics=node.metrics, version=version, destinations=self.destinations)
@@ -234,49 +209,38 @@ class SockJsStomp:
             log.warning("cannot register %s: %r", conn.id, exc)
             conn.closed = True
             await node.unregister(conn)
-            self._refuse(version, "broker unavailable, retry later", CloseCode.INTERNAL_ERROR, code="unavailable")
+            self._refuse(ConnectRefusal(version, "broker unavailable, retry later", CloseCode.INTERNAL_ERROR,
+                                        code="unavailable"))
             return
         if self.session.closed:  # the client went away while we registered
             conn.closed = True
             await node.unregister(conn)
             return
-        server_ms = int(cfg.stomp_heartbeat * 1000)
-        send_ms, expect_ms = negotiate_heartbeat(client_beat, (server_ms, server_ms))
-        headers = [("version", version), ("heart-beat", f"{server_ms},{server_ms}"), ("server", SERVER),
-                   ("session", conn.id)]
-        if conn.user is not None:
-            headers.append(("user-name", conn.user))
-        conn.send_frame(Frame("CONNECTED", tuple(headers)))
+        connected, send_ms, expect_ms = connected_frame(cfg, version, conn.id, conn.user, decided.client_beat)
+        conn.send_frame(connected)
         stomp = StompSession(node, conn, self.destinations, user_since=user_since(request))
         deadline = TokenDeadline(conn)
         deadline.set(token_expiry(conn.claims))
         stomp.deadline = deadline
         self._deadline = deadline
-        self._beats = _Heartbeats(conn, self._loop, send_ms, expect_ms * cfg.stomp_heartbeat_tolerance)
+        self._beats = Heartbeats(conn, self._loop, send_ms, expect_ms * cfg.stomp_heartbeat_tolerance)
         self.stomp = stomp
         await stomp.handle_events(rest)
 
     # -- output before there is a connection ---------------------------------------------------
-    def _refuse(self, version: str, message: str, close_code: int, *, receipt: str | None = None,
-                code: str | None = None, extra: tuple[tuple[str, str], ...] = ()) -> None:
+    def _refuse(self, refusal: ConnectRefusal) -> None:
         """An ERROR frame before there is a connection object (§ERROR), then the close."""
         self._cancel_connect_timer()
         if self.session.closed:
             return
-        headers: list[tuple[str, str]] = [("message", message[:1000])]
-        if code is not None:
-            headers.append(("code", code))
-        if receipt is not None:
-            headers.append(("receipt-id", receipt))
-        headers.extend(extra)
-        frame = encode(Frame("ERROR", tuple(headers), message.encode()), version=version)
+        frame = encode(refusal.error_frame(), version=refusal.version)
         self.session.send_messages([json_string(frame.decode("utf-8", "replace"))])
-        self.session.close(close_code, message[:120])
+        self.session.close(refusal.close_code, refusal.message[:120])
 
     def _connect_timeout(self) -> None:
         self._connect_timer = None
         if self.conn is None and not self._connecting and not self.session.closed:
-            self._refuse("1.2", "no CONNECT frame in time", CloseCode.PROTOCOL_VIOLATION)
+            self._refuse(ConnectRefusal("1.2", "no CONNECT frame in time", CloseCode.PROTOCOL_VIOLATION))
 
     def _cancel_connect_timer(self) -> None:
         if self._connect_timer is not None:

@@ -26,25 +26,20 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from .. import __version__
 from ..auth import token_expiry
 from ..errors import CloseCode
 from ..protocol import wsframe
 from ..protocol.outgoing import close_reason
 from ..protocol.stomp import (
-    SUPPORTED_VERSIONS,
     Frame,
     FrameParser,
     Heartbeat,
     ProtocolError,
     encode,
-    negotiate,
-    negotiate_heartbeat,
-    parse_heartbeat,
 )
-from .errors import classify
 from .expiry import TokenDeadline
-from .handshake import Refusal, accept, user_since
+from .handshake import user_since
+from .stomp_admission import ConnectRefusal, admit, connected_frame
 from .stomp_connection import StompConnection
 from .stomp_destinations import Destinations
 from .stomp_session import StompSession, error_close_code
@@ -55,18 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVER = f"pushgate/{__version__}"
 MAX_HEADERS = 64
 MAX_HEADER_LENGTH = 8192
-#: refusal code -> close code after the ERROR frame (the ERROR says why; the code says whether
-#: retrying can help, as errors.close_action reads it)
-REFUSAL_CLOSE = {
-    "draining": CloseCode.SERVICE_RESTART,
-    "connection_limit": CloseCode.CONNECTION_LIMIT,
-    "too_many_connections": CloseCode.CONNECTION_LIMIT,
-    "unavailable": CloseCode.INTERNAL_ERROR,
-    "internal": CloseCode.INTERNAL_ERROR,
-}
 
 
 class StompHandler:
@@ -99,35 +84,22 @@ class StompHandler:
         try:
             first = await asyncio.wait_for(self._read_connect(ws, parser), cfg.handshake_timeout)
         except TimeoutError:
-            await _refuse(ws, transport, "1.2", "no CONNECT frame in time", CloseCode.PROTOCOL_VIOLATION)
+            refusal = ConnectRefusal("1.2", "no CONNECT frame in time", CloseCode.PROTOCOL_VIOLATION)
+            await _refuse(ws, transport, refusal)
             return ws
         if first is None:
             return ws
         if isinstance(first, ProtocolError):
-            await _refuse(ws, transport, "1.2", first.message, CloseCode.PROTOCOL_VIOLATION, receipt=first.receipt)
+            await _refuse(ws, transport, ConnectRefusal("1.2", first.message, CloseCode.PROTOCOL_VIOLATION,
+                                                        receipt=first.receipt))
             return ws
         connect, rest = first
-        version = negotiate(connect.get("accept-version"))
-        if version is None:  # §Protocol Negotiation: ERROR with the versions we speak, then close
-            await _refuse(ws, transport, "1.2", "no common STOMP version: the server supports "
-                          + ",".join(SUPPORTED_VERSIONS), CloseCode.PROTOCOL_VIOLATION,
-                          extra=(("version", ",".join(reversed(SUPPORTED_VERSIONS))),))
+        decided = await admit(node, request, connect, "stomp")
+        if isinstance(decided, ConnectRefusal):
+            await _refuse(ws, transport, decided)
             return ws
+        version, admitted = decided.version, decided.info
         parser.version = version
-        try:
-            client_beat = parse_heartbeat(connect.get("heart-beat"))
-        except ValueError as exc:
-            await _refuse(ws, transport, version, str(exc), CloseCode.PROTOCOL_VIOLATION)
-            return ws
-        admitted = await accept(node, _with_connect_credentials(node, request, connect), "stomp")
-        if isinstance(admitted, Refusal):
-            close = REFUSAL_CLOSE.get(admitted.code, CloseCode.DISCONNECTED)
-            await _refuse(ws, transport, version, admitted.message, close, code=admitted.code)
-            return ws
-        conflict = await _conflicting_user(node, request, connect, admitted.user)
-        if conflict is not None:
-            await _refuse(ws, transport, version, conflict, CloseCode.DISCONNECTED, code="permission_denied")
-            return ws
         conn = StompConnection(admitted.client, admitted.user, admitted.claims, ws=ws, transport=transport,
                                hub=node.hub, write_limit=cfg.write_buffer_limit, metrics=node.metrics,
                                version=version, destinations=self.destinations)
@@ -137,16 +109,11 @@ class StompHandler:
         except Exception as exc:
             log.warning("cannot register %s: %r", conn.id, exc)
             await node.unregister(conn)
-            await _refuse(ws, transport, version, "broker unavailable, retry later", CloseCode.INTERNAL_ERROR,
-                          code="unavailable")
+            await _refuse(ws, transport, ConnectRefusal(version, "broker unavailable, retry later",
+                                                        CloseCode.INTERNAL_ERROR, code="unavailable"))
             return ws
-        server_ms = int(cfg.stomp_heartbeat * 1000)
-        send_ms, expect_ms = negotiate_heartbeat(client_beat, (server_ms, server_ms))
-        headers = [("version", version), ("heart-beat", f"{server_ms},{server_ms}"), ("server", SERVER),
-                   ("session", conn.id)]
-        if conn.user is not None:
-            headers.append(("user-name", conn.user))
-        conn.send_frame(Frame("CONNECTED", tuple(headers)))
+        connected, send_ms, expect_ms = connected_frame(cfg, version, conn.id, conn.user, decided.client_beat)
+        conn.send_frame(connected)
         since = user_since(request)  # checked by accept: cannot raise here
         session = StompSession(node, conn, self.destinations, user_since=since)
         await self._serve(ws, conn, session, parser, rest, send_ms, expect_ms)
@@ -184,7 +151,7 @@ class StompHandler:
         deadline = TokenDeadline(conn)
         deadline.set(token_expiry(conn.claims))
         session.deadline = deadline
-        beats = _Heartbeats(conn, loop, send_ms, expect_ms * self.node.config.stomp_heartbeat_tolerance)
+        beats = Heartbeats(conn, loop, send_ms, expect_ms * self.node.config.stomp_heartbeat_tolerance)
         weakref.finalize(session, deadline.cancel)
         try:
             if not await session.handle_events(rest):
@@ -222,7 +189,7 @@ class StompHandler:
                 await asyncio.wait([conn.close_task], timeout=CLOSE_TIMEOUT)
 
 
-class _Heartbeats:
+class Heartbeats:
     """STOMP heart-beats of one connection (§Heart-beating), on one timer, no task.
 
     Sending: every ``send_ms`` the server writes an EOL unless it wrote a frame meanwhile.
@@ -266,73 +233,9 @@ class _Heartbeats:
             self.handle = None
 
 
-def _with_connect_credentials(node: Node, request: web.Request, connect: Frame) -> web.Request:
-    """The upgrade request as the one handshake should see it: the credentials CONNECT carries
-    are added where the upgrade had none (the upgrade's own win, as ``?token=`` wins over the
-    header in :func:`~.handshake.credentials`).
-
-    JWT mode: ``Authorization: Bearer <jwt>`` in CONNECT, else ``passcode`` (stompjs and stomp.py
-    both have a field for it) is the token. Dev mode: ``login`` names the user, as ``?user=``
-    does. A CONNECT token that names another user than the upgrade's is refused by the session
-    (:meth:`StompSession.check_connect_token`), not silently ignored.
-    """
-    query = request.rel_url.query
-    has_token = bool(query.get("token")) or request.headers.get("Authorization", "").lower().startswith("bearer ")
-    updates: dict[str, str] = {}
-    if node.auth.dev_mode:
-        login = connect.get("login")
-        if login and not query.get("user"):
-            updates["user"] = login
-    elif not has_token:
-        token = connect_token(connect)
-        if token:
-            updates["token"] = token
-    if not updates:
-        return request
-    return request.clone(rel_url=request.rel_url.update_query(updates))
-
-
-async def _conflicting_user(node: Node, request: web.Request, connect: Frame, user: str | None) -> str | None:
-    """Why the CONNECT's credentials contradict the upgrade's, or None. When the upgrade named
-    the user (``?user=``, ``?token=``, ``Authorization``) the CONNECT may repeat it, not change
-    it: ``login`` (dev mode) or an ``Authorization: Bearer`` token (JWT mode, verified) naming
-    someone else is refused. (A ``passcode`` next to an upgrade token is not read: it may be a
-    password meant for another broker.)"""
-    if node.auth.dev_mode:
-        login = connect.get("login")
-        if login and request.rel_url.query.get("user") and login != user:
-            return "CONNECT login names another user than the handshake"
-        return None
-    header = connect.get("Authorization") or connect.get("authorization") or ""
-    if not header.lower().startswith("bearer "):
-        return None
-    try:
-        identity = await node.auth.verify(header[7:].strip())
-    except Exception as exc:
-        return classify(exc).message
-    return None if identity.user == user else "CONNECT token names another user than the handshake"
-
-
-def connect_token(connect: Frame) -> str | None:
-    """The JWT a CONNECT frame carries: ``Authorization: Bearer <jwt>``, else ``passcode``."""
-    header = connect.get("Authorization") or connect.get("authorization") or ""
-    if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return connect.get("passcode") or None
-
-
-async def _refuse(ws: web.WebSocketResponse, transport: asyncio.BaseTransport, version: str, message: str,
-                  close_code: int, *, receipt: str | None = None, code: str | None = None,
-                  extra: tuple[tuple[str, str], ...] = ()) -> None:
+async def _refuse(ws: web.WebSocketResponse, transport: asyncio.BaseTransport, refusal: ConnectRefusal) -> None:
     """An ERROR frame before there is a connection object (§ERROR), then the close."""
-    headers: list[tuple[str, str]] = [("message", message[:1000])]
-    if code is not None:
-        headers.append(("code", code))
-    if receipt is not None:
-        headers.append(("receipt-id", receipt))
-    headers.extend(extra)
-    frame = Frame("ERROR", tuple(headers), message.encode(), )
     if not transport.is_closing():
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(wsframe.server_frame(encode(frame, version=version)))
-    await ws.close(code=close_code, message=close_reason(message))
+        transport.write(wsframe.server_frame(encode(refusal.error_frame(), version=refusal.version)))
+    await ws.close(code=refusal.close_code, message=close_reason(refusal.message))
