@@ -163,3 +163,14 @@ async def test_metrics_report_the_memory_brokers_history_and_the_new_counters(se
     assert float(lines["pushgate_history_channels"]) == 1 and float(lines["pushgate_history_bytes"]) > 100
     for name in ("pushgate_resyncs_total", "pushgate_gap_fills_total", "pushgate_idempotency_keys"):
         assert name in lines
+
+
+async def test_metrics_report_garbage_collection_pauses(server: Running) -> None:
+    import gc
+
+    gc.collect()  # a full collection while the node runs: the probe times it
+    status, text = await server.api("GET", "/metrics")
+    assert status == 200
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(lines['pushgate_gc_pause_seconds_count{generation="2"}']) >= 1
+    assert server.node.metrics.gc.longest > 0

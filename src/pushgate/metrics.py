@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .gcprobe import GcProbe
+
 if TYPE_CHECKING:
     from .hub import Hub
 
@@ -68,6 +70,7 @@ class NodeMetrics:
     def __init__(self, hub: Hub, ready: Callable[[], bool], broker: object | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HubCollector(hub, ready))
+        self.gc = GcProbe(self.registry)  # installed by the node while it runs
         if broker is not None:
             self.registry.register(_BrokerCollector(broker))
         r = self.registry

@@ -130,12 +130,14 @@ class Node:
         self.app.bind(self)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="pushgate-heartbeat")
         self.scheduler.start()
+        self.metrics.gc.install()
         self.started = True
         log.info("node %s started (broker %s)", self.id, self.config.broker.split("@")[-1])
 
     async def stop(self) -> None:
         """Close everything; presence entries of this node are removed at once."""
         self.draining = True
+        self.metrics.gc.uninstall()
         await self.scheduler.stop()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
