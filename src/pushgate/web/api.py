@@ -79,9 +79,16 @@ async def _body(request: web.Request, kind: type[T], read_timeout: float) -> T:
     that sends a head and then trickles, or never finishes, a body would otherwise hold the
     handler forever (aiohttp has no body timeout of its own and, for a chunk-size error that
     arrives after the head, never wakes the reading handler).
+
+    ``asyncio.timeout`` rather than ``wait_for``: a body that already arrived with the head (the
+    common case) is read without a task switch, so the handler goes on in the same loop
+    iteration. That matters for fan-out: broadcasts handled in one iteration leave in one write
+    per socket (the hub's coalescing); a task per body spread them over iterations and cost
+    about 30 % of fan-out throughput with 16 requests in flight (bench/fanout.py, N=5k).
     """
     try:
-        raw = await asyncio.wait_for(request.read(), read_timeout)
+        async with asyncio.timeout(read_timeout):
+            raw = await request.read()
     except (HttpProcessingError, web.RequestPayloadError) as exc:
         # a broken chunked or compressed body, or fewer bytes than Content-Length: the client's fault
         raise ClientError("bad_request", "malformed request body") from exc
