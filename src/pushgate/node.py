@@ -51,7 +51,7 @@ from .metrics import NodeMetrics
 from .names import is_internal, user_stream, valid_channel, valid_destination, valid_users
 from .payload import check_data
 from .protocol import jsonwire
-from .protocol.outgoing import Outgoing, message_outgoing
+from .protocol.outgoing import Outgoing, message_outgoing, resync_outgoing
 from .ratelimit import TokenBucket
 from .receipts import AckWaiter, Receipts
 from .scheduler import Scheduler
@@ -680,7 +680,7 @@ class Node:
         # History cannot prove what was missed: say so in-band instead of closing everyone (a
         # reconnect storm); each subscriber goes on from ``at`` and tells its app it lost some.
         log.warning("cannot fill gap in %s since %s: subscribers resync at %s", channel, since, at)
-        resync = Outgoing(jsonwire.resync_frame(channel, at.epoch, at.offset), f"{at.epoch}:{at.offset}")
+        resync = resync_outgoing(channel, at)
         self.hub.to_channel(channel, resync)
         for sub, catch_up in outcome.release:
             conn = cast(Connection, sub)

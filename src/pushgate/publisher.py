@@ -41,6 +41,7 @@ from .errors import ClientError, CloseCode
 from .names import user_stream, valid_channel, valid_destination, valid_users
 from .payload import DEFAULT_MAX_DEPTH, check_data
 from .protocol import jsonwire
+from .receipts import AckWaiter, Receipts
 
 
 class Publisher:
@@ -116,21 +117,13 @@ class Publisher:
     async def wait_for_acks(self, positions: dict[str, StreamPosition], timeout: float) -> dict[str, bool]:
         """Delivery receipts: wait (at most ``timeout`` s) until each user has acknowledged its
         message at ``positions[user]`` (as :meth:`send_to_users` returned them); per user,
-        whether it did. A publisher has no pub/sub link, so it reads the stored acks every
-        100 ms; a node (``POST /api/send`` with ``wait_for_ack``) also names the connections."""
+        whether it did. The node's :class:`~pushgate.receipts.Receipts`, fed only by the stored
+        acks (a publisher has no pub/sub link for ack notices, so it cannot name connections;
+        ``POST /api/send`` with ``wait_for_ack`` does)."""
         await self.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        done: dict[str, bool] = dict.fromkeys(positions, False)
-        while True:
-            for user, target in positions.items():
-                if not done[user]:
-                    acked = await self._broker.acked(user_stream(user))
-                    done[user] = acked is not None and acked.epoch == target.epoch and acked.offset >= target.offset
-            left = deadline - loop.time()
-            if all(done.values()) or left <= 0:
-                return done
-            await asyncio.sleep(min(0.1, left))
+        waiters = {user: AckWaiter() for user in positions}
+        acked = await Receipts(self._broker, waiters, max(0.0, timeout)).wait(positions, timeout)
+        return {user: conns is not None for user, conns in acked.items()}
 
     async def broadcast(self, data: Any, *, idempotency_key: str | None = None) -> bool:
         """Deliver to every connection on every node; with an ``idempotency_key`` a retry within

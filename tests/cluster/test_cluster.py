@@ -433,3 +433,19 @@ async def test_user_streams_across_nodes_offline_inbox_receipts_and_recovery(
         await tablet.nothing_more()
     finally:
         await clients.close()
+
+
+async def test_publisher_waits_for_delivery_receipts(cluster_node: Callable[..., Process],
+                                                     redis_server: RedisServer) -> None:
+    n1 = cluster_node("n1")
+    clients = Clients()
+    try:
+        bob = await clients.connect(n1, "bob")
+        async with Publisher(redis_server.url) as pub:
+            positions = await pub.send_to_users(["bob", "zoe"], {"cmd": "reboot"})
+            d = await bob.next("direct")
+            assert (d["epoch"], d["offset"]) == (positions["bob"].epoch, positions["bob"].offset)
+            await bob.ok({"type": "ack", "epoch": d["epoch"], "offset": d["offset"]})
+            assert await pub.wait_for_acks(positions, timeout=2.0) == {"bob": True, "zoe": False}
+    finally:
+        await clients.close()

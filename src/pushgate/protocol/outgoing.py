@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable
 
-from ..backends.broker import Publication
+from ..backends.broker import Publication, StreamPosition
 from . import jsonwire, wsframe
 from .wsframe import MAX_CLOSE_REASON as MAX_CLOSE_REASON  # re-exported: transports cut reasons here
 from .wsframe import close_reason as close_reason
@@ -28,12 +28,16 @@ class Outgoing:
     here with :meth:`encoded` so that it too is built once and shared by every connection.
     """
 
-    __slots__ = ("_encoded", "_sse", "_sse_chunk", "_ws", "event_id", "payload", "pub")
+    __slots__ = ("_encoded", "_sse", "_sse_chunk", "_ws", "event_id", "payload", "pub", "resync")
 
-    def __init__(self, payload: bytes, event_id: str | None = None, pub: Publication | None = None) -> None:
+    def __init__(self, payload: bytes, event_id: str | None = None, pub: Publication | None = None,
+                 resync: tuple[str, StreamPosition] | None = None) -> None:
         self.payload = payload
         self.event_id = event_id  # SSE `id:` (epoch:offset of a publication) for Last-Event-ID
         self.pub = pub
+        #: (channel, position) of a resync frame (:func:`resync_outgoing`), for protocols that
+        #: tell it their own way (STOMP) instead of parsing the JSON payload back
+        self.resync = resync
         self._ws: bytes | None = None
         self._sse: bytes | None = None
         self._sse_chunk: bytes | None = None
@@ -95,6 +99,13 @@ def sse_data(payload: bytes) -> bytes:
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked HTTP/1.1 body (RFC 9112 §7.1)."""
     return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def resync_outgoing(channel: str, position: StreamPosition) -> Outgoing:
+    """The in-band resync of ``channel`` (a channel or a user stream) at ``position``, for every
+    transport; its SSE ``id`` is the position, so a browser's Last-Event-ID resumes from it."""
+    payload = jsonwire.resync_frame(channel, position.epoch, position.offset)
+    return Outgoing(payload, f"{position.epoch}:{position.offset}", resync=(channel, position))
 
 
 def message_outgoing(pub: Publication) -> Outgoing:

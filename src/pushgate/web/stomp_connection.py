@@ -65,7 +65,6 @@ class _Envelope(msgspec.Struct, frozen=True):
 
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
-_json_decoder = msgspec.json.Decoder()
 MAX_PENDING_ACKS = 10000  # per subscription: a client that never acks must not grow us forever
 
 
@@ -221,18 +220,14 @@ class StompConnection(WsConnection):
         ``resync: true`` header on each subscription it concerns, so the client learns the
         position its stream goes on from; broadcasts and join/leave have no STOMP destination
         and are not delivered (docs/stomp.md)."""
-        if not out.payload.startswith(b'{"type":"resync"'):
+        if out.resync is None:
             return
-        try:
-            body = _json_decoder.decode(out.payload)
-        except msgspec.DecodeError:
-            return
-        channel = body.get("channel")
-        if isinstance(channel, str):
-            subs = list(self.by_channel.get(channel, ()))
-        else:  # the user's own stream
+        channel, position = out.resync
+        if channel[:1] == "!":  # the user's own stream: every /user/... subscription
             subs = [s for group in self.by_user_suffix.values() for s in group]
-        epoch, offset = str(body.get("epoch")), str(body.get("offset"))
+        else:
+            subs = list(self.by_channel.get(channel, ()))
+        epoch, offset = position.epoch, str(position.offset)
         for sub in subs:
             headers = (("subscription", sub.id), ("message-id", f"{sub.id}:resync:{epoch}:{offset}"),
                        ("destination", sub.destination), ("content-type", "application/json"),

@@ -47,14 +47,13 @@ if KEYS[3] then redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[8]
 return {epoch, offset}
 """
 
-# Rule 4 (every publish appends or deletes the list, and the meta key outlives it) means list
-# index i holds offset ``oldest + i``. KEYS: meta, history. ARGV: candidate epoch, meta ttl ms,
-# has since (0/1), since epoch, since offset, limit (-1 = all).
-# Returns {epoch, offset, complete, offset of the first entry, entries}.
-HISTORY = """
+# The stream's epoch and newest offset, as every reader sees them (rules 2 and 8: reading a stream
+# that does not exist yet creates its epoch, so readers agree with the publisher that follows).
+# KEYS[1] meta, KEYS[2] history; ARGV[1] candidate epoch, ARGV[2] meta ttl ms. Sets `epoch`, `offset`.
+_CURRENT_POSITION = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local offset = 0
-if not epoch then  -- rules 2 and 8: reading creates the epoch
+if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
@@ -62,6 +61,13 @@ if not epoch then  -- rules 2 and 8: reading creates the epoch
 else
   offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 end
+"""
+
+# Rule 4 (every publish appends or deletes the list, and the meta key outlives it) means list
+# index i holds offset ``oldest + i``. KEYS: meta, history. ARGV: candidate epoch, meta ttl ms,
+# has since (0/1), since epoch, since offset, limit (-1 = all).
+# Returns {epoch, offset, complete, offset of the first entry, entries}.
+HISTORY = _CURRENT_POSITION + """
 local llen = redis.call('LLEN', KEYS[2])
 local oldest = offset - llen + 1
 local limit = tonumber(ARGV[6])
@@ -87,17 +93,7 @@ return {epoch, offset, complete, oldest + first, entries}
 # The rules of Broker.ack (pushgate/backends/broker.py; Python copy: ack_memory.apply_ack), atomic
 # with reading the stream's epoch and offset. KEYS: meta, history, ack. ARGV: candidate epoch,
 # meta ttl ms, ack epoch, ack offset, ack ttl ms. Returns {epoch, acknowledged offset}.
-ACK = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local offset = 0
-if not epoch then  -- rules 2 and 8 of history: the current epoch is made as a read makes it
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-  offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-end
+ACK = _CURRENT_POSITION + """
 local base = 0  -- a stored ack of an older epoch counts as none
 local stored = redis.call('GET', KEYS[3])
 if stored then
