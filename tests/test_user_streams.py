@@ -179,3 +179,17 @@ async def test_a_send_may_name_a_destination_for_stomp_subscribers(server: Runni
     assert (d["destination"], d["data"], d["from"]) == ("/queue/reply", 1, None)
     status, err = await server.api("POST", "/api/send", {"users": ["bob"], "data": 1, "destination": "no-slash"})
     assert status == 400 and err["error"]["code"] == "bad_request"
+
+
+async def test_hostile_acks_are_refused_or_harmless(server: Running) -> None:
+    bob = await server.client("user=bob")
+    await server.api("POST", "/api/send", {"users": ["bob"], "data": 1})
+    d = await bob.next("direct")
+    for bad in ({"epoch": d["epoch"], "offset": "3"}, {"epoch": 7, "offset": 1}, {"offset": 1}):
+        reply = await bob.request({"type": "ack", **bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", bad
+    # a position the stream never had: clamped or ignored, never stored as given
+    assert (await bob.ok({"type": "ack", "epoch": d["epoch"], "offset": -5}))["offset"] == 0
+    odd = await bob.ok({"type": "ack", "epoch": "x" * 5000, "offset": 10**12})
+    assert (odd["epoch"], odd["offset"]) == (d["epoch"], 0)
+    assert (await bob.ok({"type": "ack", "epoch": d["epoch"], "offset": 10**12}))["offset"] == 1
