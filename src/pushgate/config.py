@@ -159,6 +159,15 @@ class Config:
     )
     sockjs_max_pending_sessions: int = _opt(10000, "SockJS sessions that have not sent their STOMP CONNECT yet")
 
+    # -- performance (docs/performance.md) --
+    flush_window: float = _opt(
+        0.0, "seconds frames for one socket may wait so they leave in one write (0 = end of the loop iteration)"
+    )
+    gc_freeze: bool = _opt(True, "freeze long-lived objects out of full garbage collections (docs/performance.md)")
+    gc_refreeze_connections: int = _opt(
+        1000, "connections accepted since the last freeze that trigger the next one (with gc_freeze)"
+    )
+
     namespaces: Mapping[str, NamespaceConfig] = field(default_factory=dict, metadata={"toml_only": True})
     schedule: Sequence[ScheduleConfig] = field(default_factory=tuple, metadata={"toml_only": True})
 
@@ -192,6 +201,7 @@ class Config:
 
 
 _DEFAULT_NS = NamespaceConfig()
+MAX_FLUSH_WINDOW = 0.05  # seconds: a longer batching window would be a latency bug, not a tuning
 SCALAR_FIELDS = [f for f in dataclasses.fields(Config) if not f.metadata.get("toml_only")]
 
 
@@ -370,7 +380,7 @@ def _validate(cfg: Config) -> None:
                 "client_command_burst", "client_publish_bytes_burst", "max_json_depth", "broker_timeout",
                 "idempotency_window", "stomp_heartbeat_tolerance", "stomp_transaction_frames",
                 "sockjs_heartbeat", "sockjs_disconnect_delay", "sockjs_response_limit",
-                "sockjs_max_pending_sessions")
+                "sockjs_max_pending_sessions", "gc_refreeze_connections")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")
@@ -378,7 +388,7 @@ def _validate(cfg: Config) -> None:
                 "drain_period", "max_connections", "max_connections_per_ip",
                 "max_connections_per_user", "rate_limit_close_after", "history_max_channels",
                 "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate",
-                "stomp_heartbeat"):
+                "stomp_heartbeat", "flush_window"):
         if getattr(cfg, key) < 0:
             raise ConfigError(key, "must be >= 0")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
@@ -393,6 +403,8 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
+    if cfg.flush_window > MAX_FLUSH_WINDOW:
+        raise ConfigError("flush_window", f"must be <= {MAX_FLUSH_WINDOW} (it delays every frame by up to that long)")
     _validate_stomp(cfg)
     if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log_level", "must be debug, info, warning or error")

@@ -46,6 +46,7 @@ from .backends.lease import LeaseStore
 from .backends.presence import ChannelPresence, OnlineCounts, PresenceStore
 from .config import Config
 from .errors import ClientError, CloseCode, Reject
+from .gcprobe import GcPolicy
 from .hub import Hub
 from .metrics import NodeMetrics
 from .names import is_internal, user_stream, valid_channel, valid_destination, valid_users
@@ -101,7 +102,8 @@ class Node:
         self.app = app or App()
         self.auth = Authenticator(config)
         self.authorizer = Authorizer(config, self.app)
-        self.hub = Hub()
+        self.hub = Hub(flush_window=config.flush_window)
+        self.gc_policy = GcPolicy(enabled=config.gc_freeze, refreeze_connections=config.gc_refreeze_connections)
         self.draining = False
         self.started = False
         self.metrics = NodeMetrics(self.hub, lambda: self.ready, self.broker)
@@ -131,6 +133,7 @@ class Node:
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="pushgate-heartbeat")
         self.scheduler.start()
         self.metrics.gc.install()
+        self.gc_policy.start()
         self.started = True
         log.info("node %s started (broker %s)", self.id, self.config.broker.split("@")[-1])
 
@@ -138,6 +141,7 @@ class Node:
         """Close everything; presence entries of this node are removed at once."""
         self.draining = True
         self.metrics.gc.uninstall()
+        self.gc_policy.stop()
         await self.scheduler.stop()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
@@ -244,6 +248,7 @@ class Node:
         self.metrics.connections_total.inc()
         await self.presence.add_connection(conn.id, conn.user)
         self.hub.add(conn)
+        self.gc_policy.connected()
 
     async def unregister(self, conn: Connection) -> None:
         """Undo everything ``conn`` set up; tolerant of a broker that is down."""
@@ -252,6 +257,8 @@ class Node:
                 await self.unsubscribe(conn, channel)
             except Exception as exc:
                 log.warning("cleanup of %s in %s failed: %s", conn.id, channel, exc)
+        if conn.id in self.hub.connections:
+            self.gc_policy.disconnected()
         self.hub.remove(conn)
         try:
             if conn.id in self._routed and conn.user is not None:

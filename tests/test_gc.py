@@ -1,0 +1,138 @@
+"""Garbage collection and write batching: the GC policy in a real node process, the flush window.
+
+The policy is process-wide (``gc.freeze``), so its tests run a node in its own process and read
+what it did from ``/metrics`` and its log, never from this test process's collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Callable
+
+import aiohttp
+
+from pushgate.hub import Hub
+from pushgate.protocol.outgoing import Outgoing
+from pushgate.web.connection import Connection
+
+from .conftest import Process
+from .helpers import timeout
+
+
+def metrics(node: Process) -> dict[str, float]:
+    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
+
+
+async def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + timeout(seconds)
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def open_clients(url: str, n: int) -> tuple[aiohttp.ClientSession, list[aiohttp.ClientWebSocketResponse]]:
+    session = aiohttp.ClientSession()
+    clients = [await session.ws_connect(url) for _ in range(n)]
+    for ws in clients:
+        welcome = await ws.receive_json(timeout=timeout(10))
+        assert welcome["type"] == "welcome"
+    return session, clients
+
+
+async def test_node_freezes_after_start_and_after_a_burst_and_reclaims_after_churn(
+        spawn_node: Callable[..., Process]) -> None:
+    node = spawn_node("--gc-refreeze-connections", "20")
+    frozen_at_start = metrics(node)["pushgate_gc_frozen_objects"]
+    assert frozen_at_start > 10_000  # modules, the app and the node: frozen once started
+
+    session, clients = await open_clients(node.ws_url, 30)
+    try:
+        # the burst of 30 ≥ 20 connections ends (0.5 s quiet) and the node freezes again
+        await wait_until(lambda: metrics(node)["pushgate_gc_frozen_objects"] > frozen_at_start, 10,
+                         "a freeze after the connection burst")
+        frozen_with_clients = metrics(node)["pushgate_gc_frozen_objects"]
+    finally:
+        for ws in clients:
+            await ws.close()
+        await session.close()
+    # every connection closed: more closed than open → one reclaim frees their cyclic garbage
+    await wait_until(lambda: "gc reclaim" in node.log(), 10, "the reclaim after churn")
+    assert metrics(node)["pushgate_gc_frozen_objects"] < frozen_with_clients
+    assert 0 < metrics(node)["pushgate_gc_pause_max_seconds"] < 5
+
+
+async def test_gc_freeze_off_freezes_nothing(spawn_node: Callable[..., Process]) -> None:
+    node = spawn_node("--gc-freeze", "false", "--gc-refreeze-connections", "2")
+    session, clients = await open_clients(node.ws_url, 4)
+    try:
+        await asyncio.sleep(1.0)  # past the burst quiet time: a freeze would have happened by now
+        assert metrics(node)["pushgate_gc_frozen_objects"] == 0
+    finally:
+        for ws in clients:
+            await ws.close()
+        await session.close()
+
+
+class Recorder(Connection):
+    """A connection that records, like WsConnection, what one flush writes."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__("c1", None)
+        self.hub = hub
+        self.pending: list[bytes] = []
+        self.writes: list[tuple[float, list[bytes]]] = []
+
+    def send(self, out: Outgoing) -> None:
+        if not self.pending:
+            self.hub.want_flush(self)
+        self.pending.append(out.ws())
+
+    def flush(self) -> None:
+        self.writes.append((time.monotonic(), self.pending))
+        self.pending = []
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = True
+
+
+async def publish_spread(hub: Hub, conn: Recorder, n: int, gap: float) -> float:
+    started = time.monotonic()
+    for i in range(n):
+        hub.fanout((conn,), Outgoing(b'{"i":%d}' % i))
+        await asyncio.sleep(gap)
+    return started
+
+
+async def test_flush_window_batches_frames_queued_within_it_into_one_write() -> None:
+    hub = Hub(flush_window=0.05)
+    conn = Recorder(hub)
+    started = await publish_spread(hub, conn, 3, 0.005)  # 3 frames within 15 ms < 50 ms
+    await wait_until(lambda: bool(conn.writes), 2, "the flush")
+    at, frames = conn.writes[0]
+    assert len(conn.writes) == 1 and len(frames) == 3
+    assert at - started >= 0.045  # the first frame waited for the window
+
+
+async def test_without_a_window_every_loop_iteration_flushes() -> None:
+    hub = Hub()
+    conn = Recorder(hub)
+    await publish_spread(hub, conn, 3, 0.005)
+    await wait_until(lambda: len(conn.writes) == 3, 2, "three flushes")
+    assert [len(frames) for _, frames in conn.writes] == [1, 1, 1]
+
+
+async def test_flush_window_is_bounded_by_config() -> None:
+    import pytest
+
+    from pushgate.config import ConfigError, load_config
+
+    assert load_config(env={}, cli={"flush_window": 0.002}).flush_window == 0.002
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={"flush_window": 1.0})
+    assert info.value.key == "flush_window"
