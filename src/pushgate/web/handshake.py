@@ -10,6 +10,10 @@ Before this module ``/ws`` and ``/sse`` each had their own copy and they had dri
 ``Reject`` was 403 on one and 400 on the other. Every refusal is classified by
 :func:`pushgate.web.errors.classify`, so the same cause gives the same status and code on
 every transport.
+
+It reads a :class:`~pushgate.web.request_view.RequestView`, not an aiohttp request: the server's
+front protocol (:mod:`pushgate.web.lean`) answers plain ``/ws`` upgrades without aiohttp, and
+admits them here like everyone else.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from ..errors import ClientError, CloseCode
 from ..names import user_stream
 from ..protocol import jsonwire
 from ..protocol.outgoing import message_outgoing
-from .errors import classify, error_response
+from .errors import classify, error_body, error_response
 from .peer import client_address
+from .request_view import RequestView
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -58,8 +63,12 @@ class Refusal:
     def response(self) -> web.Response:
         return error_response(self.status, self.code, self.message)
 
+    def body(self) -> bytes:
+        """The JSON error body (for a layer that writes its HTTP response itself)."""
+        return error_body(self.code, self.message)
 
-def credentials(request: web.Request) -> tuple[str | None, str | None]:
+
+def credentials(request: RequestView) -> tuple[str | None, str | None]:
     """(token, user) from ``?token=`` or ``Authorization: Bearer <token>``, and ``?user=``.
 
     The query parameter wins because browsers cannot set headers on a WebSocket handshake.
@@ -71,7 +80,7 @@ def credentials(request: web.Request) -> tuple[str | None, str | None]:
     return token, request.query.get("user")
 
 
-async def accept(node: Node, request: web.Request, transport_name: str) -> ClientInfo | Refusal:
+async def accept(node: Node, request: RequestView, transport_name: str) -> ClientInfo | Refusal:
     """Admit one connection over ``transport_name`` ("websocket", "sse"), or say why not.
 
     Never raises for a refusal: client mistakes and hook refusals become a :class:`Refusal`
@@ -101,7 +110,7 @@ async def accept(node: Node, request: web.Request, transport_name: str) -> Clien
     return info
 
 
-def user_since(request: web.Request) -> StreamPosition | None:
+def user_since(request: RequestView | web.BaseRequest) -> StreamPosition | None:
     """``?user_since=<epoch>:<offset>``: where the client's user stream left off (or None).
 
     Raises :class:`ClientError` ``bad_request`` for a malformed value (checked before admission).

@@ -13,12 +13,24 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Protocol
 
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 _FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)', re.IGNORECASE)
+
+
+class PeerRequest(Protocol):
+    """What these functions read of a request: an aiohttp request and a
+    :class:`~pushgate.web.request_view.RequestView` both have it."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
 
 
 @lru_cache(maxsize=64)
@@ -40,7 +52,7 @@ def _trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None, network
     return addr is not None and any(addr in net for net in networks)
 
 
-def _header_hops(request: web.Request, header: str) -> list[str]:
+def _header_hops(request: PeerRequest, header: str) -> list[str]:
     """The hops one forwarding header lists, client-side first."""
     values = request.headers.getall(header, [])
     if header == "Forwarded":
@@ -48,7 +60,7 @@ def _header_hops(request: web.Request, header: str) -> list[str]:
     return [part for value in values for part in value.split(",") if part.strip()]
 
 
-def _hops(request: web.Request) -> list[str]:
+def _hops(request: PeerRequest) -> list[str]:
     """Client-side first, as the headers list them: Forwarded, else X-Forwarded-For, else X-Real-IP."""
     for header in FORWARDING_HEADERS:
         if header in request.headers:
@@ -68,7 +80,7 @@ def _client_from(hops: list[str], networks: Sequence[Network], remote: str | Non
     return str(first) if first is not None else remote
 
 
-def _trusted_peer(request: web.Request, trusted_proxies: Iterable[str]) -> tuple[Network, ...] | None:
+def _trusted_peer(request: PeerRequest, trusted_proxies: Iterable[str]) -> tuple[Network, ...] | None:
     """Our proxy networks when the TCP peer is one of them, else None (its headers mean nothing)."""
     networks = parse_networks(tuple(trusted_proxies))
     if networks and _trusted(_ip(request.remote or ""), networks):
@@ -76,7 +88,7 @@ def _trusted_peer(request: web.Request, trusted_proxies: Iterable[str]) -> tuple
     return None
 
 
-def client_address(request: web.Request, trusted_proxies: Iterable[str]) -> str | None:
+def client_address(request: PeerRequest, trusted_proxies: Iterable[str]) -> str | None:
     """The client's IP address as text (None when the peer is not an IP socket)."""
     networks = _trusted_peer(request, trusted_proxies)
     if networks is None:
@@ -84,12 +96,12 @@ def client_address(request: web.Request, trusted_proxies: Iterable[str]) -> str 
     return _client_from(_hops(request), networks, request.remote)
 
 
-def is_trusted_proxy(request: web.Request, trusted_proxies: Iterable[str]) -> bool:
+def is_trusted_proxy(request: PeerRequest, trusted_proxies: Iterable[str]) -> bool:
     """True when the TCP peer is in ``trusted_proxies`` (so its forwarding headers are believed)."""
     return _trusted_peer(request, trusted_proxies) is not None
 
 
-def forwarded_clients(request: web.Request, trusted_proxies: Iterable[str]) -> list[str | None]:
+def forwarded_clients(request: PeerRequest, trusted_proxies: Iterable[str]) -> list[str | None]:
     """The client each forwarding header present names, one per header (empty when there are none).
 
     :func:`client_address` reads one header (the first of :data:`FORWARDING_HEADERS` present), but a
@@ -106,13 +118,14 @@ def forwarded_clients(request: web.Request, trusted_proxies: Iterable[str]) -> l
     return [_client_from(_header_hops(request, h), networks, request.remote) for h in present]
 
 
-def has_forwarding_headers(request: web.Request) -> bool:
+def has_forwarding_headers(request: PeerRequest) -> bool:
     """True when the request names a client other than its TCP peer (it came through a proxy)."""
     return any(h in request.headers for h in FORWARDING_HEADERS)
 
 
 __all__ = [
     "FORWARDING_HEADERS",
+    "PeerRequest",
     "client_address",
     "forwarded_clients",
     "has_forwarding_headers",

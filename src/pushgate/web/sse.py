@@ -29,6 +29,7 @@ from .connection import TransportConnection
 from .errors import classify, error_response
 from .expiry import TokenDeadline
 from .handshake import Refusal, accept, open_session, user_since
+from .request_view import RequestView
 
 if TYPE_CHECKING:
     from ..metrics import NodeMetrics
@@ -106,7 +107,7 @@ class SseHandler:
             since = positions(request, channels)
         except ClientError as exc:
             return error_response(*classify(exc))
-        admitted = await accept(node, request, SseConnection.transport_name)
+        admitted = await accept(node, RequestView.of(request), SseConnection.transport_name)
         if isinstance(admitted, Refusal):
             return admitted.response()  # no upgrade to close after: a full node is a plain 503
 

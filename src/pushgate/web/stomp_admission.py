@@ -22,6 +22,7 @@ from ..errors import CloseCode
 from ..protocol.stomp import SUPPORTED_VERSIONS, Frame, negotiate, negotiate_heartbeat, parse_heartbeat
 from .errors import classify
 from .handshake import Refusal, accept
+from .request_view import RequestView
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -80,11 +81,12 @@ async def admit(node: Node, request: web.Request, connect: Frame, transport_name
         client_beat = parse_heartbeat(connect.get("heart-beat"))
     except ValueError as exc:
         return ConnectRefusal(version, str(exc), CloseCode.PROTOCOL_VIOLATION)
-    admitted = await accept(node, with_connect_credentials(node, request, connect), transport_name)
+    view = RequestView.of(request)
+    admitted = await accept(node, with_connect_credentials(node, view, connect), transport_name)
     if isinstance(admitted, Refusal):
         return ConnectRefusal(version, admitted.message, REFUSAL_CLOSE.get(admitted.code, CloseCode.DISCONNECTED),
                               code=admitted.code)
-    conflict = await conflicting_user(node, request, connect, admitted.user)
+    conflict = await conflicting_user(node, view, connect, admitted.user)
     if conflict is not None:
         return ConnectRefusal(version, conflict, CloseCode.DISCONNECTED, code="permission_denied")
     return Admitted(version, client_beat, admitted)
@@ -102,7 +104,7 @@ def connected_frame(config: Config, version: str, session: str, user: str | None
     return Frame("CONNECTED", tuple(headers)), send_ms, expect_ms
 
 
-def with_connect_credentials(node: Node, request: web.Request, connect: Frame) -> web.Request:
+def with_connect_credentials(node: Node, request: RequestView, connect: Frame) -> RequestView:
     """The request as the one handshake should see it: the credentials CONNECT carries are added
     where the request had none (the request's own win, as ``?token=`` wins over the header in
     :func:`~.handshake.credentials`).
@@ -112,7 +114,7 @@ def with_connect_credentials(node: Node, request: web.Request, connect: Frame) -
     does. A CONNECT token that names another user than the request's is refused
     (:func:`conflicting_user`), not silently ignored.
     """
-    query = request.rel_url.query
+    query = request.query
     has_token = bool(query.get("token")) or request.headers.get("Authorization", "").lower().startswith("bearer ")
     updates: dict[str, str] = {}
     if node.auth.dev_mode:
@@ -125,10 +127,10 @@ def with_connect_credentials(node: Node, request: web.Request, connect: Frame) -
             updates["token"] = token
     if not updates:
         return request
-    return request.clone(rel_url=request.rel_url.update_query(updates))
+    return request.with_query(updates)
 
 
-async def conflicting_user(node: Node, request: web.Request, connect: Frame, user: str | None) -> str | None:
+async def conflicting_user(node: Node, request: RequestView, connect: Frame, user: str | None) -> str | None:
     """Why the CONNECT's credentials contradict the request's, or None. When the request named
     the user (``?user=``, ``?token=``, ``Authorization``) the CONNECT may repeat it, not change
     it: ``login`` (dev mode) or an ``Authorization: Bearer`` token (JWT mode, verified) naming
@@ -136,7 +138,7 @@ async def conflicting_user(node: Node, request: web.Request, connect: Frame, use
     password meant for another broker.)"""
     if node.auth.dev_mode:
         login = connect.get("login")
-        if login and request.rel_url.query.get("user") and login != user:
+        if login and request.query.get("user") and login != user:
             return "CONNECT login names another user than the handshake"
         return None
     header = connect.get("Authorization") or connect.get("authorization") or ""

@@ -21,6 +21,7 @@ from ..protocol.outgoing import Outgoing, close_reason
 from ..protocol.wsframe import peer_close_code_valid
 from .connection import TransportConnection
 from .handshake import Refusal, accept, open_session, user_since
+from .request_view import RequestView
 from .session import JsonSession
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class WebsocketHandler:
 
                 self._stomp = StompHandler(node)
             return await self._stomp.handle(request)
-        admitted = await accept(node, request, WsConnection.transport_name)
+        admitted = await accept(node, RequestView.of(request), WsConnection.transport_name)
         if isinstance(admitted, Refusal) and admitted.close_code is None:
             return admitted.response()
 
