@@ -198,9 +198,81 @@ def test_bad_namespace_names_the_key(tmp_path: Path, text: str, key: str) -> Non
     assert info.value.key == key
 
 
-def test_toml_only_settings_are_not_read_from_env() -> None:
-    cfg = load_config(env={"PUSHGATE_NAMESPACES": "x", "PUSHGATE_SCHEDULE": "y"})
-    assert cfg.namespaces == {} and tuple(cfg.schedule) == ()
+@pytest.mark.parametrize("name", ["PUSHGATE_NAMESPACES", "PUSHGATE_SCHEDULE"])
+def test_toml_only_settings_in_env_are_refused_saying_where_they_go(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={name: "x"})
+    assert info.value.key == name and "TOML file" in str(info.value)
+
+
+# -- where a value came from, and errors that say so -----------------------------------------------
+
+def test_sources_name_the_layer_of_every_value(tmp_path: Path) -> None:
+    from pushgate.config import load_config_sources
+
+    path = toml(tmp_path, "history_size = 7\nport = 1\n[namespaces.chat]\npublish = true\n")
+    loaded = load_config_sources(file=path, env={"PUSHGATE_PORT": "2", "PUSHGATE_NODE_ID": "n"},
+                                 cli={"node_id": "cli", "host": None})
+    assert loaded.sources["history_size"] == str(path)
+    assert loaded.sources["port"] == "PUSHGATE_PORT"
+    assert loaded.sources["node_id"] == "--node-id"
+    assert loaded.sources["host"] == "default"
+    assert loaded.sources["namespaces"] == str(path)
+    via_env = load_config_sources(env={"PUSHGATE_CONFIG": str(path)})
+    assert via_env.sources["history_size"] == f"{path} (PUSHGATE_CONFIG)"
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("port", "x", "config port: expected an integer, got 'x'"),
+        ("max_connections", "1.5", "config max_connections: expected an integer, got '1.5'"),
+        ("ping_interval", "fast", "config ping_interval: expected a number, got 'fast'"),
+        ("ping_interval", "nan", "config ping_interval: expected a number, got 'nan'"),
+        ("history_ttl", "inf", "config history_ttl: expected a number, got 'inf'"),
+    ],
+)
+def test_coercion_errors_are_ours_and_name_the_source(tmp_path: Path, key: str, raw: str, expected: str) -> None:
+    flag, env_name = "--" + key.replace("_", "-"), f"PUSHGATE_{key.upper()}"
+    for kwargs, where in (
+        ({"env": {}, "cli": {key: raw}}, flag),
+        ({"env": {env_name: raw}}, env_name),
+        ({"env": {}, "file": toml(tmp_path, f'{key} = "{raw}"\n')}, str(tmp_path / "pushgate.toml")),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_config(**kwargs)  # type: ignore[arg-type]
+        message = str(info.value)
+        assert message.startswith(expected) and message.endswith(f"(from {where})"), message
+        assert "literal" not in message and "convert" not in message  # no Python exception text
+
+
+def test_validation_errors_name_the_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"PUSHGATE_WORKERS": "0"})
+    assert str(info.value) == "config workers: must be >= 1 (from PUSHGATE_WORKERS)"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cli={"port": "70000"})
+    assert str(info.value) == "config port: must be 0..65535 (from --port)"
+
+
+def test_unknown_pushgate_env_var_is_an_error_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"PUSHGATE_JWT_SECRT": "s3cret"})
+    assert info.value.key == "PUSHGATE_JWT_SECRT"
+    assert "unknown environment variable" in str(info.value) and "PUSHGATE_JWT_SECRET" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_config(env={"PUSHGATE_WHATEVER": "1"})
+
+
+def test_reserved_pushgate_env_vars_are_not_settings_and_not_errors() -> None:
+    cfg = load_config(env={"PUSHGATE_TEST_TIMEOUT_SCALE": "3", "PUSHGATE_REUSE_PORT": "1", "OTHER": "x"})
+    assert cfg == Config()
+
+
+def test_unknown_toml_key_suggests_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file=toml(tmp_path, "histroy_size = 3\n"), env={})
+    assert "did you mean history_size?" in str(info.value)
 
 
 # --- broker URL schemes and key prefix: the backends own the rules -------------------------------

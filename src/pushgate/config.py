@@ -11,13 +11,16 @@ Bad values raise :class:`~pushgate.errors.ConfigError` naming the key; the CLI e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import ipaddress
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +71,8 @@ class Config:
     workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); >1 needs a Redis broker")
     app: str | None = _opt(None, "embedding application 'pkg.module:attr' (hooks and rpc handlers)")
     log_level: str = _opt("info", "debug | info | warning | error")
+    log_format: str = _opt("text", "text | json (one JSON object per line, for log shippers)")
+    access_log: bool = _opt(False, "log one line per HTTP request and WebSocket/SSE session (path without query)")
 
     jwt_secret: str | None = _opt(None, "HS256 secret: enables JWT mode")
     jwt_public_key: str | None = _opt(None, "PEM file (or PEM text) of an RS256/ES256 key: enables JWT mode")
@@ -237,13 +242,9 @@ def _coerce(key: str, value: Any) -> Any:
                 return False
             raise ValueError(f"expected true/false, got {value!r}")
         if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
+            return _integer(value)
         if tp is float:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
+            return _number(value)
         if tp is str:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")
@@ -257,6 +258,36 @@ def _coerce(key: str, value: Any) -> Any:
     except ValueError as exc:
         raise ConfigError(key, str(exc)) from exc
     raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover
+
+
+def _integer(value: Any) -> int:
+    """An int from TOML or text; the message is ours, never Python's ``invalid literal for int()``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _number(value: Any) -> float:
+    """A finite float from TOML or text (``nan``/``inf`` would slip past every range check)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = math.nan
+    else:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"expected a number, got {value!r}")
+    return number
 
 
 def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
@@ -313,6 +344,24 @@ def _schedule(raw: Any) -> tuple[ScheduleConfig, ...]:
     return tuple(jobs)
 
 
+#: ``PUSHGATE_*`` variables that are not settings yet are read by pushgate or its tools: the TOML
+#: file, the workers' port sharing, and the test suite's knobs (``PUSHGATE_TEST_*`` and caches).
+RESERVED_ENV = frozenset({
+    "PUSHGATE_CONFIG", "PUSHGATE_REUSE_PORT", "PUSHGATE_AUTOBAHN_ENV", "PUSHGATE_CHROMIUM",
+    "PUSHGATE_NODE_CACHE", "PUSHGATE_SOCKJS_NODE_CACHE",
+})
+RESERVED_ENV_PREFIX = "PUSHGATE_TEST_"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated :class:`Config` and where each setting's value came from: ``default``, the
+    TOML file's path, ``PUSHGATE_<KEY>`` or ``--<key>`` (what ``pushgate config`` prints)."""
+
+    config: Config
+    sources: Mapping[str, str]
+
+
 def load_config(
     *,
     file: str | os.PathLike[str] | None = None,
@@ -320,10 +369,28 @@ def load_config(
     cli: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build a validated :class:`Config` from the three sources (see module docstring)."""
+    return load_config_sources(file=file, env=env, cli=cli).config
+
+
+def load_config_sources(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> LoadedConfig:
+    """:func:`load_config`, keeping the source of every value.
+
+    Every :class:`ConfigError` says which source held the bad value (``--port``,
+    ``PUSHGATE_PORT`` or the file), so an operator knows where to fix it. An unknown
+    ``PUSHGATE_*`` variable is an error too: a misspelt ``PUSHGATE_JWT_SECRT`` would otherwise
+    start a node silently in dev mode.
+    """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     path = file or env.get("PUSHGATE_CONFIG")
     if path:
+        path_source = str(path) if file else f"{path} (PUSHGATE_CONFIG)"
         try:
             data = tomllib.loads(Path(path).read_text())
         except OSError as exc:
@@ -333,23 +400,65 @@ def load_config(
         known = {f.name for f in dataclasses.fields(Config)}
         for key, value in data.items():
             if key not in known:
-                raise ConfigError(key, f"unknown setting in {path}")
-            if key == "namespaces":
-                values[key] = _namespaces(value)
-            elif key == "schedule":
-                values[key] = _schedule(value)
-            else:
-                values[key] = _coerce(key, value)
+                raise ConfigError(key, f"unknown setting in {path}{_suggest(key, known)}")
+            with _source(key, f"from {path}"):
+                if key == "namespaces":
+                    values[key] = _namespaces(value)
+                elif key == "schedule":
+                    values[key] = _schedule(value)
+                else:
+                    values[key] = _coerce(key, value)
+            sources[key] = path_source
+    _check_env_names(env)
     for f in SCALAR_FIELDS:
         env_key = "PUSHGATE_" + f.name.upper()
         if env_key in env:
-            values[f.name] = _coerce(f.name, env[env_key])
+            with _source(f.name, f"from {env_key}"):
+                values[f.name] = _coerce(f.name, env[env_key])
+            sources[f.name] = env_key
     for key, value in (cli or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value)
+            flag = "--" + key.replace("_", "-")
+            with _source(key, f"from {flag}"):
+                values[key] = _coerce(key, value)
+            sources[key] = flag
     cfg = Config(**values)
-    _validate(cfg)
-    return cfg
+    try:
+        _validate(cfg)
+    except ConfigError as exc:
+        where = sources.get(exc.key.split(".", 1)[0].split("[", 1)[0])
+        if where is None:
+            raise
+        raise ConfigError(exc.key, f"{exc.message} (from {where})") from exc
+    return LoadedConfig(cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(Config)})
+
+
+@contextlib.contextmanager
+def _source(key: str, where: str) -> Iterator[None]:
+    """Add ``(from <where>)`` to a ConfigError about ``key`` raised inside the block."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(exc.key, f"{exc.message} ({where})") from exc
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    settings = {"PUSHGATE_" + f.name.upper() for f in SCALAR_FIELDS}
+    for name in sorted(env):
+        if not name.startswith("PUSHGATE_") or name in settings or name in RESERVED_ENV:
+            continue
+        if name.startswith(RESERVED_ENV_PREFIX):
+            continue
+        toml_only = {"PUSHGATE_" + f.name.upper(): f.name
+                     for f in dataclasses.fields(Config) if f.metadata.get("toml_only")}
+        if name in toml_only:
+            raise ConfigError(name, f"{toml_only[name]} can only be set in the TOML file (--config)")
+        raise ConfigError(name, f"unknown environment variable{_suggest(name, settings)}")
 
 
 def _validate(cfg: Config) -> None:
@@ -408,6 +517,8 @@ def _validate(cfg: Config) -> None:
     _validate_stomp(cfg)
     if cfg.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log_level", "must be debug, info, warning or error")
+    if cfg.log_format not in {"text", "json"}:
+        raise ConfigError("log_format", "must be text or json")
     if cfg.production:
         # the rules live with the other secret rules (auth.startup_warnings uses them too)
         from .auth import production_problems

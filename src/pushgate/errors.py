@@ -4,6 +4,7 @@ Exception tree (one root, so embedding code can catch everything pushgate raises
 
     PushgateError
     ├── ConfigError            bad configuration: names the key; the CLI exits with code 2
+    ├── StartupError           the node cannot start here (port taken, no permission): one line, exit 1
     ├── AuthError              bad/expired token or refused origin: HTTP 401/403 at the handshake
     ├── ClientError            a client command failed: ``code`` + ``message`` go back in an error reply
     │   └── Reject             an application hook refused (connect, subscribe, publish)
@@ -72,12 +73,18 @@ class PushgateError(Exception):
     """Root of every exception pushgate raises."""
 
 
+class StartupError(PushgateError):
+    """The node cannot start in this environment (its port is taken, the address is not this
+    host's): not a bad setting, so the CLI prints the message and exits with 1, not 2."""
+
+
 class ConfigError(PushgateError):
     """Invalid configuration; ``key`` names the offending setting."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config {key}: {message}")
         self.key = key
+        self.message = message
 
 
 class AuthError(PushgateError):

@@ -2,21 +2,41 @@
 
 Per-delivery counts come from the hub's plain integer counter, read at scrape time, so the
 fan-out path pays no metrics cost.
+
+The registry is the node's own (tests run several nodes in one process), so the standard
+process, platform and Python GC collectors are added to it explicitly: without them an
+operator loses CPU, memory and file-descriptor series. Counters do not expose ``_created``
+series (one more series per counter that dashboards never use). The metric names are the
+contract of ``deploy/grafana-dashboard.json`` and ``deploy/prometheus-alerts.yml``: a test
+checks every name those files use against a running node's ``/metrics``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .gcprobe import GcProbe
 
 if TYPE_CHECKING:
     from .hub import Hub
+    from .web.connection import Connection
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; pushgate never wants the _created series
 
 
 class _HubCollector(Collector):
@@ -36,6 +56,10 @@ class _HubCollector(Collector):
             "pushgate_messages_out", "Frames handed to client transports", value=hub.delivered
         )
         yield GaugeMetricFamily("pushgate_ready", "1 when ready to serve", value=1 if self.ready() else 0)
+        info = GaugeMetricFamily("pushgate_build_info", "Always 1; the labels say which pushgate runs",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
 
 
 # What a broker may report about itself, read at scrape time where it has the attribute:
@@ -57,6 +81,10 @@ class _BrokerCollector(Collector):
         self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
+        healthy = getattr(self.broker, "healthy", None)
+        if isinstance(healthy, bool):
+            yield GaugeMetricFamily("pushgate_broker_up", "1 while the broker link is up (0: /readyz is 503)",
+                                    value=1 if healthy else 0)
         for attr, name, help_text, kind in _BROKER_STATS:
             value = getattr(self.broker, attr, None)
             if isinstance(value, int | float):
@@ -70,11 +98,25 @@ class NodeMetrics:
     def __init__(self, hub: Hub, ready: Callable[[], bool], broker: object | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HubCollector(hub, ready))
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            self.registry.register(standard)
         self.gc = GcProbe(self.registry)  # installed by the node while it runs
         if broker is not None:
             self.registry.register(_BrokerCollector(broker))
         r = self.registry
-        self.connections_total = Counter("pushgate_connections_opened", "Connections accepted", registry=r)
+        self.connections_total = Counter(
+            "pushgate_connections_opened", "Connections accepted", ["transport"], registry=r
+        )
+        self.connections_closed = Counter(
+            "pushgate_connections_closed",
+            "Connections closed, by transport and close code ('client': the client closed or went away)",
+            ["transport", "code"], registry=r,
+        )
+        self.connection_duration = Histogram(
+            "pushgate_connection_duration_seconds", "How long connections stayed open", ["transport"],
+            registry=r, buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+        )
+        self._open: dict[str, _Life] = {}
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)
         self.messages_in = Counter("pushgate_messages_in", "Client frames received", registry=r)
         self.published_total = Counter(
@@ -98,3 +140,46 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+
+    # -- connection lifetimes: what the close debug line and the close-code series report --------
+    def opened(self, conn: Connection) -> None:
+        """Count ``conn`` and start watching for the code it is closed with.
+
+        The transports do not report close codes, and every server-side close goes through
+        ``conn.close(code, reason)`` from many places (drain, slow consumer, kick, rate limit):
+        the first such call is recorded by wrapping that bound method on this one instance,
+        cold path only. A connection that ends without one was closed by its client.
+        """
+        life = _Life(time.monotonic())
+        self._open[conn.id] = life
+        self.connections_total.labels(conn.transport_name).inc()
+        close = conn.close
+
+        def recording_close(code: int, reason: str) -> None:
+            if life.code is None:
+                life.code, life.reason = code, reason
+            close(code, reason)
+
+        conn.close = recording_close  # type: ignore[method-assign]
+
+    def closed(self, conn: Connection) -> tuple[int | None, str, float] | None:
+        """``(code, reason, seconds open)`` of a connection :meth:`opened` saw, counted once;
+        None if it was not seen or was counted already."""
+        life = self._open.pop(conn.id, None)
+        if life is None:
+            return None
+        duration = time.monotonic() - life.started
+        code = "client" if life.code is None else str(life.code)
+        self.connections_closed.labels(conn.transport_name, code).inc()
+        self.connection_duration.labels(conn.transport_name).observe(duration)
+        return life.code, life.reason, duration
+
+
+class _Life:
+    __slots__ = ("code", "reason", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.code: int | None = None
+        self.reason = ""
+

@@ -242,10 +242,11 @@ class Node:
         its first frame right after this returns is sure no broadcast got there before it, and
         cluster-wide presence already counts ``conn`` when it is told it is connected.
         """
+        self.metrics.opened(conn)
+        log.debug("connect %s user=%s transport=%s from %s", conn.id, conn.user, conn.transport_name, conn.address)
         if conn.user is not None:
             await self._route_user(conn.user)
             self._routed.add(conn.id)
-        self.metrics.connections_total.inc()
         await self.presence.add_connection(conn.id, conn.user)
         self.hub.add(conn)
         self.gc_policy.connected()
@@ -272,6 +273,11 @@ class Node:
                 await call_maybe_async(hook, self.client_info(conn))
             except Exception:
                 log.exception("disconnect hook failed")
+        ended = self.metrics.closed(conn)
+        if ended is not None:
+            code, reason, duration = ended
+            log.debug("close %s user=%s transport=%s code=%s reason=%r duration=%.3fs", conn.id, conn.user,
+                      conn.transport_name, "client" if code is None else code, reason, duration)
 
     async def _route_user(self, user: str) -> None:
         """Receive ``user``'s control messages (disconnects, ack notices) on this node; counted,
@@ -347,6 +353,8 @@ class Node:
             await self._unhold(conn, channel, stream)
             raise
         self.metrics.subscriptions_total.inc()
+        log.debug("subscribe %s %s since=%s recovered=%s replay=%d", conn.id, channel, since, result.recovered,
+                  len(result.replay))
         return result
 
     async def _hold(self, conn: Connection, channel: str) -> ChannelStream:

@@ -10,8 +10,11 @@ The Python counterpart of Spring's ``SimpMessagingTemplate.convertAndSend`` /
         await pub.disconnect_user("mallory")                   # close their connections (4500)
 
 Publications go through the same atomic publish-and-append as a node's, so offsets, history
-and recovery are identical whichever way a message entered the cluster. Use the same
-``prefix`` and history settings as the nodes.
+and recovery are identical whichever way a message entered the cluster. Pass the nodes'
+configuration (``config=pushgate.config.load_config(file="pushgate.toml")``) and every channel
+keeps exactly the history a node would give it, its namespace's ``history_size`` and
+``history_ttl`` included; without it, use the same ``prefix`` and history settings as the nodes
+(which then apply to every channel: a publisher without the config knows no namespaces).
 
 A publisher only sends: its broker is started publish-only (``start(None)``), so it opens the
 command connection and no pub/sub connection, subscribes to nothing and receives nothing.
@@ -37,6 +40,7 @@ from .backends import create_stores
 from .backends.broker import Broker, HistoryOptions, StreamPosition, UserMessage
 from .backends.idempotency import check_idempotency_key
 from .backends.lease import LeaseStore
+from .config import Config
 from .errors import ClientError, CloseCode
 from .names import user_stream, valid_channel, valid_destination, valid_users
 from .payload import DEFAULT_MAX_DEPTH, check_data
@@ -50,7 +54,13 @@ class Publisher:
     def __init__(self, url: str, *, prefix: str = "pg", history_size: int = 100,
                  history_ttl: float = 300.0, broker_timeout: float = 5.0,
                  idempotency_window: float = 120.0, max_json_depth: int = DEFAULT_MAX_DEPTH,
-                 user_history_size: int = 100, user_history_ttl: float = 86400.0) -> None:
+                 user_history_size: int = 100, user_history_ttl: float = 86400.0,
+                 config: Config | None = None) -> None:
+        if config is not None:  # the nodes' settings win: per-channel history must not depend on the path
+            prefix, broker_timeout, max_json_depth = config.redis_prefix, config.broker_timeout, config.max_json_depth
+            idempotency_window = config.idempotency_window
+            user_history_size, user_history_ttl = config.user_history_size, config.user_history_ttl
+        self._config = config
         broker, _presence, leases = create_stores(
             url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window
         )
@@ -88,7 +98,8 @@ class Publisher:
         """
         payload = self._encode(data)
         await self.start()
-        return await self._broker.publish(valid_channel(channel), payload, self._history,
+        history = self._history if self._config is None else HistoryOptions(*self._config.history_for(channel))
+        return await self._broker.publish(valid_channel(channel), payload, history,
                                           idempotency_key=idempotency_key)
 
     async def send_to_users(

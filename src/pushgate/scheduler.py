@@ -23,10 +23,18 @@ import msgspec
 
 from .backends.lease import LeaseStore
 from .config import ScheduleConfig
-from .errors import ConfigError
+from .errors import ConfigError, PushgateError
 
 log = logging.getLogger(__name__)
 LEASE = "scheduler"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one short line: its text (or its type's name when it has none)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, TimeoutError) and text == "TimeoutError":
+        text = "timed out"
+    return text[:300]
 
 
 def load_callable(spec: str) -> Callable[[], Any]:
@@ -118,6 +126,10 @@ class Scheduler:
                 await self.run_once(job)
             except asyncio.CancelledError:
                 raise
+            except (aiohttp.ClientError, OSError, TimeoutError, PushgateError) as exc:
+                # the URL is down or the broker is: expected outside our control, so one line per
+                # tick (a traceback every few seconds would bury everything else in the log)
+                log.warning("job %s: tick %d skipped: %s", job.name, tick, _one_line(exc))
             except Exception:
                 log.exception("scheduled job %s failed (tick %d); it keeps its schedule", job.name, tick)
 

@@ -21,6 +21,7 @@ The listening socket is guarded here, before any route runs (a client controls a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,7 +39,8 @@ from aiohttp.streams import StreamReader
 from .app import App
 from .auth import startup_warnings
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
+from .logs import ACCESS_LOGGER, AccessLog
 from .node import Node
 from .web.app import build_app
 
@@ -154,15 +156,38 @@ class Server:
         self._deadline: HeadDeadline | None = None
 
     async def start(self, *, reuse_port: bool = False) -> int:
+        """Bind, start the node, then accept: a taken port fails before the node says it started
+        (:class:`StartupError`, one line), and no client is accepted by a node not yet started."""
         context = tls_context(self.config)  # a bad certificate fails before anything starts
-        await self.node.start()
         try:
             self.port = await self._listen(context, reuse_port)
+        except OSError as exc:
+            await self._close_listener()
+            where = f"{self.config.host}:{self.config.port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {reason.lower()}") from exc
+        try:
+            await self.node.start()
         except BaseException:
-            await self.stop(drain=False)
+            await self._close_listener()
+            with contextlib.suppress(Exception):
+                await self.node.stop()  # close what the half-started node opened (broker pools)
             raise
+        assert self._listener is not None
+        await self._listener.start_serving()
         _announce(self.config, self.node, self.port)
         return self.port
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
 
     async def _listen(self, context: ssl.SSLContext | None, reuse_port: bool) -> int:
         """Serve the application on ``host:port`` (https and wss too with ``context``).
@@ -171,8 +196,10 @@ class Server:
         factory can be :class:`HeadDeadline`; ``runner.cleanup`` still shuts the connections.
         """
         config = self.config
-        self.runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
-                                    keepalive_timeout=config.keepalive_timeout, logger=HttpLog(http_log))
+        access = {"access_log": logging.getLogger(ACCESS_LOGGER), "access_log_class": AccessLog} \
+            if config.access_log else {"access_log": None}
+        self.runner = web.AppRunner(self.web_app, handle_signals=False, shutdown_timeout=2.0,
+                                    keepalive_timeout=config.keepalive_timeout, logger=HttpLog(http_log), **access)
         await self.runner.setup()
         assert self.runner.server is not None
         self._deadline = HeadDeadline(self.runner.server, config.handshake_timeout)
@@ -180,7 +207,7 @@ class Server:
         self._listener = await loop.create_server(
             self._deadline, config.host, config.port, ssl=context,
             ssl_handshake_timeout=config.handshake_timeout if context else None,
-            backlog=4096, reuse_port=reuse_port or None,
+            backlog=4096, reuse_port=reuse_port or None, start_serving=False,
         )
         return int(self._listener.sockets[0].getsockname()[1]) if self._listener.sockets else config.port
 
