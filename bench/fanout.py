@@ -38,11 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,135 +46,21 @@ from pathlib import Path
 from typing import Any
 
 from lib import report
-from lib.loadclient import Stats, WSClient, connect_clients, trigger_broadcasts
+from lib.loadclient import SioWSClient, Stats, WSClient, connect_clients, trigger_broadcasts
 from lib.meter import CoreWindow, cpu_seconds, rss_kb, wait_for_quiet
 from lib.report import cell as _f
 from lib.servers import (
     HOST,
-    PEERS_DIR,
     REPO_DIR,
     Proc,
-    PushgateBuild,
     apply_nice,
     free_port,
     parse_builds,
     run_load_client,
 )
+from lib.targets import PEERS, Target, pushgate_target
 
-NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pushgate-bench" / "node"
-DEFAULT_TARGETS = "pushgate,aiohttp,websockets,node-ws,raw-uvloop"
-
-
-# --------------------------------------------------------------------------------------------
-# Targets
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Target:
-    """A server with the benchmark's contract; ``argv`` gets ``--host``/``--port`` (and ``--trigger-port``)."""
-
-    name: str
-    description: str
-    argv: list[str]
-    needs_trigger_port: bool = False
-    build: PushgateBuild | None = None  # pushgate targets: the source tree it runs from
-
-    def command(self, port: int, trigger_port: int) -> list[str]:
-        cmd = [*self.argv, "--host", HOST, "--port", str(port)]
-        return cmd + (["--trigger-port", str(trigger_port)] if self.needs_trigger_port else [])
-
-    def env(self) -> dict[str, str]:
-        if self.build is not None:
-            return self.build.env()
-        env = dict(os.environ)
-        env.pop("PYTHONASYNCIODEBUG", None)
-        if self.name == "node-ws":
-            env["NODE_PATH"] = str(NODE_CACHE / "node_modules")
-        return env
-
-    def trigger_url(self, port: int, trigger_port: int) -> str:
-        p = trigger_port if self.needs_trigger_port else port
-        return f"http://{HOST}:{p}/api/broadcast"
-
-    def available(self) -> tuple[bool, str]:
-        if self.build is not None:
-            r = subprocess.run([*self.argv, "--help"], env=self.env(), capture_output=True, text=True, timeout=60)
-            if r.returncode != 0:
-                return False, "`python -m pushgate serve --help` failed: " + (r.stderr.strip()[-300:])
-            return True, ""
-        if self.name == "websockets":
-            try:
-                import websockets  # noqa: F401
-            except ImportError:
-                return False, "websockets not installed"
-            return True, ""
-        if self.name == "node-ws":
-            return node_ws_available()
-        return True, ""
-
-    def version(self) -> str:
-        try:
-            if self.build is not None:
-                r = subprocess.run([sys.executable, "-c", "import pushgate,sys;"
-                                    "sys.stdout.write(getattr(pushgate,'__version__','?'))"],
-                                   env=self.env(), capture_output=True, text=True, timeout=30)
-                label = "pushgate" if self.name == "pushgate" else f"{self.name}: pushgate"
-                return f"{label} " + (r.stdout.strip() or "?")
-            if self.name == "aiohttp":
-                import aiohttp
-                return f"aiohttp {aiohttp.__version__}"
-            if self.name in ("raw-uvloop", "raw-coalesce"):
-                import uvloop
-                return f"raw asyncio Protocols on uvloop {uvloop.__version__}"  # type: ignore[attr-defined]
-            if self.name == "websockets":
-                import websockets
-                return f"websockets {websockets.__version__}"
-            if self.name == "node-ws":
-                node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-                pkg = json.loads((NODE_CACHE / "node_modules" / "ws" / "package.json").read_text())
-                return f"node {node} + ws {pkg.get('version')}"
-        except Exception as e:  # pragma: no cover - informational only
-            return f"? ({e})"
-        return "?"
-
-
-def node_ws_available() -> tuple[bool, str]:
-    if not shutil.which("node"):
-        return False, "node not on PATH"
-    if not (NODE_CACHE / "node_modules" / "ws").is_dir():
-        if not shutil.which("npm"):
-            return False, "npm not on PATH"
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        try:
-            r = subprocess.run(["npm", "install", "--prefix", str(NODE_CACHE), "--no-audit",
-                                "--no-fund", "ws@8"], capture_output=True, text=True, timeout=180)
-        except subprocess.TimeoutExpired:
-            return False, "npm install ws timed out"
-        if r.returncode != 0:
-            return False, "npm install ws failed: " + r.stderr.strip()[-300:]
-    return True, ""
-
-
-PY = sys.executable
-PEERS: dict[str, Target] = {t.name: t for t in (
-    Target("aiohttp", "aiohttp app, `await ws.send_str()` per client (bench/peers/aiohttp_peer.py)",
-           [PY, str(PEERS_DIR / "aiohttp_peer.py")]),
-    Target("websockets", "websockets 17 asyncio server + websockets.broadcast() (bench/peers/websockets_peer.py)",
-           [PY, str(PEERS_DIR / "websockets_peer.py")], needs_trigger_port=True),
-    Target("node-ws", "Node.js + ws, ws.send() per client (bench/peers/ws_peer.js)",
-           ["node", str(PEERS_DIR / "ws_peer.js")]),
-    Target("raw-uvloop", "ceiling: raw uvloop Protocols, one prebuilt frame + transport.write() "
-           "per client (bench/peers/raw_peer.py)", [PY, str(PEERS_DIR / "raw_peer.py")]),
-    Target("raw-coalesce", "experiment: raw-uvloop, but the frames of all broadcasts handled in "
-           "one loop iteration go out as one write per client (raw_peer.py --coalesce)",
-           [PY, str(PEERS_DIR / "raw_peer.py"), "--coalesce"]),
-)}
-
-
-def pushgate_target(build: PushgateBuild) -> Target:
-    where = "this repo" if build.name == "pushgate" else build.describe_source()
-    return Target(build.name, f"pushgate serve ({where})", [PY, "-m", "pushgate", "serve"], build=build)
+DEFAULT_TARGETS = "pushgate,aiohttp,websockets,node-ws,uws,raw-uvloop"
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +93,9 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
             # Warm-up: a few clients and one broadcast, so lazily imported/allocated machinery
             # (ws reader, JSON, timers...) is not charged to the per-connection memory.
             wstats = Stats()
-            warm = await connect_clients(port, 10, wstats, batch=10, timeout=20)
+            cls = SioWSClient if target.proto == "socketio" else WSClient
+            warm = await connect_clients(port, 10, wstats, batch=10, timeout=20, client_class=cls,
+                                         path=target.ws_path)
             wstats.reset_round(1, len(warm))
             await trigger_broadcasts(session, trigger_url, body, 1, 1)
             await asyncio.wait_for(wstats.done_event.wait(), 10)  # type: ignore[union-attr]
@@ -221,7 +105,8 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
 
             rss0 = rss_kb(server.pid)
             t_conn = time.perf_counter()
-            clients = await connect_clients(port, n, stats, args.connect_batch, args.connect_timeout)
+            clients = await connect_clients(port, n, stats, args.connect_batch, args.connect_timeout,
+                                            client_class=cls, path=target.ws_path)
             res["connect_seconds"] = round(time.perf_counter() - t_conn, 3)
             await asyncio.sleep(args.idle_seconds)
             rss1 = rss_kb(server.pid)

@@ -256,14 +256,15 @@ def _factory(cls: type[WSClient], stats: Stats, req: bytes, accept: bytes, first
 
 
 async def connect_clients(port: int, n: int, stats: Stats, batch: int, timeout: float,
-                          client_class: type[WSClient] | None = None) -> list[WSClient]:
+                          client_class: type[WSClient] | None = None, path: str = "/ws") -> list[WSClient]:
     """Open n connections in batches; each batch must be fully upgraded+welcomed before the next.
 
-    ``client_class`` (a WSClient subclass, default WSClient) lets other benchmarks count other frames.
+    ``client_class`` (a WSClient subclass, default WSClient) lets other benchmarks count other frames
+    or speak socket.io (:class:`SioWSClient`, with ``path`` its Engine.IO URL).
     """
     cls = client_class or WSClient
     loop = asyncio.get_running_loop()
-    req, accept = make_handshake(port)
+    req, accept = make_handshake(port, path)
     clients: list[WSClient] = []
     deadline = time.monotonic() + timeout
     while len(clients) < n:
@@ -454,3 +455,68 @@ class WSClient16(WSClient):
                     self._finish()
                 return
         WSClient.data_received(self, data)
+
+
+class SioWSClient(WSClient):
+    """A counting client for the socket.io peer (Engine.IO 4 over WebSocket, python-socketio).
+
+    Engine.IO carries its own packets in text frames: the open packet ``0{...}`` is answered with a
+    namespace connect ``40``, whose reply ``40{...}`` marks the client ready; an Engine.IO ping ``2``
+    must be answered with ``3`` within the ping timeout or the server drops the client. Events
+    (``42["broadcast",...]``) are counted like the contract's broadcast frames. No fast path: this peer
+    is two orders of magnitude slower than the client.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        frames = self._frames(data)
+        if not frames:
+            return
+        data = frames
+        n, i, cnt = len(data), 0, 0
+        while i + 2 <= n:
+            ln = data[i + 1] & 0x7F
+            h = i + 2
+            if ln == 126:
+                if i + 4 > n:
+                    break
+                ln, h = (data[i + 2] << 8) | data[i + 3], i + 4
+            elif ln == 127:
+                if i + 10 > n:
+                    break
+                ln, h = int.from_bytes(data[i + 2:i + 10], "big"), i + 10
+            e = h + ln
+            if e > n:
+                break
+            op = data[i] & 0x0F
+            payload = data[h:e]
+            if op == 1:
+                if payload == b"2":
+                    self._send_control(0x1, b"3")
+                    self.stats.pings += 1
+                elif not self.ready and payload.startswith(b"40"):
+                    self.ready = True
+                    self.stats.ready += 1
+                elif not self.ready and payload.startswith(b"0"):
+                    self._send_control(0x1, b"40")
+                elif self.stats.marker in payload:
+                    cnt += 1
+                    if self.sample_me and self.stats.sample is None:
+                        self.stats.sample = payload
+            elif op == 9:
+                self._send_control(0xA, payload)
+                self.stats.pings += 1
+            elif op == 8:
+                self.stats.closed_by_server += 1
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            i = e
+        if i < n:
+            self.buf = data[i:]
+        if cnt:
+            self.count += cnt
+            if not self.finished and self.count >= self.stats.expect:
+                self._finish()
