@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from pushgate.gcprobe import GcPolicy
 from pushgate.hub import Hub
 from pushgate.protocol.outgoing import Outgoing
 from pushgate.web.connection import Connection
@@ -45,8 +46,7 @@ async def open_clients(url: str, n: int) -> tuple[aiohttp.ClientSession, list[ai
     return session, clients
 
 
-async def test_node_freezes_after_start_and_after_a_burst_and_reclaims_after_churn(
-        spawn_node: Callable[..., Process]) -> None:
+async def test_node_freezes_after_start_and_after_a_connection_burst(spawn_node: Callable[..., Process]) -> None:
     node = spawn_node("--gc-refreeze-connections", "20")
     frozen_at_start = metrics(node)["pushgate_gc_frozen_objects"]
     assert frozen_at_start > 10_000  # modules, the app and the node: frozen once started
@@ -56,15 +56,52 @@ async def test_node_freezes_after_start_and_after_a_burst_and_reclaims_after_chu
         # the burst of 30 ≥ 20 connections ends (0.5 s quiet) and the node freezes again
         await wait_until(lambda: metrics(node)["pushgate_gc_frozen_objects"] > frozen_at_start, 10,
                          "a freeze after the connection burst")
-        frozen_with_clients = metrics(node)["pushgate_gc_frozen_objects"]
+        assert 0 < metrics(node)["pushgate_gc_pause_max_seconds"] < 5
     finally:
         for ws in clients:
             await ws.close()
         await session.close()
-    # every connection closed: more closed than open → one reclaim frees their cyclic garbage
-    await wait_until(lambda: "gc reclaim" in node.log(), 10, "the reclaim after churn")
-    assert metrics(node)["pushgate_gc_frozen_objects"] < frozen_with_clients
-    assert 0 < metrics(node)["pushgate_gc_pause_max_seconds"] < 5
+
+
+class Cyclic:
+    """Stands for a closed connection's objects that reference each other (a cycle)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_policy_reclaims_the_cyclic_garbage_of_closed_connections_once_it_is_worth_it() -> None:
+    import gc
+
+    policy = GcPolicy(enabled=True, refreeze_connections=3, garbage_share=1e-9)
+    try:
+        kept = [Cyclic() for _ in range(3)]
+        for _ in kept:
+            policy.connected()
+        await wait_until(lambda: policy.freezes == 1, 5, "the freeze after 3 connections")
+        assert gc.get_freeze_count() > 0
+        kept.clear()  # three "connections" close: their cycles are frozen garbage now
+        for _ in range(3):
+            policy.disconnected()
+        await wait_until(lambda: policy.reclaims == 1, 5, "the reclaim after 3 closes")
+        assert policy.garbage_per_close >= 1  # it measured what a closed connection leaves
+    finally:
+        policy.stop()
+
+
+async def test_policy_does_not_pause_for_connections_that_leave_no_garbage() -> None:
+    policy = GcPolicy(enabled=True, refreeze_connections=3)  # the default 25 % share
+    policy.garbage_per_close = 0.0  # what a reclaim measures for acyclic connections
+    try:
+        for _ in range(3):
+            policy.connected()
+        await wait_until(lambda: policy.freezes == 1, 5, "the freeze after 3 connections")
+        for _ in range(50):
+            policy.disconnected()
+        await asyncio.sleep(1.0)  # past the burst quiet time: a reclaim would have run by now
+        assert policy.reclaims == 0
+    finally:
+        policy.stop()
 
 
 async def test_gc_freeze_off_freezes_nothing(spawn_node: Callable[..., Process]) -> None:

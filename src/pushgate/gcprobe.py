@@ -12,10 +12,12 @@ many: their pauses set the tail latency of every delivery (measured: p99 at 5k c
   ``gc_refreeze_connections`` accepted connections, so a full collection scans only what is
   young instead of every connection the node holds. Frozen objects are still freed by
   reference counting when they die; only *cyclic* garbage among them waits. That is why the
-  policy counts closed connections and, once more have closed since the last reclaim than are
-  open (and at least ``gc_refreeze_connections``), unfreezes and collects everything once: a
-  full pause chosen at a quiet moment of churn, no more often than CPython's own 25 % rule
-  would have paused anyway, so memory stays bounded (docs/performance.md).
+  policy counts closed connections and estimates the garbage they left (closed connections ×
+  the cyclic objects per closed connection the last reclaim found, 50 until one has run).
+  When that estimate reaches a quarter of the frozen objects (CPython's own rule for full
+  collections, applied to garbage instead of growth), it unfreezes and collects everything
+  once, then freezes again: frozen garbage stays under 25 % of the heap, and a connection
+  type that leaves no cycles is never paused for (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BURST_QUIET = 0.5  # seconds without a new connection that end a burst (then we freeze)
 BURST_MAX_WAIT = 5.0  # a burst that never pauses is frozen after this long anyway
+GARBAGE_SHARE = 0.25  # reclaim when estimated frozen garbage reaches this share of the frozen objects
+FIRST_GUESS_PER_CLOSE = 50.0  # cyclic objects per closed connection until a reclaim measured it
 _started_once = False  # the start-up freeze of this process happened
 
 
@@ -88,14 +92,15 @@ class GcPolicy:
     cyclic garbage out of it.
     """
 
-    def __init__(self, *, enabled: bool, refreeze_connections: int) -> None:
+    def __init__(self, *, enabled: bool, refreeze_connections: int, garbage_share: float = GARBAGE_SHARE) -> None:
         self.enabled = enabled
         self.refreeze_connections = refreeze_connections
+        self.garbage_share = garbage_share
         self.freezes = 0
         self.reclaims = 0
         self._accepted = 0  # since the last freeze
         self._closed = 0  # since the last reclaim
-        self._open = 0
+        self.garbage_per_close = FIRST_GUESS_PER_CLOSE
         self._burst_started = 0.0
         self._last_accept = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -118,7 +123,6 @@ class GcPolicy:
             self._timer = None
 
     def connected(self) -> None:
-        self._open += 1
         if not self.enabled:
             return
         now = time.monotonic()
@@ -130,12 +134,16 @@ class GcPolicy:
             self._timer = asyncio.get_running_loop().call_later(BURST_QUIET, self._burst_check)
 
     def disconnected(self) -> None:
-        self._open -= 1
         if not self.enabled:
             return
         self._closed += 1
-        if self._closed >= max(self.refreeze_connections, self._open) and self._timer is None:
+        if self._timer is None and self._reclaim_due():
             self._timer = asyncio.get_running_loop().call_later(BURST_QUIET, self._burst_check)
+
+    def _reclaim_due(self) -> bool:
+        if self._closed < self.refreeze_connections:
+            return False
+        return self._closed * self.garbage_per_close >= self.garbage_share * gc.get_freeze_count()
 
     def _burst_check(self) -> None:
         self._timer = None
@@ -144,7 +152,7 @@ class GcPolicy:
         if in_burst:  # still connecting: freeze once the burst is over, not in the middle of it
             self._timer = asyncio.get_running_loop().call_later(BURST_QUIET, self._burst_check)
             return
-        if self._closed >= max(self.refreeze_connections, self._open):
+        if self._reclaim_due():
             self.reclaim()
         elif self._accepted >= self.refreeze_connections:
             gc.collect(1)
@@ -156,6 +164,7 @@ class GcPolicy:
         gc.unfreeze()
         found = gc.collect()
         self._freeze()
+        self.garbage_per_close = found / max(1, self._closed)
         self._closed = 0
         self.reclaims += 1
         log.info("gc reclaim: %d unreachable objects freed in %.0f ms; %d objects frozen",
