@@ -132,8 +132,8 @@ class Node:
         self.app.bind(self)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="pushgate-heartbeat")
         self.scheduler.start()
+        self.gc_policy.start()  # its one full collection precedes serving: not a pause anyone waits on
         self.metrics.gc.install()
-        self.gc_policy.start()
         self.started = True
         log.info("node %s started (broker %s)", self.id, self.config.broker.split("@")[-1])
 
