@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +74,35 @@ def test_serve_with_an_unreachable_broker_fails_in_one_line() -> None:
     line = one_line_failure(done, 1)
     assert line.startswith(f"pushgate: broker redis://127.0.0.1:{port}/0 unreachable at start-up:"), line
     assert "hunter2" not in line
+
+
+def test_serve_with_a_broker_url_that_is_not_redis_fails_in_one_line() -> None:
+    """Something listens there but answers HTTP: a protocol error, not a traceback."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        stop = threading.Event()
+
+        def answer_http() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_http, daemon=True)
+        thread.start()
+        try:
+            done = pushgate("serve", "--port", "0", "--broker", f"redis://127.0.0.1:{port}/0")
+        finally:
+            stop.set()
+            thread.join(timeout(5))
+    line = one_line_failure(done, 1)
+    assert line.startswith(f"pushgate: broker redis://127.0.0.1:{port}/0 "), line
 
 
 @pytest.mark.parametrize(
@@ -156,3 +186,6 @@ def test_client_commands_fail_in_one_line_without_a_node() -> None:
     for command in (["publish", "news", "1"], ["online"], ["history", "news"]):
         line = one_line_failure(pushgate(*command, "--url", f"http://127.0.0.1:{port}"), 1)
         assert "Connection refused" in line or "refused" in line.lower(), line
+    line = one_line_failure(pushgate("listen", "news", "--connect-timeout", "1", "--url",
+                                     f"http://127.0.0.1:{port}"), 1)
+    assert line == f"pushgate listen: ws://127.0.0.1:{port}/ws: no connection within 1s (is a node running there?)"

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--user", default=None, help="dev mode: connect as this user")
     listen.add_argument("--token", default=None, help="JWT (env PUSHGATE_TOKEN)")
     listen.add_argument("--count", type=int, default=0, metavar="N", help="exit after N messages (0: never)")
+    listen.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="give up if the first connection takes longer [%(default)s]")
 
     hist = sub.add_parser("history", help="print a channel's history (JSON)")
     hist.add_argument("channel")
@@ -166,6 +168,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         from .server import serve_workers
 
         return serve_workers(config, argv)
+    from redis.exceptions import RedisError
+
     from .server import serve
 
     try:
@@ -174,6 +178,9 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         # Chosen: fail at once rather than start not-ready. A node that cannot reach its broker
         # at start has nothing to serve; systemd, Kubernetes and compose restart it (with backoff).
         raise StartupError(f"broker {_redact(config.broker)} unreachable at start-up: {exc}") from exc
+    except RedisError as exc:  # something answers there, but not as Redis does (wrong port, a proxy)
+        raise StartupError(f"broker {_redact(config.broker)} did not answer as Redis/Valkey at start-up: "
+                           f"{' '.join(str(exc).split())[:300]}") from exc
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -326,21 +333,29 @@ async def _listen_loop(args: argparse.Namespace, since: tuple[str, int] | None, 
     client = Client(ws_url, user=args.user, token=token)
     seen = 0
     try:
-        async with client:
-            client.on("resync", lambda ev: _print_resync(ev) if isinstance(ev, Resync) else None)
-            sub = await client.subscribe(args.channel, since=Position(*since) if since else None)
-            async for msg in sub:
-                print(json.dumps({"channel": msg.channel, "epoch": msg.epoch, "offset": msg.offset,
-                                  "data": msg.data}), flush=True)
-                seen += 1
-                if args.count and seen >= args.count:
-                    break
+        try:
+            # the first connection is bounded (a wrong --url must not hang); later ones are retried
+            async with asyncio.timeout(args.connect_timeout):
+                await client.connect()
+        except TimeoutError:
+            raise RequestFailed(f"{ws_url}: no connection within {args.connect_timeout:g}s "
+                                "(is a node running there?)") from None
+        client.on("resync", lambda ev: _print_resync(ev) if isinstance(ev, Resync) else None)
+        sub = await client.subscribe(args.channel, since=Position(*since) if since else None)
+        async for msg in sub:
+            print(json.dumps({"channel": msg.channel, "epoch": msg.epoch, "offset": msg.offset,
+                              "data": msg.data}), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
     except HandshakeError as exc:
         raise RequestFailed(f"{ws_url}: {exc}") from exc
     except PushgateClientError as exc:
         raise RequestFailed(f"{args.channel}: {exc}") from exc
     except OSError as exc:
         raise RequestFailed(f"{ws_url}: {exc}") from exc
+    finally:
+        await client.close()
     return 0
 
 
