@@ -38,7 +38,8 @@ def samples(text: str) -> dict[str, float]:
 
 
 async def test_json_logs_access_log_and_connection_debug_lines(spawn_node: Callable[..., Process]) -> None:
-    node = spawn_node("--log-format", "json", "--log-level", "debug", "--access-log", "true")
+    node = spawn_node("--log-format", "json", "--log-level", "debug", "--access-log", "true",
+                      "--trusted-proxies", "127.0.0.1/32")
     client = await WsClient.connect(f"{node.ws_url}?user=alice&token=SECRET-IN-QUERY")
     await client.ok({"type": "subscribe", "channel": "news"})
     async with aiohttp.ClientSession() as s:
@@ -47,6 +48,8 @@ async def test_json_logs_access_log_and_connection_debug_lines(spawn_node: Calla
         assert await client.wait_closed() == 4500
         async with s.get(node.url + "/api/online?probe=1") as r:
             assert r.status == 200
+        async with s.get(node.url + "/healthz", headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+            assert r.status == 200  # through a trusted proxy: the log names the client
     assert node.terminate() == 0
     assert node.log_path is not None
     log = node.log_path.read_text()
@@ -62,6 +65,8 @@ async def test_json_logs_access_log_and_connection_debug_lines(spawn_node: Calla
     access = [r for r in records if r["logger"] == "pushgate.access"]
     online = [r for r in access if r["path"] == "/api/online"]
     assert online and online[0]["status"] == 200 and online[0]["method"] == "GET" and online[0]["duration_ms"] >= 0
+    (health,) = [r for r in access if r["path"] == "/healthz"]
+    assert health["remote"] == "203.0.113.9"
     session = [r for r in access if r["path"] == "/ws"]
     assert session and session[0]["status"] == 101
     assert "SECRET-IN-QUERY" not in log and "probe=1" not in log  # the query string is never logged

@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from .web.peer import client_address
+
 #: LogRecord attributes that are not extra fields (everything ``logging`` sets itself).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -60,14 +62,22 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 class AccessLog(AbstractAccessLogger):
-    """aiohttp's access-log hook: one line per finished request, with structured fields."""
+    """aiohttp's access-log hook: one line per finished request, with structured fields.
+
+    ``remote`` is the client as the rest of pushgate sees it (``X-Forwarded-For`` and friends
+    believed only from ``trusted_proxies``, :mod:`pushgate.web.peer`); build the class for a
+    configuration with :func:`access_log_class`.
+    """
+
+    trusted_proxies: tuple[str, ...] = ()
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = request.rel_url.path  # never the query: it may carry ?token=
+        remote = client_address(request, self.trusted_proxies)
         self.logger.info(
-            '%s "%s %s" %d %dB %.1fms', request.remote, request.method, path, response.status,
+            '%s "%s %s" %d %dB %.1fms', remote, request.method, path, response.status,
             response.body_length, time * 1000,
-            extra={"remote": request.remote, "method": request.method, "path": path,
+            extra={"remote": remote, "method": request.method, "path": path,
                    "status": response.status, "bytes": response.body_length,
                    "duration_ms": round(time * 1000, 3), "user_agent": request.headers.get("User-Agent", "")},
         )
@@ -77,4 +87,9 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "configure_logging"]
+def access_log_class(trusted_proxies: tuple[str, ...]) -> type[AccessLog]:
+    """:class:`AccessLog` that names clients behind these proxies (aiohttp instantiates it)."""
+    return type("AccessLog", (AccessLog,), {"trusted_proxies": tuple(trusted_proxies)})
+
+
+__all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "access_log_class", "configure_logging"]

@@ -40,7 +40,7 @@ from .app import App
 from .auth import startup_warnings
 from .config import Config
 from .errors import ConfigError, StartupError
-from .logs import ACCESS_LOGGER, AccessLog
+from .logs import ACCESS_LOGGER, access_log_class
 from .node import Node
 from .web.app import build_app
 
@@ -196,7 +196,8 @@ class Server:
         factory can be :class:`HeadDeadline`; ``runner.cleanup`` still shuts the connections.
         """
         config = self.config
-        access = {"access_log": logging.getLogger(ACCESS_LOGGER), "access_log_class": AccessLog} \
+        access = {"access_log": logging.getLogger(ACCESS_LOGGER),
+                  "access_log_class": access_log_class(config.trusted_proxies)} \
             if config.access_log else {"access_log": None}
         self.runner = web.AppRunner(self.web_app, handle_signals=False, shutdown_timeout=2.0,
                                     keepalive_timeout=config.keepalive_timeout, logger=HttpLog(http_log), **access)
