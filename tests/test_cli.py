@@ -55,6 +55,8 @@ def test_publish_with_one_argument_is_not_misread() -> None:
     assert line.startswith("pushgate publish: no DATA to publish to 'news'")
     line = one_line_failure(pushgate("publish", "--users", "a", "news", "x"), 2)
     assert "only DATA" in line
+    line = one_line_failure(pushgate("publish", "news", "1", "--broker", "memory://"), 2)
+    assert "reaches no node" in line
 
 
 def test_serve_on_a_taken_port_fails_in_one_line_before_starting() -> None:

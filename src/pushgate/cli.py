@@ -223,6 +223,9 @@ def _publish(args: argparse.Namespace) -> int:
                          "(DATA '-' reads stdin; --users or --broadcast instead of CHANNEL)")
     else:
         raise UsageError("too many arguments: pushgate publish CHANNEL DATA (quote DATA)")
+    if args.broker is not None and args.broker.lower().startswith("memory:"):
+        raise UsageError("--broker memory:// reaches no node (each process has its own); give the nodes' "
+                         "redis:// URL, or publish through --url")
     data = _payload(text)
     if args.broker:
         print(json.dumps(_run(_publish_via_broker(args, channel, users, data))))
