@@ -134,3 +134,14 @@ def test_pushgate_js_follows_the_same_close_code_table() -> None:
     script = f"const P = require({json.dumps(str(JS))}); console.log(JSON.stringify({codes}.map(P.closeCodeAction)));"
     out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True, timeout=30)
     assert json.loads(out.stdout) == [close_action(c) for c in codes]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_pushgate_js_gives_up_on_the_same_refused_handshakes() -> None:
+    from pushgate.client import handshake_is_fatal
+
+    statuses = [400, 401, 403, 404, 405, 408, 410, 425, 429, 451, 499, 500, 502, 503, 504, 301]
+    script = (f"const P = require({json.dumps(str(JS))}); "
+              f"console.log(JSON.stringify({statuses}.map(P.handshakeIsFatal)));")
+    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True, timeout=30)
+    assert json.loads(out.stdout) == [handshake_is_fatal(s) for s in statuses]

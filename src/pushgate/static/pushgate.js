@@ -1,21 +1,24 @@
 /*!
  * pushgate.js — dependency-free browser client for the pushgate WebSocket protocol.
  *
- * Usage (plain <script src="/pushgate.js">, exposes window.Pushgate):
+ * Three ways to load it, one source (this file), no build step:
+ *   <script src="/pushgate.js">                     classic script: the global `Pushgate`
+ *   import { Client } from '/static/pushgate.mjs'    ES module with named exports (pushgate.mjs)
+ *   import { Client } from 'pushgate-client'         the npm package (package.json beside this file;
+ *   const { Client } = require('pushgate-client')   `npm pack` it), types in pushgate.d.ts
  *
  *   const client = new Pushgate.Client('/ws', { user: 'alice' });
  *   await client.subscribe('news', (msg) => console.log(msg.data, msg.offset));
  *   await client.publish('news', { text: 'hello' });
  *   client.on('direct', (msg) => console.log('from', msg.from, msg.data));
- *   // direct messages follow the user's stream: replayed after reconnects, deduplicated;
- *   // client.ack(msg) (or the autoAck option) records them as processed
  *
- * Protocol: docs/protocol.md. ES2017, no build step. Also loadable with require()
- * (CommonJS) and in any environment that has a global WebSocket.
+ * Protocol: docs/protocol.md (reconnect policy: "Close codes"; this client: "The browser
+ * client"). ES2018, runs in browsers and in Node >= 20 (global WebSocket, fetch).
  */
 (function (root, factory) {
   'use strict';
   const api = factory();
+  api.default = api; // `import Pushgate from 'pushgate-client'` under CommonJS interop too
   if (typeof module === 'object' && module && module.exports) module.exports = api;
   if (root) root.Pushgate = api;
 })(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function () {
@@ -42,6 +45,21 @@
     if (code === 1012 || code === 4002) return 'now'; // restart/drain, insufficient state
     if ((code >= 4500 && code <= 4999) || code === 1008) return 'stop'; // kicked, protocol/policy violation
     return 'backoff'; // 1000 (server-initiated), 1006, 1009, 1011, 4000-4499, anything else
+  }
+
+  /** 4xx statuses of a refused handshake that still mean "later". */
+  const TRANSIENT_4XX = [408, 425, 429];
+
+  /**
+   * True when an HTTP status refusing the handshake will not change by retrying: a 4xx other than
+   * 408/425/429 (bad user id, missing/invalid/expired token, refused origin or connect hook). The
+   * client then stops instead of retrying bad credentials forever. 5xx (503 while draining) is
+   * retried with backoff. The same rule as pushgate.client.handshake_is_fatal (tests run both).
+   * @param {number} status
+   * @returns {boolean}
+   */
+  function handshakeIsFatal(status) {
+    return status >= 400 && status < 500 && TRANSIENT_4XX.indexOf(status) < 0;
   }
 
   /** Reconnect window defaults (ms), the same as pushgate.backoff (0.5 s .. 20 s). */
@@ -123,16 +141,119 @@
     return unescape(encodeURIComponent(str)).length;
   }
 
-  /** Resolve '/ws', 'http://h/ws' or 'ws://h/ws' into an absolute ws(s):// URL with the query. */
-  function buildUrl(url, params) {
+  /**
+   * Resolve '/ws', 'http://h/ws' or 'ws://h/ws' into an absolute URL with the query: ws(s):// for
+   * a WebSocket, or http(s):// when `http` is true (SSE). An array value repeats the parameter.
+   */
+  function buildUrl(url, params, http) {
     const base = typeof location !== 'undefined' && location.href ? location.href : undefined;
     const u = base ? new URL(url, base) : new URL(url);
-    if (u.protocol === 'http:') u.protocol = 'ws:';
-    else if (u.protocol === 'https:') u.protocol = 'wss:';
+    const map = http ? { 'ws:': 'http:', 'wss:': 'https:' } : { 'http:': 'ws:', 'https:': 'wss:' };
+    if (map[u.protocol]) u.protocol = map[u.protocol];
     for (const key of Object.keys(params)) { // user_since '<epoch>:<offset>': ':' is fine in a query
-      if (params[key] !== undefined && params[key] !== null && params[key] !== '') u.searchParams.set(key, params[key]);
+      const value = params[key];
+      if (Array.isArray(value)) for (const v of value) u.searchParams.append(key, v);
+      else if (value !== undefined && value !== null && value !== '') u.searchParams.set(key, value);
     }
     return u.toString();
+  }
+
+  /** The SSE endpoint beside a WebSocket endpoint: '/ws' -> '/sse' (same host, same port). */
+  function sseUrlFor(url) {
+    const base = typeof location !== 'undefined' && location.href ? location.href : undefined;
+    const u = base ? new URL(url, base) : new URL(url);
+    u.pathname = /\/ws\/?$/.test(u.pathname) ? u.pathname.replace(/\/ws\/?$/, '/sse') : u.pathname.replace(/\/?$/, '/sse');
+    u.search = '';
+    return u.toString();
+  }
+
+  /**
+   * The SSE fallback transport (GET /sse, docs/protocol.md "Server-Sent Events"), read with fetch()
+   * rather than EventSource: fetch can read the status and JSON body of a refused handshake (a
+   * browser cannot for a WebSocket), and the client keeps its own reconnect policy instead of
+   * EventSource's (which would retry an expired token forever). It looks like a WebSocket to the
+   * client: onopen, onmessage({data}), onclose({code, reason}), plus onrefused({status, code,
+   * message}) for an HTTP refusal. Receive only: send() throws.
+   */
+  class SseTransport {
+    constructor(url, fetchImpl) {
+      this.url = url;
+      this.readyState = 0;
+      this.onopen = this.onmessage = this.onclose = this.onrefused = null;
+      this._abort = typeof AbortController !== 'undefined' ? new AbortController() : null;
+      this._done = false;
+      const opts = { headers: { Accept: 'text/event-stream' }, cache: 'no-store', credentials: 'same-origin' };
+      if (this._abort) opts.signal = this._abort.signal;
+      fetchImpl(url, opts).then((res) => this._start(res), (err) => this._end(1006, 'SSE request failed: ' + String(err && err.message || err)));
+    }
+
+    async _start(res) {
+      if (this._done) return;
+      if (!res.ok) {
+        let body = null;
+        try { body = await res.json(); } catch (err) { /* not JSON */ }
+        const e = (body && body.error) || {};
+        this._done = true;
+        this.readyState = 3;
+        if (this.onrefused) this.onrefused({ status: res.status, code: e.code || 'http_' + res.status, message: e.message || res.statusText || '' });
+        return;
+      }
+      this.readyState = 1;
+      if (this.onopen) this.onopen({});
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = '';
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buf.search(/\r?\n\r?\n/)) >= 0) {
+            const block = buf.slice(0, cut);
+            buf = buf.slice(cut).replace(/^\r?\n\r?\n/, '');
+            this._event(block);
+            if (this._done) return;
+          }
+        }
+      } catch (err) {
+        this._end(1006, 'SSE stream failed: ' + String(err && err.message || err));
+        return;
+      }
+      this._end(1006, 'SSE stream ended');
+    }
+
+    _event(block) { // text/event-stream: "event:" and "data:" lines; comments (": ping") ignored
+      let type = 'message';
+      const data = [];
+      for (const line of block.split(/\r?\n/)) {
+        if (line.startsWith('event:')) type = line.slice(6).trim();
+        else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+      }
+      if (!data.length) return;
+      const text = data.join('\n');
+      if (type === 'close') { // the server ends the stream with a close code (4005 at the token's exp)
+        let info = {};
+        try { info = JSON.parse(text) || {}; } catch (err) { /* keep {} */ }
+        this._end(typeof info.code === 'number' ? info.code : 1006, String(info.reason || ''));
+      } else if (this.onmessage) {
+        this.onmessage({ data: text });
+      }
+    }
+
+    _end(code, reason) {
+      if (this._done) return;
+      this._done = true;
+      this.readyState = 3;
+      if (this._abort) this._abort.abort();
+      if (this.onclose) this.onclose({ code: code, reason: reason });
+    }
+
+    send() { throw new PushgateError('not_supported', 'this connection fell back to SSE, which only receives'); }
+
+    close(code, reason) { // like WebSocket.close: onclose follows, asynchronously
+      setTimeout(() => this._end(code || 1000, reason || ''), 0);
+    }
   }
 
   class Client {
@@ -162,6 +283,13 @@
      *   have returned (coalesced, see ack())
      * @param {boolean} [options.autoConnect=true]
      * @param {function} [options.WebSocket] WebSocket constructor to use instead of the global one
+     * @param {string[]} [options.transports=['websocket', 'sse']] what to try, in order: a
+     *   WebSocket that fails before it opens is followed at once by an SSE attempt (receive only);
+     *   it also reads the JSON body of a refused handshake, which a browser hides for a WebSocket
+     * @param {string} [options.sseUrl] the SSE endpoint (default: url with /ws replaced by /sse)
+     * @param {function} [options.fetch] fetch implementation for SSE (default: the global fetch)
+     * @param {EventTarget|null} [options.network] where 'online'/'offline' events come from
+     *   (default: window in a browser; null = no offline detection)
      */
     constructor(url, options) {
       const o = options || {};
@@ -195,7 +323,48 @@
       this._userPos = since && typeof since.offset === 'number' ? { epoch: since.epoch, offset: since.offset } : null;
       this._connSince = null;
       this._acks = { target: null, targetWaiters: [], inflight: null, inflightWaiters: [] };
+      /** 'websocket' or 'sse' while connected (or connecting), else null. */
+      this.transport = null;
+      /** How the last connection ended: {code, reason} of a close, or {code: null, reason,
+       *  status, error} for a refused handshake (HTTP status and the server's error code). */
+      this.lastClose = null;
+      /** False while the browser says it is offline (no reconnect attempts until 'online'). */
+      this.online = true;
+      this._fallback = false; // a WebSocket failed to open and SSE worked: stay on SSE for now
+      this._sseChannels = null; // channels the current SSE stream was opened with
+      this._reopenTimer = null;
+      this._upgradeTimer = null;
+      this._watchNetwork(o.network);
       if (this.options.autoConnect) this.connect();
+    }
+
+    _watchNetwork(target) {
+      const net = target !== undefined ? target
+        : typeof window !== 'undefined' && window && typeof window.addEventListener === 'function' ? window : null;
+      if (!net) return;
+      if (typeof navigator !== 'undefined' && navigator && navigator.onLine === false) this.online = false;
+      // Browsers fire 'offline' when the network goes away; a socket may linger for minutes before
+      // it notices, so drop it at once and wait for 'online' instead of burning backoff attempts.
+      net.addEventListener('offline', () => {
+        this.online = false;
+        if (this._closed) return;
+        const ws = this._ws;
+        if (ws) {
+          this._ws = null;
+          try { ws.close(4000, 'offline'); } catch (err) { /* still connecting */ }
+          this._onClose(1006, 'offline');
+        } else if (this._reconnectTimer) {
+          clearTimeout(this._reconnectTimer);
+          this._reconnectTimer = null;
+          this._setState(STATES.DISCONNECTED, { code: null, reason: 'offline', delay: null });
+        }
+      });
+      net.addEventListener('online', () => {
+        this.online = true;
+        if (this._closed || this._ws || this.state === STATES.CONNECTING) return;
+        this._attempts = 0; // the network is back: a fresh start, right now
+        this.connect();
+      });
     }
 
     // ----------------------------------------------------------------------------- events
@@ -246,6 +415,10 @@
       if (this._ws || this.state === STATES.CONNECTING) return;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      if (!this.online) {
+        this._setState(STATES.DISCONNECTED, { code: null, reason: 'offline', delay: null });
+        return; // the 'online' event connects
+      }
       this._setState(STATES.CONNECTING);
       const gen = ++this._gen;
       let token = this.options.token;
@@ -258,30 +431,108 @@
       }
       if (this._closed || gen !== this._gen) return;
       this._token = typeof this.options.token === 'function' ? token : null;
+      const pos = this._userPos;
+      this._connSince = pos ? { epoch: pos.epoch, offset: pos.offset } : null;
+      const params = { user: this.options.user, token: token, user_since: pos ? pos.epoch + ':' + pos.offset : undefined };
+      const transports = this.options.transports || ['websocket', 'sse'];
       const WS = this.options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
-      if (!WS) throw new Error('Pushgate: no WebSocket implementation available');
+      const canWs = transports.indexOf('websocket') >= 0 && WS;
+      const canSse = transports.indexOf('sse') >= 0 && this._fetch();
+      if (canWs && !(this._fallback && canSse)) this._openWebSocket(WS, params, canSse);
+      else if (canSse) this._openSse(params);
+      else throw new Error('Pushgate: no transport available (no WebSocket, no fetch)');
+    }
+
+    _fetch() {
+      const f = this.options.fetch || (typeof fetch === 'function' ? fetch : null);
+      return f ? (f === fetch ? fetch.bind(globalThis) : f) : null;
+    }
+
+    _openWebSocket(WS, params, canSse) {
       let ws;
       try {
-        const pos = this._userPos;
-        this._connSince = pos ? { epoch: pos.epoch, offset: pos.offset } : null;
-        ws = new WS(buildUrl(this.url, { user: this.options.user, token: token,
-          user_since: pos ? pos.epoch + ':' + pos.offset : undefined }));
+        ws = new WS(buildUrl(this.url, params));
       } catch (err) {
         this._scheduleReconnect(1006, String(err));
         return;
       }
       this._ws = ws;
-      ws.onmessage = (ev) => { if (this._ws === ws) this._onFrame(ev.data); };
-      ws.onclose = (ev) => { if (this._ws === ws) this._onClose(ev.code, ev.reason); };
+      this.transport = 'websocket';
+      let opened = false;
+      let failed = false;
+      // A WebSocket that never opens: blocked by a proxy, server down, or a refused handshake (a
+      // browser shows none of these apart: 1006). An SSE attempt tells them apart: it works (the
+      // WebSocket is blocked: stay on SSE), it is refused with a JSON body saying why, or it
+      // cannot connect either (the server is down: back off).
+      const fail = (code, reason) => {
+        if (failed || this._ws !== ws) return;
+        failed = true;
+        if (!opened && canSse && code === 1006) {
+          this._ws = null;
+          this._openSse(params, true);
+        } else {
+          this._onClose(code, reason);
+        }
+      };
+      ws.onopen = () => { opened = true; };
+      ws.onmessage = (ev) => { if (this._ws === ws) { opened = true; this._onFrame(ev.data); } };
+      ws.onclose = (ev) => fail(ev.code, ev.reason);
       // Per spec an error is always followed by close; some runtimes (Node 20's undici on a failed
       // handshake) never fire close, so treat a lingering error as an abnormal closure (1006).
       ws.onerror = () => {
         setTimeout(() => {
-          if (this._ws !== ws) return;
+          if (this._ws !== ws || failed) return;
           try { ws.close(); } catch (err) { /* still connecting */ }
-          this._onClose(1006, 'connection error');
+          fail(1006, 'connection error');
         }, 250);
       };
+    }
+
+    _openSse(params, afterWebSocket) {
+      const channels = Array.from(this._subs.keys());
+      const since = [];
+      for (const channel of channels) {
+        const sub = this._subs.get(channel);
+        if (sub.seenEpoch !== null && sub.seenOffset !== null) since.push(channel + ':' + sub.seenEpoch + ':' + sub.seenOffset);
+      }
+      const url = buildUrl(this.options.sseUrl || sseUrlFor(this.url),
+        Object.assign({}, params, { channel: channels, since: since }), true);
+      const sse = new SseTransport(url, this._fetch());
+      this._ws = sse;
+      this.transport = 'sse';
+      this._sseChannels = channels;
+      let opened = false;
+      sse.onopen = () => { opened = true; };
+      sse.onmessage = (ev) => { if (this._ws === sse) this._onFrame(ev.data); };
+      sse.onclose = (ev) => {
+        if (this._ws !== sse) return;
+        if (!opened) this._fallback = false; // neither transport connects: the server is down
+        this._onClose(ev.code, ev.reason);
+      };
+      sse.onrefused = (refusal) => { if (this._ws === sse) this._onRefused(refusal); };
+      if (afterWebSocket) this._fallback = true;
+    }
+
+    /** The handshake was refused over HTTP (read from the SSE attempt: same handshake as /ws). */
+    _onRefused(refusal) {
+      this._ws = null;
+      this.transport = null;
+      this._fallback = false;
+      const info = { code: null, reason: refusal.message, status: refusal.status, error: refusal.code };
+      this.lastClose = info;
+      this._emit('error', { type: 'error', code: refusal.code, message: refusal.message, status: refusal.status });
+      if (!handshakeIsFatal(refusal.status)) { // 503 draining / unavailable, 429: later
+        this._teardown('disconnected', 'handshake refused (' + refusal.status + ')');
+        this._scheduleReconnect(null, refusal.message, false, info);
+        return;
+      }
+      // A bad token or a refused user will not get better by retrying: stop, and say why.
+      this._closed = true;
+      const err = new PushgateError(refusal.code, refusal.message);
+      err.status = refusal.status;
+      this._teardown(err);
+      for (const sub of this._subs.values()) if (sub.ready.pending) sub.ready.reject(err);
+      this._setState(STATES.CLOSED, info);
     }
 
     /** Close for good: no reconnect, pending commands reject with code 'closed'. */
@@ -290,6 +541,9 @@
       this._gen += 1;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      clearTimeout(this._reopenTimer);
+      this._reopenTimer = null;
+      this.transport = null;
       const ws = this._ws;
       this._teardown('closed', 'client closed');
       if (ws) {
@@ -300,19 +554,24 @@
 
     _teardown(code, message) {
       this._ws = null;
+      this._sseChannels = null;
       clearInterval(this._pingTimer);
       this._pingTimer = null;
       clearTimeout(this._refreshTimer);
       this._refreshTimer = null;
+      clearTimeout(this._upgradeTimer);
+      this._upgradeTimer = null;
       // Commands already on the wire may or may not have been applied: fail them.
       // Queued (unsent) ones survive a reconnect unless the client is closing for good.
       for (const [id, p] of Array.from(this._pending)) {
-        if (p.sent || this._closed) this._settle(id, new PushgateError(code, message));
+        if (p.sent || this._closed) this._settle(id, code instanceof PushgateError ? code : new PushgateError(code, message));
       }
       if (this._closed) this._queue = [];
     }
 
     _onClose(code, reason) {
+      this.transport = null;
+      this.lastClose = { code: code, reason: reason || '' };
       const uptime = this._connectedAt ? Date.now() - this._connectedAt : 0;
       this._connectedAt = 0;
       if (uptime > this.options.maxDelay) { // it was a healthy connection
@@ -321,27 +580,36 @@
       }
       const action = closeCodeAction(code);
       if (action === 'stop') this._closed = true;
-      this._teardown(code === 1009 ? 'message_too_big' : 'disconnected', 'connection closed (' + code + ')');
+      const why = 'connection closed (' + code + (reason ? ' ' + reason : '') + ')';
+      this._teardown(code === 1009 ? 'message_too_big' : action === 'stop' ? 'closed' : 'disconnected', why);
       if (action === 'stop') {
-        for (const sub of this._subs.values()) if (sub.ready.pending) sub.ready.reject(new PushgateError('closed', 'closed (' + code + ')'));
+        for (const sub of this._subs.values()) if (sub.ready.pending) sub.ready.reject(new PushgateError('closed', why));
         this._setState(STATES.CLOSED, { code: code, reason: reason });
         return;
       }
       this._scheduleReconnect(code, reason, action === 'now');
     }
 
-    _scheduleReconnect(code, reason, immediate) {
+    _scheduleReconnect(code, reason, immediate, extra) {
       if (this._closed) return;
       this._ws = null;
+      this.transport = null;
+      if (!this.online) { // wait for the browser's 'online' event instead of a timer
+        this._setState(STATES.DISCONNECTED, Object.assign({ code: code, reason: reason, delay: null, offline: true }, extra || {}));
+        return;
+      }
       let delay;
-      if (immediate && !this._immediateUsed) {
+      if (this._reopening) { // the SSE stream reopens with another channel list: at once
+        this._reopening = false;
+        delay = 0;
+      } else if (immediate && !this._immediateUsed) {
         this._immediateUsed = true; // a server closing with 1012/4002 again soon gets backoff
         delay = Math.round(Math.random() * Math.max(0, this.options.nowJitter || 0)); // "now", spread out
       } else {
         delay = backoffDelay(this._attempts, this.options.minDelay, this.options.maxDelay);
         this._attempts += 1;
       }
-      this._setState(STATES.DISCONNECTED, { code: code, reason: reason, delay: delay });
+      this._setState(STATES.DISCONNECTED, Object.assign({ code: code, reason: reason, delay: delay }, extra || {}));
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = setTimeout(() => { this._reconnectTimer = null; this.connect(); }, delay);
     }
@@ -370,6 +638,10 @@
       const queued = this._queue;
       this._queue = [];
       for (const item of queued) if (this._pending.has(item[0])) this._transmit(item[0], item[1]);
+      if (this.transport === 'sse') { // no commands over SSE: no refresh (4005 reconnects), no ping
+        this._scheduleUpgrade();
+        return;
+      }
       this._scheduleRefresh();
       if (this.options.pingInterval > 0) {
         this._pingTimer = setInterval(() => {
@@ -378,6 +650,35 @@
           });
         }, this.options.pingInterval);
       }
+    }
+
+    /** On SSE after a WebSocket failed: every maxDelay, check whether a WebSocket opens now (the
+     *  proxy let it through, or the failure was a fluke); if so, reconnect over it. */
+    _scheduleUpgrade() {
+      clearTimeout(this._upgradeTimer);
+      const WS = this.options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
+      if (!this._fallback || !WS || (this.options.transports || ['websocket']).indexOf('websocket') < 0) return;
+      const sse = this._ws;
+      this._upgradeTimer = setTimeout(() => {
+        this._upgradeTimer = null;
+        if (this._ws !== sse) return;
+        let probe;
+        try { probe = new WS(buildUrl(this.url, { user: this.options.user, token: this._token || (typeof this.options.token === 'string' ? this.options.token : undefined) })); } catch (err) { this._scheduleUpgrade(); return; }
+        let done = false;
+        const finish = (works) => {
+          if (done) return;
+          done = true;
+          try { probe.close(1000, 'probe'); } catch (err) { /* still connecting */ }
+          if (this._ws !== sse) return;
+          if (!works) { this._scheduleUpgrade(); return; }
+          this._fallback = false; // WebSockets work again: reconnect over one, recovering with since
+          this._reopening = true;
+          sse.close(4000, 'upgrading to WebSocket');
+        };
+        probe.onmessage = () => finish(true); // the probe's welcome
+        probe.onclose = () => finish(false);
+        probe.onerror = () => finish(false);
+      }, this.options.maxDelay);
     }
 
     /** Arm one timer to refresh the token before its exp (only a token function gives new ones). */
@@ -427,10 +728,27 @@
         case 'message': this._onPublication(msg); break;
         case 'resync': if (msg.stream === 'user') this._onUserResync(msg); else this._onResync(msg); break;
         case 'direct': this._onDirect(msg); break;
-        case 'broadcast': case 'join': case 'leave': case 'error':
+        case 'error': this._onErrorFrame(msg); break;
+        case 'broadcast': case 'join': case 'leave':
           this._emit(msg.type, msg); break;
         default: break; // unknown push types are ignored for forward compatibility
       }
+    }
+
+    /** An error push. Over SSE a channel the stream could not subscribe is reported as an error
+     *  whose message starts with '<channel>: ': that subscription is dropped, as a refused one. */
+    _onErrorFrame(msg) {
+      if (this.transport === 'sse' && typeof msg.message === 'string') {
+        for (const [channel, sub] of this._subs) {
+          if (msg.message.indexOf(channel + ': ') !== 0) continue;
+          this._subs.delete(channel);
+          const err = new PushgateError(msg.code, msg.message, msg);
+          if (sub.ready.pending) { sub.ready.reject(err); return; }
+          this._emit('error', Object.assign({}, msg, { channel: channel }));
+          return;
+        }
+      }
+      this._emit('error', msg);
     }
 
     /**
@@ -508,6 +826,9 @@
      */
     request(command) {
       if (this._closed) return Promise.reject(new PushgateError('closed', 'client is closed'));
+      if (this.transport === 'sse' && this.state === STATES.CONNECTED) {
+        return Promise.reject(new PushgateError('not_supported', command.type + ' needs a WebSocket; this connection fell back to SSE (receive only)'));
+      }
       const id = this._nextId++;
       const frame = JSON.stringify(Object.assign({}, command, { id: id }));
       if (byteLength(frame) > this.options.maxMessageSize) {
@@ -550,6 +871,17 @@
     _sendSubscribe(channel) {
       const sub = this._subs.get(channel);
       if (!sub || sub.inflight || this.state !== STATES.CONNECTED) return;
+      if (this.transport === 'sse') {
+        if (this._sseChannels && this._sseChannels.indexOf(channel) >= 0) { // opened with the stream
+          const resubscribe = !sub.ready.pending;
+          const reply = { type: 'ok', channel: channel, epoch: sub.epoch, offset: sub.offset, transport: 'sse' };
+          if (sub.ready.pending) sub.ready.resolve(reply);
+          this._emit('subscribed', { channel: channel, epoch: sub.epoch, offset: sub.offset, recovered: null, resubscribe: resubscribe });
+        } else {
+          this._reopenSse();
+        }
+        return;
+      }
       sub.inflight = true;
       const resubscribe = !sub.ready.pending;
       const cmd = { type: 'subscribe', channel: channel };
@@ -589,11 +921,25 @@
       if (!sub) return Promise.resolve({ type: 'ok' });
       this._subs.delete(channel);
       if (sub.ready.pending) sub.ready.reject(new PushgateError('unsubscribed', 'unsubscribed before confirmation'));
-      if (this.state !== STATES.CONNECTED) return Promise.resolve({ type: 'ok' });
+      if (this.transport === 'sse') this._reopenSse();
+      if (this.state !== STATES.CONNECTED || this.transport === 'sse') return Promise.resolve({ type: 'ok' });
       return this.request({ type: 'unsubscribe', channel: channel }).catch((err) => {
         if (err.code === 'not_subscribed' || err.code === 'disconnected') return { type: 'ok' };
         throw err;
       });
+    }
+
+    /** An SSE stream carries a fixed channel list: reopen it (soon, once for a burst of changes),
+     *  recovering every channel from its last seen position. */
+    _reopenSse() {
+      if (this._reopenTimer) return;
+      this._reopenTimer = setTimeout(() => {
+        this._reopenTimer = null;
+        const sse = this._ws;
+        if (this.transport !== 'sse' || !sse) return;
+        this._reopening = true;
+        sse.close(4000, 'channels changed');
+      }, 0);
     }
 
     /** Last seen position of a subscribed channel, e.g. to persist it: {epoch, offset} or null. */
@@ -726,5 +1072,6 @@
   }
 
   return { Client: Client, PushgateError: PushgateError, STATES: STATES, closeCodeAction: closeCodeAction,
-    backoffDelay: backoffDelay, tokenExpiry: tokenExpiry, refreshDelay: refreshDelay, version: '0.1.0' };
+    handshakeIsFatal: handshakeIsFatal, backoffDelay: backoffDelay, tokenExpiry: tokenExpiry,
+    refreshDelay: refreshDelay, version: '0.2.0' };
 });
