@@ -31,6 +31,7 @@ from __future__ import annotations
 from ._client import Client, TokenSource
 from ._errors import (
     ClientClosed,
+    ConnectTimeout,
     Disconnected,
     HandshakeError,
     MessageTooBig,
@@ -65,6 +66,7 @@ __all__ = [
     "Broadcast",
     "Client",
     "ClientClosed",
+    "ConnectTimeout",
     "Direct",
     "Disconnected",
     "ErrorEvent",

@@ -23,9 +23,10 @@ import aiohttp
 import msgspec
 
 from ._commands import Commands
-from ._connection import Connection, Retry, TokenSource, open_connection, resolve_token, ws_url
+from ._connection import Connection, HandshakeResponse, Retry, TokenSource, open_connection, resolve_token, ws_url
 from ._errors import (
     ClientClosed,
+    ConnectTimeout,
     Disconnected,
     HandshakeError,
     MessageTooBig,
@@ -75,6 +76,9 @@ class Client(Commands):
       fails the client reconnects with a fresh token, as it does after the server's 4005.
     * ``min_delay``/``max_delay``: the backoff window (s); ``request_timeout``: bound of every
       command, counting the wait for a connection, and of the handshake.
+    * ``connect_timeout``: how long :meth:`connect` (and ``async with``) waits for the first
+      welcome across retries before raising :class:`ConnectTimeout` (default 30 s; ``None`` waits
+      as long as it takes). A wrong host or port fails in this time instead of never.
     * ``session``: an :class:`aiohttp.ClientSession` to use (not closed by the client).
     * ``queue_size``: per subscription / event listener; full means backpressure.
     * ``max_message_size``: larger commands fail locally with :class:`MessageTooBig` instead of
@@ -121,11 +125,14 @@ class Client(Commands):
         user_since: Position | None = None,
         auto_ack: bool = False,
         now_jitter: float = 1.0,
+        connect_timeout: float | None = 30.0,
     ) -> None:
         next(backoff(min_delay, max_delay))  # validate the window now, not on the first reconnect
         if now_jitter < 0:
             raise ValueError("now_jitter must be >= 0")
         self._now_jitter = now_jitter
+        self._connect_timeout = connect_timeout
+        self._last_error = ""  # why the last attempt or connection ended (for ConnectTimeout)
         self._user_stream = UserStreamPosition(user_since)
         self._auto_ack = auto_ack
         self._acker = Acker(self._send_ack, self._spawn)
@@ -179,6 +186,12 @@ class Client(Commands):
         """The close code that stopped the client, once closed (1000 after :meth:`close`)."""
         return self._close_code
 
+    @property
+    def close_reason(self) -> str:
+        """The server's reason with :attr:`close_code` (``"kicked by admin"``...), or why a refused
+        handshake stopped the client; ``""`` while open."""
+        return self._close_reason
+
     def channels(self) -> list[str]:
         """Channels subscribed, including ones waiting to be renewed after a reconnect."""
         return list(self._subs)
@@ -191,17 +204,24 @@ class Client(Commands):
     async def connect(self) -> Welcome:
         """Start the connection loop and return the first welcome.
 
-        Transient failures (refused connection, 5xx, 503 while draining) are retried with backoff,
-        so this waits as long as the server is down: bound it with ``asyncio.timeout`` if you need
-        to. Cancelling it closes the client. Raises :class:`HandshakeError` if the server refuses
-        the handshake for good, :class:`ClientClosed` if the client is closed meanwhile.
+        Transient failures (refused connection, 5xx, 503 while draining) are retried with backoff
+        for up to ``connect_timeout`` seconds; then the client is closed and :class:`ConnectTimeout`
+        says what the last attempt met. Cancelling it closes the client. Raises
+        :class:`HandshakeError` (with the server's code and message) if the server refuses the
+        handshake for good, :class:`ClientClosed` if the client is closed meanwhile.
         """
         if self._done:
             raise self._fatal or self._closed_error()
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="pushgate client")
         try:
-            await self._wait_connected()
+            async with asyncio.timeout(self._connect_timeout):
+                await self._wait_connected()
+        except TimeoutError as exc:
+            await self.close()
+            last = self._last_error or "no attempt finished"
+            raise ConnectTimeout(f"no connection to {self._url.with_query(None)} within {self._connect_timeout}s "
+                                 f"(last: {last})", last_error=last) from exc
         except asyncio.CancelledError:
             await self.close()
             raise
@@ -280,7 +300,7 @@ class Client(Commands):
             err.__cause__ = self._fatal
             return err
         return ClientClosed(f"client closed ({self._close_code} {self._close_reason})".rstrip(),
-                            close_code=self._close_code)
+                            close_code=self._close_code, reason=self._close_reason)
 
     # -- the connection loop ----------------------------------------------------------------------
 
@@ -305,6 +325,7 @@ class Client(Commands):
                         delays = backoff(self._min_delay, self._max_delay)
                         immediate_used = False
                     action = close_code_action(code)
+                self._last_error = f"{code} {reason}".strip() if code is not None else reason
                 if action is Action.STOP:
                     self._finish(code, reason)
                     break
@@ -330,7 +351,8 @@ class Client(Commands):
             await self._listeners.emit(ErrorEvent("token", f"token provider failed: {exc!r}"))
             raise Retry(f"token provider failed: {exc!r}") from exc
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # HandshakeResponse keeps a refused upgrade's JSON body (the server's code and message)
+            self._session = aiohttp.ClientSession(response_class=HandshakeResponse)
         return await open_connection(self._session, self._url, token, timeout=self._request_timeout,
                                      heartbeat=self._heartbeat, user_since=self._user_stream.position)
 
@@ -362,7 +384,7 @@ class Client(Commands):
             code = code if code is not None else ws.close_code
             code = int(code) if code is not None else None  # aiohttp may hand out WSCloseCode members
             uptime = time.monotonic() - conn.connected_at if conn.welcomed else 0.0
-            self._teardown(conn, code)
+            self._teardown(conn, code, reason)
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -373,11 +395,12 @@ class Client(Commands):
         if not conn.dead:
             self._spawn(conn.ws.close(code=code, message=reason.encode()))
 
-    def _teardown(self, conn: Connection, code: int | None) -> None:
+    def _teardown(self, conn: Connection, code: int | None, reason: str = "") -> None:
         if self._conn is conn:
             self._conn = None
         conn.fail_pending(lambda: self._closed_error() if self._done else
-                          Disconnected(f"connection closed ({code}) before the reply", close_code=code))
+                          Disconnected(f"connection closed ({code} {reason}) before the reply".replace(" )", ")"),
+                                       close_code=code, reason=reason))
         self._notify()
 
     async def _on_frame(self, conn: Connection, raw: str) -> None:

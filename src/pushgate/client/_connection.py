@@ -9,11 +9,13 @@ socket are untouched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 import yarl
 
 from ._errors import Disconnected, HandshakeError, RequestError
@@ -21,13 +23,54 @@ from ._events import Position
 from ._policy import handshake_is_fatal
 from ._userstream import format_since
 
-__all__ = ["Connection", "Retry", "TokenSource", "open_connection", "ws_url"]
+__all__ = ["Connection", "HandshakeResponse", "Retry", "TokenSource", "open_connection", "ws_url"]
 
 TokenSource = str | Callable[[], Awaitable[str] | str] | None
 
 
 class Retry(Exception):
     """A connection attempt failed in a way that backoff may fix (refused, 5xx, timeout...)."""
+
+
+# The body of a refused upgrade, read by HandshakeResponse for the open_connection that set it.
+_REFUSAL_BODY: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("pushgate_refusal", default=None)
+_MAX_REFUSAL_BODY = 16_384
+
+
+class HandshakeResponse(aiohttp.ClientResponse):
+    """A response that keeps the body of a refused WebSocket upgrade.
+
+    aiohttp's ``ws_connect`` raises :class:`aiohttp.WSServerHandshakeError` with the status only
+    and closes the response unread, so the server's ``{"error": {"code", "message"}}`` would be
+    lost. The client's own session uses this response class: right after the status line and
+    headers arrive, a small JSON error body is read into the box that :func:`open_connection`
+    put in a context variable (the request runs in the caller's task, so it sees it).
+    """
+
+    async def start(self, connection: Any) -> HandshakeResponse:
+        await super().start(connection)
+        box = _REFUSAL_BODY.get()
+        if (box is not None and self.status >= 400 and self.content_type == "application/json"
+                and (self.content_length or 0) <= _MAX_REFUSAL_BODY):
+            try:
+                box.append(await self.read())
+            except (aiohttp.ClientError, OSError):
+                pass  # the status alone still says enough
+        return self
+
+
+def refusal_details(body: bytes | None) -> tuple[str | None, str | None]:
+    """(code, message) from a refusal body ``{"error": {"code", "message"}}``, or (None, None)."""
+    if not body:
+        return None, None
+    try:
+        error = msgspec.json.decode(body).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    code, message = error.get("code"), error.get("message")
+    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else None)
 
 
 @dataclass(eq=False, slots=True)
@@ -110,15 +153,20 @@ async def open_connection(session: aiohttp.ClientSession, url: yarl.URL, token: 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if user_since is not None:
         url = url.update_query(user_since=format_since(user_since))
+    box: list[bytes] = []
+    reset = _REFUSAL_BODY.set(box)
     try:
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(url, headers=headers, heartbeat=heartbeat, autoping=True)
     except aiohttp.WSServerHandshakeError as exc:
+        code, message = refusal_details(box[0] if box else None)
         if handshake_is_fatal(exc.status):
-            raise HandshakeError(exc.status, exc.message) from exc
-        raise Retry(f"handshake refused with HTTP {exc.status}") from exc
+            raise HandshakeError(exc.status, message or exc.message, code=code) from exc
+        raise Retry(f"handshake refused with HTTP {exc.status}" + (f" {code}: {message}" if code else "")) from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise Retry(f"cannot connect: {exc!r}") from exc
+    finally:
+        _REFUSAL_BODY.reset(reset)
     return Connection(ws, token=token, user_since=user_since)
 
 

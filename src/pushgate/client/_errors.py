@@ -9,8 +9,11 @@
         ├── Disconnected            the connection dropped while the command was on the wire: it may or
         │                           may not have been applied, and it is never resent (at-most-once)
         ├── RequestTimeout          no reply within ``request_timeout`` (also a ``TimeoutError``)
+        ├── ConnectTimeout          ``connect()`` saw no welcome within ``connect_timeout`` (also a
+        │                           ``TimeoutError``); ``last_error`` says what the attempts met
         ├── MessageTooBig           the command is larger than the server accepts; refused locally
-        ├── HandshakeError          the server refused the WebSocket handshake for good (400/401/403...)
+        ├── HandshakeError          the server refused the WebSocket handshake for good (400/401/403...),
+        │                           with the server's ``code`` and ``message`` from the JSON body
         ├── ClientClosed            the client is closed: ``close()`` was called or the server said stop
         │                           (``close_code`` 4500-4999 / 1008), or a handshake was refused
         └── UsageError              you misused the API (request before ``connect()``, subscribing twice)
@@ -31,6 +34,7 @@ from ..errors import PushgateError
 
 __all__ = [
     "ClientClosed",
+    "ConnectTimeout",
     "Disconnected",
     "HandshakeError",
     "MessageTooBig",
@@ -84,15 +88,30 @@ class Disconnected(PushgateClientError):
 
     code = "disconnected"
 
-    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+    def __init__(self, message: str, *, close_code: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.close_code = close_code
+        self.reason = reason
 
 
 class RequestTimeout(PushgateClientError, TimeoutError):
     """No reply within ``request_timeout`` (counting any wait for a connection)."""
 
     code = "timeout"
+
+
+class ConnectTimeout(PushgateClientError, TimeoutError):
+    """:meth:`Client.connect` got no welcome within ``connect_timeout``; the client is closed.
+
+    ``last_error`` is what the last attempt met (``cannot connect: ConnectionRefusedError...``, a
+    5xx, no welcome), so a wrong URL or a server that is down is told apart from a slow one.
+    """
+
+    code = "connect_timeout"
+
+    def __init__(self, message: str, *, last_error: str = "") -> None:
+        super().__init__(message)
+        self.last_error = last_error
 
 
 class MessageTooBig(PushgateClientError):
@@ -105,29 +124,35 @@ class HandshakeError(PushgateClientError):
     """The server answered the WebSocket upgrade with an HTTP error that retrying will not fix.
 
     ``status`` is the HTTP status (401: token missing/invalid/expired, 403: origin or connect hook
-    refused, 400: invalid ``user``). Transient refusals (5xx, 503 while draining, 408, 429) are
-    retried with backoff instead and never surface as this exception.
+    refused, 400: invalid ``user``); ``code`` and ``reason`` are the server's own, from the JSON
+    body ``{"error": {"code", "message"}}`` of docs/protocol.md#when-the-handshake-is-refused
+    (``rejected`` or a connect hook's code, ``unauthorized``...). Without such a body (a proxy's
+    page, a session of your own whose responses the client cannot read) ``code`` is guessed from
+    the status and ``reason`` is the status line. Transient refusals (5xx, 503 while draining,
+    408, 429) are retried with backoff instead and never surface as this exception.
     """
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"handshake refused with HTTP {status}: {message}")
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
         self.status = status
-        self.code = {401: "unauthorized", 403: "forbidden"}.get(status, "handshake_refused")
+        self.code = code or {401: "unauthorized", 403: "forbidden"}.get(status, "handshake_refused")
+        self.reason = message
+        super().__init__(f"handshake refused with HTTP {status} {self.code}: {message}")
 
 
 class ClientClosed(PushgateClientError):
     """The client is closed and will not reconnect.
 
-    ``close_code`` is the WebSocket close code that stopped it: 1000 after :meth:`Client.close`,
+    ``close_code`` (and ``reason``) is the WebSocket close that stopped it: 1000 after :meth:`Client.close`,
     the server's code for 4500-4999/1008, ``None`` when a refused handshake stopped it (then
     ``__cause__`` is the :class:`HandshakeError`).
     """
 
     code = "closed"
 
-    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+    def __init__(self, message: str, *, close_code: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.close_code = close_code
+        self.reason = reason  # the server's close reason ("kicked by admin"), if it gave one
 
 
 class UsageError(PushgateClientError):
