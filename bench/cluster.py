@@ -247,6 +247,11 @@ LAT_PLACEMENTS: dict[str, dict[str, Any]] = {
 }
 
 
+# One publisher connection carries the whole offered rate: the per-connection and per-node publish
+# limits (client_command_rate, client_publish_bytes_rate, node_publish_rate) would refuse most of it.
+LAT_NODE_ARGS = ["--client-command-rate", "0", "--client-publish-bytes-rate", "0", "--node-publish-rate", "0"]
+
+
 async def paced_publish(pubs: list[LatencyPublisher], channel: str, rate: float, duration: float,
                         tick: float, k0: int) -> dict[str, Any]:
     """Send round(rate*duration) publishes at a steady rate, in batches every ``tick`` seconds.
@@ -418,6 +423,9 @@ async def measure_latency(cluster: Cluster, pub_node: int, sub_node: int, rate: 
             meter=meter.diff(a, b),
             k=p["k"],
         )
+        # CPU per publication of every process over the window (the publishing node's is the
+        # cluster goal of issue #10): CPU seconds / publications sent in the window, in µs.
+        res["us_per_pub"] = {n: round(1e6 * s / max(1, sent), 2) for n, s in res["meter"]["cpu_s"].items()}
         res["saturated_cores"] = [c_ for c_ in (0, 1) if saturated(res["meter"], c_)]
         res["noise_pct"] = noise_pct(res["meter"])
         if args.gc_log:
@@ -463,7 +471,8 @@ async def latency_cluster(args: argparse.Namespace, logdir: Path, run: int, buil
     tag = _build_tag(args, build)
     pl = LAT_PLACEMENTS[placement]
     waited = (await wait_for_quiet((0, 1), 10.0, args.quiet_wait)) if args.quiet_wait > 0 else 0.0
-    cluster = Cluster(build, [pl["n1"], pl["n2"]], pl["redis"], logdir, gc_log=args.gc_log, node_path=args.node_paths)
+    cluster = Cluster(build, [pl["n1"], pl["n2"]], pl["redis"], logdir, gc_log=args.gc_log, node_path=args.node_paths,
+                      extra_node_args=LAT_NODE_ARGS)
     k = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         try:
@@ -762,6 +771,8 @@ def summarize_latency(results: list[dict[str, Any]], args: argparse.Namespace) -
             row["p99_all"] = [round(r["p99_ms"], 3) for r in rs]
             row["lost_all"] = [r["lost"] for r in rs]
             row.update(_cpu_columns(rs, ("redis", "n1", "n2", "client")))
+            row["us_per_pub"] = {n: med(rs, "us_per_pub", n) for n in ("n1", "n2", "redis")}
+            row["pub_node_us_all"] = [r["us_per_pub"]["n1"] for r in rs if "us_per_pub" in r]
             row["saturated_runs"] = {c: sum(1 for r in rs if c in r.get("saturated_cores", [])) for c in (0, 1)}
             row["overloaded_runs"] = sum(1 for r in rs if r.get("overloaded"))
             if kind == "peer":
@@ -853,14 +864,14 @@ def _build_columns(rows: list[dict[str, Any]], head: list[str], ratios: str, bas
 def render_latency(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
     lines, build_cells = _build_columns(rows, [
              "| placement | path | offered msg/s | delivered msg/s (in window) | p50 ms | p90 ms | p99 ms | max ms "
-             "| p50 / p99 vs n1->n1 | lost | CPU % redis / n1 / n2 / client | core0 / core1 busy % | noise % "
-             "| runs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"], "p50 / p99", baseline)
+             "| p50 / p99 vs n1->n1 | lost | CPU µs per publication n1 (publishing) / n2 / redis "
+             "| CPU % redis / n1 / n2 / client | core0 / core1 busy % | noise % | runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---|"], "p50 / p99", baseline)
     for r in rows:
         pre = build_cells(r)
         if not r["runs_ok"]:
             lines.append(f"{pre}| {r['placement']} | {r['path']} | {r['rate']:,.0f} | failed "
-                         f"| | | | | | | | | | 0/{runs} |")
+                         f"| | | | | | | | | | | 0/{runs} |")
             continue
         c, b = r["cpu_pct"], r["core_busy_pct"]
         ratio = (f"{r['p50_vs_peer']:.2f}x / {r['p99_vs_peer']:.2f}x" if r.get("p50_vs_peer") and r.get("p99_vs_peer")
@@ -877,10 +888,16 @@ def render_latency(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
             f"| {_f(r['delivered_rate_in_window'], ',.0f')}{over} "
             f"| {_f(r['p50_ms'], '.2f')} | {_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} "
             f"| {_f(r['max_ms'], '.1f')} | {ratio} | {_f(r['lost'], '.0f')} "
+            f"| {_us(r, 'n1')} / {_us(r, 'n2')} / {_us(r, 'redis')} "
             f"| {_f(c['redis'], '.0f')} / {_f(c['n1'], '.0f')} / {_f(c['n2'], '.0f')} / {_f(c['client'], '.0f')} "
             f"| {_f(b['core0'], '.0f')} / {_f(b['core1'], '.0f')}{sat_s} | {_f(r['noise_pct'], '.0f')} "
             f"| {r['runs_ok']}/{runs} |")
     return "\n".join(lines)
+
+
+def _us(row: dict[str, Any], name: str) -> str:
+    """CPU µs per publication of process ``name`` (rows of results saved before the metric: "-")."""
+    return _f((row.get("us_per_pub") or {}).get(name), ".1f")
 
 
 def render_fanout(rows: list[dict[str, Any]], runs: int, baseline: str) -> str:
@@ -1086,6 +1103,8 @@ def build_report(doc: dict[str, Any], args: argparse.Namespace, lat_results: lis
             f"- noise % = CPU taken by other processes on the machine + hypervisor steal during the window, in % "
             f"of one core; a measurement above {args.max_noise:g} % was redone (up to {args.noise_retries}x), "
             f"the least noisy attempt is used.\n"
+            f"- CPU µs per publication = CPU time of the process in the window / publications sent in it "
+            f"(n1 is the publishing node: WebSocket read, publish, Redis, reply; n2 delivers to the subscriber).\n"
             f"- CPU % = CPU time of the process / window (100 = one core); core busy % from /proc/stat "
             f"(all processes, incl. irq); saturated = busy + steal >= {SATURATED_PCT:g} %.\n")
     if fan_results:

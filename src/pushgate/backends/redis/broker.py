@@ -33,16 +33,15 @@ fills from history, and history reads leave such entries out too (rule 7a of
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import RedisClusterException
 
 from pushgate.backends.broker import (
     BrokerHandler,
@@ -60,7 +59,6 @@ from pushgate.backends.redis.connection import (
     RedisClient,
     RedisConnection,
     millis,
-    timed_out,
     translate_errors,
     unavailable,
 )
@@ -74,6 +72,7 @@ from pushgate.backends.redis.envelope import (
 from pushgate.backends.redis.keys import Keys
 from pushgate.backends.redis.link import LinkOptions
 from pushgate.backends.redis.links import LinkPool
+from pushgate.backends.redis.publishing import DEFAULT_MAX_IN_FLIGHT, PublishPath
 
 __all__ = ["RedisBroker"]
 
@@ -86,9 +85,6 @@ _BROADCAST: Final = 2
 _TRANSLATED: Final = (*UNAVAILABLE_ERRORS, RedisClusterException)
 _WARN_EVERY: Final = 60.0  # seconds between two warnings about dropped messages on one topic
 
-_PublishItem = tuple[tuple[list[Any], list[Any]], "asyncio.Future[StreamPosition]"]
-
-
 class RedisBroker:
     """Broker over one Redis/Valkey server or cluster (see the module docstring).
 
@@ -98,6 +94,9 @@ class RedisBroker:
     backoff, timeouts); ``start_timeout`` bounds how long :meth:`start` waits for them.
     ``idempotency_window`` is how long a publish ``idempotency_key`` is remembered. Every call
     is bounded by the connection's ``timeout`` (``RedisConnection(url, timeout=...)``).
+    ``max_in_flight`` bounds the publications queued or awaiting Redis's reply per Redis
+    connection (default :data:`~.publishing.DEFAULT_MAX_IN_FLIGHT`); beyond it publishers wait,
+    in order, at most ``timeout``.
     """
 
     def __init__(
@@ -109,6 +108,7 @@ class RedisBroker:
         links: LinkOptions | None = None,
         start_timeout: float = 10.0,
         idempotency_window: float = 120.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._conn = url if isinstance(url, RedisConnection) else RedisConnection(url)
         self._keys = Keys(prefix)
@@ -125,9 +125,8 @@ class RedisBroker:
         self._routes: dict[bytes, tuple[int, str]] = {}
         self._links: LinkPool | None = None
         self._closed = False
-        self._publish_queue: list[_PublishItem] = []
-        self._queued_at = 0.0  # loop time of the oldest publish in the queue
-        self._flusher: asyncio.Task[None] | None = None
+        self._max_in_flight = max_in_flight
+        self._publishing: PublishPath | None = None
         #: messages that arrived invalid and were not handed to the node (see the module docstring)
         self.dropped_messages = 0
         self._warned: dict[bytes, float] = {}
@@ -166,6 +165,11 @@ class RedisBroker:
                 self._client = None
                 await self._conn.release()
                 raise
+        self._publishing = PublishPath(
+            self._conn, client, self._keys, self._publish_script, publish_cmd=self._publish_cmd,
+            meta_ttl_ms=self._meta_ttl_ms, idempotency_ms=self._idempotency_ms, max_in_flight=self._max_in_flight,
+            backoff_window=(self._link_options.backoff_min, self._link_options.backoff_max),
+        )
         if handler is None:
             return
         self._links = LinkPool(
@@ -189,6 +193,9 @@ class RedisBroker:
         links, self._links = self._links, None
         if links is not None:
             await links.close()
+        publishing, self._publishing = self._publishing, None
+        if publishing is not None:
+            await publishing.close()
         self._routes.clear()
         if self._client is not None:
             self._client = None
@@ -224,112 +231,35 @@ class RedisBroker:
     async def publish(
         self, channel: str, data: bytes, options: HistoryOptions, *, idempotency_key: str | None = None
     ) -> StreamPosition:
-        """Queue the publication for the next pipelined flush and wait for its position.
+        """Send the publication on its server's :class:`~.pipe.PublishPipe` and wait for its position.
 
-        Publications are batched automatically: everything published while a flush is in
-        flight goes out in the next one, as one pipeline of EVALSHA calls on one connection. That
-        keeps the order of publish calls (so offsets follow it, even for one client's stream of
-        publishes) and turns N round trips into one under load, while a lone publish still goes
-        out at once. Hot path: errors are translated here with a bare try/except, no wrapper.
+        Publications are pipelined automatically: those issued in one loop iteration leave in
+        one write per Redis server (per cluster primary), and later ones leave without waiting
+        for earlier replies. One connection per server keeps the order of publish calls (so
+        offsets follow it, even for one client's stream of publishes). Hot path: errors are
+        translated here with a bare try/except, no wrapper (the pipe already raises
+        BrokerUnavailable for connection trouble).
 
-        The caller waits at most ``timeout`` (see :meth:`_flush_publishes`: no timer per call),
-        then gets BrokerUnavailable even if Redis is hung. Such a publish may still be applied
-        when Redis wakes up (its bytes are in the server's socket buffer); a retry with the same
-        ``idempotency_key`` is then answered with that publication's position instead of
-        publishing twice.
+        The caller waits at most ``timeout`` (the pipe fails what it holds by then, with one
+        timer per connection, not per call), then gets BrokerUnavailable even if Redis is hung.
+        Such a publish may still be applied when Redis wakes up (its bytes are in the server's
+        socket buffer); a retry with the same ``idempotency_key`` is then answered with that
+        publication's position instead of publishing twice.
         """
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[StreamPosition] = loop.create_future()
-        queue = self._publish_queue
-        if not queue:
-            self._queued_at = loop.time()
-        queue.append((self._publish_args(channel, data, options, idempotency_key), fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_publishes())
+        path = self._publishing
+        if path is None:
+            raise RuntimeError("RedisBroker used before start() or after close()")
         try:
-            return await fut
+            return await path.publish(
+                channel, data, max(0, options.size), millis(options.ttl) if options.ttl > 0 else 0, idempotency_key
+            )
         except _TRANSLATED as exc:
             translated = unavailable(exc)
             if translated is None:
                 raise
             raise translated from exc
-
-    def _publish_args(
-        self, channel: str, data: bytes, options: HistoryOptions, idempotency_key: str | None
-    ) -> tuple[list[Any], list[Any]]:
-        keys = [self._keys.meta(channel), self._keys.history(channel)]
-        args = [
-            data,
-            max(0, options.size),
-            millis(options.ttl) if options.ttl > 0 else 0,
-            self._meta_ttl_ms,
-            secrets.token_hex(8),
-            self._keys.channel_topic(channel),
-            self._publish_cmd,
-        ]
-        if idempotency_key is not None:
-            keys.append(self._keys.idempotency(channel, idempotency_key))
-            args.append(self._idempotency_ms)
-        return keys, args
-
-    async def _flush_publishes(self) -> None:
-        """Send the queue as batches, one at a time, each bounded by its oldest publish's deadline.
-
-        A batch must be answered by ``queued_at + timeout`` of its first (oldest) publish, so
-        every publish in it is answered or failed by its own deadline; the next batch's publishes
-        were queued after this one's first, so this one is over before their deadline too. One
-        deadline per batch instead of a timer per publish keeps the hot path cheap. Cancelling
-        a pipeline mid-reply disconnects its connection (see connection.py).
-        """
-        timeout = self._conn.timeout
-        while self._publish_queue:
-            batch, self._publish_queue = self._publish_queue, []
-            results: list[Any]
-            try:
-                async with asyncio.timeout_at(self._queued_at + timeout):
-                    results = await self._run_publish_batch([item for item, _ in batch])
-            except TimeoutError as exc:
-                results = []
-                for _ in batch:  # one exception per caller: each raise adds to its traceback
-                    failure = timed_out(timeout)
-                    failure.__cause__ = exc
-                    results.append(failure)
-            except Exception as exc:
-                results = [exc] * len(batch)
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    epoch, offset = result
-                    fut.set_result(StreamPosition(epoch.decode(), int(offset)))
-
-    async def _run_publish_batch(self, batch: list[tuple[list[Any], list[Any]]]) -> list[Any]:
-        script = self._script(self._publish_script)
-        client = self._require_client()
-        if len(batch) == 1 or isinstance(client, RedisCluster):
-            # A cluster pipeline may spread commands over shards and connections; run them one
-            # by one there so each channel's publications keep their order.
-            out: list[Any] = []
-            for keys, args in batch:
-                try:
-                    out.append(await script(keys=keys, args=args))
-                except Exception as exc:
-                    out.append(exc)
-            return out
-        for _attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            for keys, args in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in results):
-                return results
-            # The script cache was flushed (e.g. a Redis restart): nothing ran; load and redo.
-            await client.script_load(scripts.PUBLISH)
-        return results
 
     @translate_errors
     async def publish_event(self, event: ChannelEvent) -> None:
