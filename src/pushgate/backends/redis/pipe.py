@@ -206,6 +206,7 @@ class PublishPipe:
         self._held: list[PendingPublish] = []  # submitted while reloading
         self._timer: asyncio.TimerHandle | None = None
         self._space: deque[asyncio.Future[None]] = deque()
+        self.writes = 0  # write() calls: how well publications are batched (tests, diagnostics)
         self.sent = 0  # publications written (a sequence number for :meth:`when_answered`)
         self.answered = 0  # publications answered or failed, of those written
         self._barriers: list[tuple[int, asyncio.Future[None]]] = []
@@ -230,17 +231,19 @@ class PublishPipe:
         fut = self._loop.create_future()
         self._space.append(fut)
         try:
-            if not self._space_free():
+            if len(self._space) > 1 or not self._space_free():
                 async with asyncio.timeout_at(deadline):
                     await fut
-        except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"{self.in_flight} publications waiting for Redis on {self.name}: not answered within "
-                f"{self._timeout:g}s"
-            ) from exc
-        finally:
+        except BaseException as exc:
             self._space.remove(fut)
-            self._wake_space()
+            self._wake_space()  # the next waiter must not wait for us
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable(
+                    f"{self.in_flight} publications waiting for Redis on {self.name}: not answered within "
+                    f"{self._timeout:g}s"
+                ) from exc
+            raise
+        self._space.remove(fut)  # :meth:`submit` wakes the next one
 
     def _space_free(self) -> bool:
         return self.in_flight < self.max_in_flight
@@ -252,14 +255,20 @@ class PublishPipe:
             if not first.done():
                 first.set_result(None)
 
+
     def submit(self, entry: PendingPublish) -> None:
         """Send ``entry`` at the end of this loop iteration (or once connected); its future gets
         the position, or BrokerUnavailable / ResponseError."""
+        if self._wire is not None and not self._reloading:
+            self._send(entry)  # hot path
+        else:
+            self._submit_slow(entry)
+        if self._space:
+            self._wake_space()  # a waiter that just submitted lets the next one go
+
+    def _submit_slow(self, entry: PendingPublish) -> None:
         if self._wire is not None:
-            if self._reloading:
-                self._held.append(entry)
-            else:
-                self._send(entry)
+            self._held.append(entry)
             return
         if self._closed:
             entry.fail(_unavailable(RedisConnectionError("publish pipe closed"), f"{self.name} closed"))
@@ -294,6 +303,7 @@ class PublishPipe:
         wire = self._wire
         if wire is not None and wire.transport is not None:
             wire.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.writes += 1
         out.clear()
 
     # --- replies ---------------------------------------------------------------------------------
