@@ -10,7 +10,8 @@ The listening socket is guarded here, before any route runs (a client controls a
 
 - ``handshake_timeout``: from accept, a client has this long to finish the TLS handshake and
   deliver one complete request head; a half request line or a header trickled byte by byte is
-  cut off (:class:`HeadDeadline`).
+  cut off (:class:`~pushgate.web.lean.LeanFront`, the listening socket's protocol factory, which
+  also answers plain ``/ws`` upgrades itself and hands every other request to aiohttp).
 - ``keepalive_timeout``: an idle keep-alive connection is closed; a later request's head must
   arrive within it too (aiohttp's own timer, which partial data does not reset). Upgraded
   WebSockets and streaming responses are handlers still running, which neither timer touches.
@@ -31,10 +32,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
 
 from .app import App
 from .auth import startup_warnings
@@ -43,6 +41,7 @@ from .errors import ConfigError, StartupError
 from .logs import ACCESS_LOGGER, access_log_class
 from .node import Node
 from .web.app import build_app
+from .web.lean import LeanFront, echo_path_enabled
 
 log = logging.getLogger("pushgate")
 http_log = logging.getLogger("pushgate.http")
@@ -65,53 +64,6 @@ class HttpLog(logging.LoggerAdapter[logging.Logger]):
             self.logger.debug("bad HTTP request from %s: %s %d %r", peer, type(exc).__name__, exc.code, reason)
             return
         super().log(level, msg, *args, **kwargs)
-
-
-class HeadDeadline:
-    """The protocol factory of the listening socket: aiohttp's handler, plus a deadline for the
-    first request head measured from accept.
-
-    aiohttp has no head timeout; its keep-alive timer also starts at accept but is meant for
-    idle connections (30 s by default here), so alone it would let a slowloris hold a socket
-    that long. The deadline is disarmed when aiohttp hands the first parsed head to its request
-    factory (``web.Server.request_factory``, wrapped here), which happens for every head,
-    well-formed or not; a connection still waiting at the deadline is closed. Later heads on a
-    keep-alive connection are bounded by ``keepalive_timeout``.
-    """
-
-    def __init__(self, server: web.Server, timeout: float) -> None:
-        self._server = server
-        self._timeout = timeout
-        self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
-        make_request = server.request_factory
-
-        def head_arrived(message: RawRequestMessage, payload: StreamReader, protocol: web.RequestHandler,
-                         writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
-            deadline = self._waiting.pop(protocol, None)
-            if deadline is not None:
-                deadline.cancel()
-            return make_request(message, payload, protocol, writer, task)
-
-        server.request_factory = head_arrived
-
-    def __call__(self) -> web.RequestHandler:
-        handler = self._server()
-        loop = asyncio.get_running_loop()
-        self._waiting[handler] = loop.call_later(self._timeout, self._overdue, handler)
-        return handler
-
-    def _overdue(self, handler: web.RequestHandler) -> None:
-        self._waiting.pop(handler, None)
-        if handler.transport is not None:  # None: gone already, or still in the TLS handshake (its own timeout)
-            http_log.debug("closing %s: no complete request head within %.1fs",
-                           handler.transport.get_extra_info("peername"), self._timeout)
-            handler.force_close()
-
-    def close(self) -> None:
-        """Cancel every pending deadline (the listener is closing)."""
-        for deadline in self._waiting.values():
-            deadline.cancel()
-        self._waiting.clear()
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -153,7 +105,7 @@ class Server:
         self.runner: web.AppRunner | None = None
         self.port = config.port
         self._listener: asyncio.AbstractServer | None = None
-        self._deadline: HeadDeadline | None = None
+        self._front: LeanFront | None = None
 
     async def start(self, *, reuse_port: bool = False) -> int:
         """Bind, start the node, then accept: a taken port fails before the node says it started
@@ -193,7 +145,8 @@ class Server:
         """Serve the application on ``host:port`` (https and wss too with ``context``).
 
         The socket is opened here rather than through ``web.TCPSite`` so that its protocol
-        factory can be :class:`HeadDeadline`; ``runner.cleanup`` still shuts the connections.
+        factory can be :class:`~pushgate.web.lean.LeanFront`; ``runner.cleanup`` still shuts
+        the connections aiohttp serves, and the front closes its own.
         """
         config = self.config
         access = {"access_log": logging.getLogger(ACCESS_LOGGER),
@@ -203,10 +156,10 @@ class Server:
                                     keepalive_timeout=config.keepalive_timeout, logger=HttpLog(http_log), **access)
         await self.runner.setup()
         assert self.runner.server is not None
-        self._deadline = HeadDeadline(self.runner.server, config.handshake_timeout)
+        self._front = LeanFront(self.node, self.runner.server, echo_path=echo_path_enabled())
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._deadline, config.host, config.port, ssl=context,
+            self._front, config.host, config.port, ssl=context,
             ssl_handshake_timeout=config.handshake_timeout if context else None,
             backlog=4096, reuse_port=reuse_port or None, start_serving=False,
         )
@@ -219,12 +172,12 @@ class Server:
             self._listener.close()  # stop accepting; open connections are the runner's to shut
             self._listener = None
         await self.node.stop()
+        if self._front is not None:
+            self._front.close()
+            self._front = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-        if self._deadline is not None:
-            self._deadline.close()
-            self._deadline = None
 
 
 def _announce(config: Config, node: Node, port: int) -> None:

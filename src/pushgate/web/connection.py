@@ -1,5 +1,11 @@
 """The client connection as the hub and node see it, and the socket-backed base every transport
-shares (the slow-consumer policy lives here, once)."""
+shares (the slow-consumer policy lives here, once), and the WebSocket write path both WebSocket
+layers share (:class:`FramedConnection`: queue pre-framed bytes, one write per loop iteration).
+
+The classes have ``__slots__``: a connection lives as long as its socket, and the lean WebSocket
+(:class:`~pushgate.web.lean.LeanWebSocket`) is meant to cost a few hundred bytes and few objects
+for the garbage collector. Subclasses that add attributes without slots get a ``__dict__`` as usual.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,14 @@ from ..errors import CloseCode
 from ..protocol.outgoing import Outgoing
 
 if TYPE_CHECKING:
+    from ..hub import Hub
     from ..metrics import NodeMetrics
 
 
 class Connection(ABC):
     """A client connection as the hub and node see it; transports subclass it."""
 
+    __slots__ = ("__weakref__", "address", "channels", "claims", "closed", "id", "user")
     transport_name = "?"
 
     def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None = None) -> None:
@@ -56,6 +64,7 @@ class TransportConnection(Connection):
     client reconnects with backoff and recovers from history) is written only here.
     """
 
+    __slots__ = ("_limit", "_metrics", "_transport")
     SLOW_CONSUMER_REASON = "slow consumer: reconnect and recover"
 
     def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None, *,
@@ -69,3 +78,56 @@ class TransportConnection(Connection):
         """The peer let more than ``write_limit`` bytes pile up: drop it (cold path)."""
         self._metrics.slow_consumers.inc()
         self.close(CloseCode.SLOW_CONSUMER, self.SLOW_CONSUMER_REASON)
+
+
+class FramedConnection(TransportConnection):
+    """A WebSocket's write side: frames are queued as the shared pre-framed bytes and the hub
+    flushes each connection once per loop iteration, joining them into one ``write()``.
+
+    Server frames are unmasked (RFC 6455 §5.1), so the bytes are the same for every peer and
+    nothing is encoded per connection. Subclasses say how a close is sent.
+    """
+
+    __slots__ = ("_hub", "_pending")
+
+    def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None, *,
+                 transport: asyncio.Transport, hub: Hub, write_limit: int, metrics: NodeMetrics) -> None:
+        super().__init__(conn_id, user, claims, transport=transport, write_limit=write_limit, metrics=metrics)
+        self._hub = hub
+        self._pending: list[bytes] | None = None
+
+    def send(self, out: Outgoing) -> None:
+        # Hot path: queue the shared pre-framed bytes; the hub flushes once per loop iteration.
+        if self.closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [out.ws()]
+            self._hub.want_flush(self)
+        else:
+            pending.append(out.ws())
+
+    def queue(self, framed: bytes) -> None:
+        """Queue bytes that are already WebSocket frames (a protocol other than JSON on this
+        socket, :class:`~pushgate.web.stomp_connection.StompConnection`); same flush as send."""
+        if self.closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [framed]
+            self._hub.want_flush(self)
+        else:
+            pending.append(framed)
+
+    def flush(self) -> None:
+        # Hot path (once per connection per loop iteration): one write for all queued frames.
+        pending, self._pending = self._pending, None
+        if pending is None or self.closed:
+            return
+        transport = self._transport
+        if transport.is_closing():
+            self.closed = True
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if transport.get_write_buffer_size() > self._limit:
+            self.cut_slow_consumer()

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from ..errors import CloseCode
-from ..protocol.outgoing import Outgoing, close_reason
+from ..protocol.outgoing import close_reason
 from ..protocol.wsframe import peer_close_code_valid
-from .connection import TransportConnection
+from .connection import FramedConnection
 from .handshake import Refusal, accept, open_session, user_since
 from .request_view import RequestView
 from .session import JsonSession
@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 
 
-class WsConnection(TransportConnection):
+class WsConnection(FramedConnection):
+    """A WebSocket served by aiohttp (``build_app`` mounted in an aiohttp application, and the
+    STOMP subprotocol); the server's own ``/ws`` upgrades are :class:`~.lean.LeanWebSocket`."""
+
     transport_name = "websocket"
 
     def __init__(
@@ -49,47 +52,10 @@ class WsConnection(TransportConnection):
         write_limit: int,
         metrics: NodeMetrics,
     ) -> None:
-        super().__init__(conn_id, user, claims, transport=transport, write_limit=write_limit, metrics=metrics)
+        super().__init__(conn_id, user, claims, transport=transport, hub=hub, write_limit=write_limit,
+                         metrics=metrics)
         self._ws = ws
-        self._hub = hub
-        self._pending: list[bytes] | None = None
         self.close_task: asyncio.Task[Any] | None = None
-
-    def send(self, out: Outgoing) -> None:
-        # Hot path: queue the shared pre-framed bytes; the hub flushes once per loop iteration.
-        if self.closed:
-            return
-        pending = self._pending
-        if pending is None:
-            self._pending = [out.ws()]
-            self._hub.want_flush(self)
-        else:
-            pending.append(out.ws())
-
-    def queue(self, framed: bytes) -> None:
-        """Queue bytes that are already WebSocket frames (a protocol other than JSON on this
-        socket, :class:`~pushgate.web.stomp_connection.StompConnection`); same flush as send."""
-        if self.closed:
-            return
-        pending = self._pending
-        if pending is None:
-            self._pending = [framed]
-            self._hub.want_flush(self)
-        else:
-            pending.append(framed)
-
-    def flush(self) -> None:
-        # Hot path (once per connection per loop iteration): one write for all queued frames.
-        pending, self._pending = self._pending, None
-        if pending is None or self.closed:
-            return
-        transport = self._transport
-        if transport.is_closing():
-            self.closed = True
-            return
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        if transport.get_write_buffer_size() > self._limit:
-            self.cut_slow_consumer()
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
