@@ -137,9 +137,9 @@ class Server:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-        if self._deadline is not None:
-            self._deadline.close()
-            self._deadline = None
+        if self._front is not None:
+            self._front.close()
+            self._front = None
 
     async def _listen(self, context: ssl.SSLContext | None, reuse_port: bool) -> int:
         """Serve the application on ``host:port`` (https and wss too with ``context``).

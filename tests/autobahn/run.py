@@ -41,8 +41,9 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 1024
 
 #: Why a case is not plain OK, by case-id prefix (shown in report-summary.md).
 NOTES = {
-    "6.4.": "aiohttp checks a fragmented text message's UTF-8 when the message is complete, not fragment by "
-            "fragment, so it fails the connection (1007) a little later than the strictest reading; allowed.",
+    "6.4.": "the parser (pushgate.protocol.wsframe.FrameParser) checks UTF-8 fragment by fragment, but a single "
+            "frame only once it is complete, so a frame whose bytes arrive in chunks fails (1007) a little later "
+            "than the strictest reading; allowed.",
     "7.1.6": "informational by design (a 256 KiB message, a close, then a ping: what is echoed before the close "
              "is the peer's choice).",
     "7.13.": "close codes 5000 and 65535 are outside RFC 6455's ranges; informational in the suite, and pushgate "
@@ -82,7 +83,7 @@ def summarise(index: dict[str, Any], cases: list[str], seconds: float) -> dict[s
             for k, v in sorted(index.items(), key=lambda kv: case_sort_key(kv[0]))}
     failed = [k for k, v in rows.items() if v["behavior"] not in ACCEPTED or v["behaviorClose"] not in ACCEPTED_CLOSE]
     return {
-        "agent": "pushgate /_test/echo (aiohttp reader, pushgate.protocol.wsframe writer)",
+        "agent": "pushgate /_test/echo (pushgate.web.lean front, pushgate.protocol.wsframe parser and writer)",
         "cases": cases,
         "excluded": ["12.*", "13.*"],
         "total": len(rows),
@@ -127,10 +128,11 @@ def markdown(summary: dict[str, Any]) -> str:
     notes = [(prefix, note) for prefix, note in NOTES.items() if any(k.startswith(prefix) for k, _ in others)]
     if notes:
         lines += ["", "Why:", ""] + [f"- {prefix}*: {note}" for prefix, note in notes]
-    lines += ["", "Found by this run and fixed: 7.9.5 (a close frame with code 1006) was FAILED / WRONG CODE, because "
-              "aiohttp's reader accepts every code of its own `WSCloseCode` enum, 1006 included, and its autoclose "
-              "answers 1000. The endpoint closes by itself and answers 1002 to codes RFC 6455 §7.4 forbids "
-              "(`pushgate.protocol.wsframe.peer_close_code_valid`)."]
+    lines += ["", "Found by an earlier run and fixed: 7.9.5 (a close frame with code 1006) was FAILED / WRONG CODE, "
+              "because aiohttp's reader accepts every code of its own `WSCloseCode` enum, 1006 included. The "
+              "server's own parser answers 1002 to codes RFC 6455 §7.4 forbids "
+              "(`pushgate.protocol.wsframe.peer_close_code_valid`); the aiohttp path (build_app mounted in another "
+              "application) checks them the same way."]
     lines += ["", f"Not accepted (fail the CI step): {', '.join(summary['not_accepted']) or 'none'}.", ""]
     return "\n".join(lines)
 

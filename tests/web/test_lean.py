@@ -303,3 +303,20 @@ async def test_under_uvloop_in_its_own_process(spawn_node: Callable[..., Process
         assert (await client.request({"type": "ping"}))["type"] == "pong"
     finally:
         await client.close()
+
+
+async def test_the_test_echo_runs_on_the_lean_codec(make_server: ServerFactory,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHGATE_TEST_ECHO", "1")
+    running = await make_server()
+    raw, head = await RawWs.open(running.url, "/_test/echo")
+    assert head.startswith(b"HTTP/1.1 101")
+    raw.send(client_frame(b"he", fin=False) + client_frame(b"", wsframe.OP_PING)
+             + client_frame(b"llo", wsframe.OP_CONTINUATION))
+    assert await raw.frame() == (wsframe.OP_PONG, b"")
+    assert await raw.frame() == (wsframe.OP_TEXT, b"hello")
+    runner = running.server.runner
+    assert runner is not None and runner.server is not None and not runner.server.connections  # not aiohttp's
+    raw.send(client_frame(b"\xce", fin=False) + client_frame(b"\xff", wsframe.OP_CONTINUATION))
+    assert await raw.close_code() == 1007
+    raw.close()

@@ -47,11 +47,11 @@ class EchoHandler:
     """``GET /_test/echo``: echoes every text and binary message, for the Autobahn|Testsuite.
 
     It exists only when ``PUSHGATE_TEST_ECHO=1`` is set: it serves anyone, without the
-    handshake, so it must never be reachable in production. What it tests is the WebSocket layer
-    ``/ws`` really uses: aiohttp's reader (fragmentation, control frames, UTF-8 checks, the
-    close handshake) with ``/ws``'s limits and options, and the server's own frame writer
-    (:func:`pushgate.protocol.wsframe.server_frame`, written straight to the transport as
-    :class:`~pushgate.web.websocket.WsConnection` does).
+    handshake, so it must never be reachable in production. Under :class:`~pushgate.server.Server`
+    the front protocol answers the echo upgrade itself with the codec the server's ``/ws`` uses
+    (:mod:`pushgate.web.lean`, so Autobahn checks that); this aiohttp handler is what answers
+    when the application is mounted elsewhere: aiohttp's reader with ``/ws``'s limits and
+    options, and the server's own frame writer (:func:`pushgate.protocol.wsframe.server_frame`).
     """
 
     def __init__(self, node: Node) -> None:

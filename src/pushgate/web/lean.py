@@ -43,11 +43,13 @@ from urllib.parse import parse_qsl
 
 from ..auth import token_expiry
 from ..errors import CloseCode
+from ..logs import ACCESS_LOGGER
 from ..protocol import wsframe
 from ..protocol.wsframe import Close, Failure, FrameParser, Message, Ping
 from .app import ECHO_PATH, TEST_ECHO_ENV
 from .connection import FramedConnection
 from .handshake import Refusal, accept, open_session, user_since
+from .peer import client_address
 from .request_view import RequestView
 from .session import JsonSession
 from .websocket import CLOSE_TIMEOUT, STOMP_SUBPROTOCOLS
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 http_log = logging.getLogger("pushgate.http")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 #: A head longer than this is not parsed here: aiohttp gets it and applies its own limits
 #: (8190 bytes per line and per header). Not a client-visible bound, a fast-path cut-off.
@@ -131,6 +134,17 @@ def http_error(status: int, body: bytes) -> bytes:
     """A refused handshake: the JSON error body, then the connection closes."""
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def log_access(view: RequestView, remote: str | None, status: int, nbytes: int, seconds: float) -> None:
+    """The access-log line aiohttp's :class:`~pushgate.logs.AccessLog` writes, for a request
+    answered here (``access_log = true``): a WebSocket session is logged when it ends, and the
+    query string never (it may carry ``?token=``)."""
+    access_log.info(
+        '%s "%s %s" %d %dB %.1fms', remote, view.method, view.path, status, nbytes, seconds * 1000,
+        extra={"remote": remote, "method": view.method, "path": view.path, "status": status, "bytes": nbytes,
+               "duration_ms": round(seconds * 1000, 3), "user_agent": view.headers.get("User-Agent", "")},
+    )
 
 
 class LeanFront:
@@ -219,18 +233,26 @@ class LeanFront:
     async def _handshake(self, head: _Head, transport: asyncio.Transport, view: RequestView,
                          accept_value: str) -> None:
         node = self.node
+        started = self.loop.time()
         admitted = await accept(node, view, LeanWebSocket.transport_name)
         if isinstance(admitted, Refusal):
             if head.lost:
                 return
             if admitted.close_code is None:
-                transport.write(http_error(admitted.status, admitted.body()))
+                body = admitted.body()
+                transport.write(http_error(admitted.status, body))
             else:  # told after the upgrade, with a close code, so browsers can see why
+                body = b""
                 transport.write(switching_protocols(accept_value)
                                 + wsframe.close_frame(admitted.close_code, admitted.message))
             transport.close()
+            if self.config.access_log:
+                remote = client_address(view, self.config.trusted_proxies)
+                log_access(view, remote, admitted.status if body else 101, len(body), self.loop.time() - started)
             return
         conn = LeanWebSocket(self, admitted, transport)
+        if self.config.access_log:
+            conn.access = (view, started)
         conn._pending = [switching_protocols(accept_value)]  # the welcome joins it in one write
         node.hub.want_flush(conn)
         try:
@@ -380,8 +402,9 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
     is a close frame with its code (1002, 1007, 1009), then the socket closes.
     """
 
-    __slots__ = ("_close_timer", "_front", "_inbox", "_inbox_bytes", "_lost", "_parser", "_paused",
-                 "_ping_tick", "_seen", "_worker", "registered", "session")
+    # ``__dict__``: NodeMetrics.opened wraps ``close`` on the instance to record the close code
+    __slots__ = ("__dict__", "_close_timer", "_front", "_inbox", "_inbox_bytes", "_lost", "_parser", "_paused",
+                 "_ping_tick", "_seen", "_worker", "access", "registered", "session")
     transport_name = "websocket"
 
     def __init__(self, front: LeanFront, info: ClientInfo, transport: asyncio.Transport) -> None:
@@ -401,6 +424,7 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
         self._lost = False
         self._paused = False
         self.registered = False  # open_session ran: unregister when the socket is gone
+        self.access: tuple[RequestView, float] | None = None  # (request, start) with access_log on
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -486,6 +510,10 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
         session, self.session = self.session, None
         if session is not None:
             session.close()
+        if self.access is not None:
+            view, started = self.access
+            self.access = None
+            log_access(view, self.address, 101, 0, self._front.loop.time() - started)
         if self.registered:
             self.registered = False
             await self._front.node.unregister(self)
