@@ -191,3 +191,28 @@ def test_client_commands_fail_in_one_line_without_a_node() -> None:
     line = one_line_failure(pushgate("listen", "news", "--connect-timeout", "1", "--url",
                                      f"http://127.0.0.1:{port}"), 1)
     assert line == f"pushgate listen: ws://127.0.0.1:{port}/ws: no connection within 1s (is a node running there?)"
+
+
+def test_the_operations_guide_session_runs_as_written(tmp_path: Path) -> None:
+    """docs/operations.md's shell session, on a free port, with ``pushgate`` on PATH."""
+    from .helpers import free_port
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    session = re.search(r"## The command line.*?```sh\n(.*?)```", doc, re.S)
+    assert session is not None
+    port = free_port()
+    script = session.group(1).replace("8090", str(port)).replace("sleep 2\n", (
+        f"for i in $(seq 1 100); do curl -sf http://127.0.0.1:{port}/readyz >/dev/null && break; sleep 0.1; done\n"))
+    shim = tmp_path / "bin" / "pushgate"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m pushgate "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHGATE_") or k.startswith("PUSHGATE_TEST_")}
+    env["PATH"] = f"{shim.parent}:{env['PATH']}"
+    done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=timeout(60))
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    listened = [p for p in printed if set(p) == {"channel", "epoch", "offset", "data"}]
+    assert [m["data"] for m in listened] == [{"text": "hello"}, "plain text"]
+    assert any("publications" in p for p in printed) and any("connections" in p for p in printed)
