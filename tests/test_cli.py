@@ -209,6 +209,7 @@ def test_the_operations_guide_session_runs_as_written(tmp_path: Path) -> None:
     shim.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHGATE_") or k.startswith("PUSHGATE_TEST_")}
     env["PATH"] = f"{shim.parent}:{env['PATH']}"
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script  # no server left behind on failure
     done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=timeout(60))
     assert done.returncode == 0, done.stdout + done.stderr
