@@ -127,9 +127,12 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, PushgateError) as exc:
-                # the URL is down or the broker is: expected outside our control, so one line per
-                # tick (a traceback every few seconds would bury everything else in the log)
-                log.warning("job %s: tick %d skipped: %s", job.name, tick, _one_line(exc))
+                if job.url is None and not isinstance(exc, PushgateError):  # the app's own code: keep its traceback
+                    log.exception("scheduled job %s failed (tick %d); it keeps its schedule", job.name, tick)
+                else:
+                    # the URL is down or the broker is: outside our control, so one line per tick
+                    # (a traceback every few seconds would bury everything else in the log)
+                    log.warning("job %s: tick %d skipped: %s", job.name, tick, _one_line(exc))
             except Exception:
                 log.exception("scheduled job %s failed (tick %d); it keeps its schedule", job.name, tick)
 
