@@ -12,6 +12,7 @@ import subprocess
 import time
 import tomllib
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 
 from .conftest import ServerFactory
 from .helpers import free_port, timeout, wait_for
+from .servers import RedisServer, start_redis
 from .web.test_nginx import chosen_location, is_internal, nginx_binary, parse, refuses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +79,12 @@ def test_the_query_parser_finds_metric_names() -> None:
     assert metric_names("process_open_fds / process_max_fds > 0.8") == {"process_open_fds", "process_max_fds"}
 
 
-async def test_monitoring_queries_use_only_metrics_a_node_exposes(make_server: ServerFactory) -> None:
+async def exposed_by(running: Any) -> set[str]:
+    """The sample names on ``running``'s /metrics after a little of everything, so labelled series
+    have children: a publication, a connection that subscribes with recovery, gets an error reply
+    and closes."""
     import aiohttp
 
-    running = await make_server()
-    # a little of everything, so labelled series have children: a connection that subscribes
-    # with recovery, gets an error reply and closes
     status, first = await running.api("POST", "/api/publish", {"channel": "news", "data": 1})
     assert status == 200
     client = await running.client("user=ops")
@@ -91,14 +93,29 @@ async def test_monitoring_queries_use_only_metrics_a_node_exposes(make_server: S
     await client.close()
     await wait_for(lambda: not running.node.hub.connections, what="the connection to close")
     async with aiohttp.ClientSession() as s, s.get(running.url + "/metrics") as r:
-        exposed = {line.split("{")[0].split(" ")[0] for line in (await r.text()).splitlines()
-                   if line and not line.startswith("#")}
+        return {line.split("{")[0].split(" ")[0] for line in (await r.text()).splitlines()
+                if line and not line.startswith("#")}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path)
+    yield server
+    server.stop()
+
+
+async def test_monitoring_queries_use_only_metrics_a_node_exposes(redis_server: RedisServer,
+                                                                  make_server: ServerFactory) -> None:
+    """Against a node on the memory broker and one on Redis (whose publish pipelines only it has)."""
+    exposed = await exposed_by(await make_server())
+    exposed |= await exposed_by(await make_server(broker=redis_server.url, redis_prefix="deploytest"))
     queries = dashboard_queries() + alert_queries()
     assert len(queries) >= 20
     used = set().union(*map(metric_names, queries))
     missing = used - exposed - SYNTHETIC
     assert not missing, f"deploy/monitoring uses metrics no node exposes: {sorted(missing)}"
-    assert {"pushgate_ready", "pushgate_broker_up", "pushgate_publish_latency_seconds_bucket"} <= used
+    assert {"pushgate_ready", "pushgate_broker_up", "pushgate_publish_latency_seconds_bucket",
+            "pushgate_broker_publish_in_flight"} <= used
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,

@@ -85,6 +85,21 @@ class _BrokerCollector(Collector):
         if isinstance(healthy, bool):
             yield GaugeMetricFamily("pushgate_broker_up", "1 while the broker link is up (0: /readyz is 503)",
                                     value=1 if healthy else 0)
+        # The Redis broker's publish pipelines (backends/redis/publishing.py, one per Redis server):
+        # how deep each one is now. Read defensively, at scrape time; the memory broker has none.
+        pipes = getattr(getattr(self.broker, "_publishing", None), "pipes", None)
+        if isinstance(pipes, list):
+            depth = GaugeMetricFamily("pushgate_broker_publish_in_flight",
+                                      "Publications queued or awaiting Redis's reply, per Redis server",
+                                      labels=["server"])
+            limit = GaugeMetricFamily("pushgate_broker_publish_in_flight_limit",
+                                      "Most publications a pipeline holds before publishers wait (max_in_flight)",
+                                      labels=["server"])
+            for pipe in pipes:
+                depth.add_metric([str(pipe.name)], pipe.in_flight)
+                limit.add_metric([str(pipe.name)], pipe.max_in_flight)
+            yield depth
+            yield limit
         for attr, name, help_text, kind in _BROKER_STATS:
             value = getattr(self.broker, attr, None)
             if isinstance(value, int | float):
