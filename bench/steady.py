@@ -145,7 +145,7 @@ async def ladder(target: Target, n: int, rates: list[int], args: argparse.Namesp
             await cl.cmd("reset")
             warm = asyncio.ensure_future(cl.cmd("publish", 50, 20))
             await cl.cmd("wait", 20, 10, 3)
-            await warm
+            await asyncio.wait_for(warm, 30)
             for rate in rates:
                 lv = await level(cl, server, target, session, port, n, rate, args)
                 res["levels"].append(lv)

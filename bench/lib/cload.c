@@ -439,8 +439,18 @@ static void pub_flush(Pub *p) {
     ep_set(EPOLL_CTL_MOD, p->fd, EPOLLIN | (p->olen ? EPOLLOUT : 0), PUB_BIT | (uint32_t)(p - pubs));
 }
 
+static void pub_connect(Pub *p, uint32_t i) {
+    int fd = new_socket();
+    if (fd < 0) { perror("publisher connect"); exit(3); }
+    p->fd = fd;
+    p->olen = p->clen = 0;
+    ep_set(EPOLL_CTL_ADD, fd, EPOLLIN, PUB_BIT | i);
+}
+
 static void pub_send_one(uint64_t due_mono) {
-    Pub *p = &pubs[p_rr++ % (uint32_t)opt_pub_conns];
+    uint32_t i = p_rr++ % (uint32_t)opt_pub_conns;
+    Pub *p = &pubs[i];
+    if (p->fd < 0) pub_connect(p, i); /* the server closed an idle keep-alive connection (Node: after 5 s) */
     char body[65536 + 128], head[512];
     uint64_t t = wall();
     int pad = opt_payload - 40;
@@ -482,7 +492,7 @@ static void pub_pump(void) {
         if (due > p_count) due = p_count;
         while (p_sent < due) pub_send_one(p_t0 + (uint64_t)((double)p_sent * 1e9 / (double)p_rate));
     }
-    for (int i = 0; i < opt_pub_conns; i++) if (pubs[i].olen) pub_flush(&pubs[i]);
+    for (int i = 0; i < opt_pub_conns; i++) if (pubs[i].olen && pubs[i].fd >= 0) pub_flush(&pubs[i]);
 }
 
 static void pub_readable(Pub *p) {
@@ -493,7 +503,8 @@ static void pub_readable(Pub *p) {
         ep_set(EPOLL_CTL_DEL, p->fd, 0, 0);
         close(p->fd);
         p->fd = -1;
-        if (p_active) { p_err += p_sent - p_ok - p_err; }
+        p->olen = 0;
+        if (p_active) p_err += p_sent - p_ok - p_err; /* what was in flight is lost (idle closes have none) */
         return;
     }
     /* Count status lines: "HTTP/1.1 2.." (bodies here never contain that text). */
@@ -517,12 +528,7 @@ static void pub_readable(Pub *p) {
 static void pub_open(void) {
     if (pubs) return;
     pubs = calloc((size_t)opt_pub_conns, sizeof *pubs);
-    for (int i = 0; i < opt_pub_conns; i++) {
-        int fd = new_socket();
-        if (fd < 0) { perror("publisher connect"); exit(3); }
-        pubs[i].fd = fd;
-        ep_set(EPOLL_CTL_ADD, fd, EPOLLIN, PUB_BIT | (uint32_t)i);
-    }
+    for (int i = 0; i < opt_pub_conns; i++) pub_connect(&pubs[i], (uint32_t)i);
 }
 
 /* ---- commands and replies ---- */
