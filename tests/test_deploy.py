@@ -263,3 +263,10 @@ def test_the_image_builds_runs_unprivileged_and_becomes_healthy() -> None:
     finally:
         subprocess.run([engine, "stop", "-t", "15", container], capture_output=True, timeout=60)
         subprocess.run([engine, "rmi", "-f", tag], capture_output=True, timeout=60)
+
+
+def test_the_example_config_is_valid() -> None:
+    from pushgate.config import load_config
+
+    cfg = load_config(file=DEPLOY / "pushgate.example.toml", env={})
+    assert cfg.log_format == "json" and cfg.access_log and cfg.broker.startswith("redis://")
