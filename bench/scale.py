@@ -13,7 +13,7 @@ lib/servers.py's Proc). For every target, N and run, on a fresh server pinned to
 * **idle CPU** -- server CPU % during ``--idle-seconds`` of N idle connections (timers, heartbeats if
   one falls in the window);
 * **one broadcast to all** -- ``--broadcasts`` single ``POST /api/broadcast`` (one at a time): from the
-  stamp in the body to the read of the *last* of the N copies (the latency max of cload's histogram);
+  stamp in the body to the arrival (kernel receive timestamp) of the *last* of the N copies;
   median over the broadcasts, p50 alongside;
 * **longest GC pause** (pushgate) -- over the connect phase and the whole run (lib/gcpause.py);
 * **heartbeat cost** (pushgate, ``--heartbeat-seconds``): a separate server with ``--ping-interval 1``
@@ -122,6 +122,7 @@ async def measure(target: Target, n: int, args: argparse.Namespace, logdir: Path
                     await asyncio.wait_for(pub, 30)
                     bst = await cl.cmd("stats")
                     reach.append({"done": bool(w["done"]), "all_ms": round(bst["lat"]["max_us"] / 1000, 2),
+                                  "all_read_ms": round(bst["lat_read"]["max_us"] / 1000, 2),
                                   "p50_ms": round(bst["lat"]["p50_us"] / 1000, 2), "received": bst["frames"],
                                   "server_cpu_ms": round(1000 * (cpu_seconds(server.pid) - b0), 2)})
                     await asyncio.sleep(args.broadcast_pause)
@@ -277,7 +278,8 @@ def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[s
         "registration); KB per idle conn = (VmRSS with N idle - VmRSS after a 10-client warm-up) / N.",
         f"idle server CPU % over {args.idle_seconds:g} s with N idle connections (a 25 s ping round may or may "
         "not fall inside).",
-        f"one broadcast to all = stamp in the POST body -> read of the last of the N copies; median of "
+        f"one broadcast to all = stamp in the POST body -> arrival (kernel receive timestamp) of the last of the "
+        f"N copies; median of "
         f"{args.broadcasts} single broadcasts; server µs per delivery = server CPU of that broadcast / N.",
         "GC longest = bucket bound of pushgate's pushgate_gc_pause_seconds over the connect phase / the whole "
         "run (worst run); in parentheses pushgate_gc_pause_max_seconds when exported.",

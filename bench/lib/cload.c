@@ -21,9 +21,12 @@
  *     this machine can stamp messages too.
  *
  * A data frame counts when its payload contains the stamp key "t": -- the welcome frame and other
- * traffic do not. For each counted frame, latency = CLOCK_REALTIME at the read - t (read once per
- * read() call), recorded into a log-linear histogram of microseconds (values < 256 us exact,
- * above that 128 sub-buckets per power of two: < 0.8 % relative error), with the exact max kept.
+ * traffic do not. Each counted frame goes into three log-linear histograms of microseconds (exact
+ * below 256 us, above that 128 sub-buckets per power of two: < 0.8 % error; exact max kept):
+ *   lat           arrival - t, arrival = the kernel's receive timestamp of the read (SO_TIMESTAMPNS,
+ *                 CLOCK_REALTIME): the server's latency, without the client's own queueing;
+ *   lat_read      read time - t (CLOCK_REALTIME once per read() call): what an application would see;
+ *   client_queue  read time - arrival: the client's own delay, reported to show it stays small.
  *
  * Commands (each may start with a numeric id, echoed as "id" in its reply):
  *   connect N BATCH TIMEOUT_S  open N more clients, at most BATCH handshakes in flight at a time;
@@ -111,8 +114,15 @@ static double cpu0;
 /* latency histogram (microseconds) */
 #define H_SUB 128
 #define H_BUCKETS (256 + 56 * H_SUB)
-static uint64_t hist[H_BUCKETS], h_count, h_max, h_min = UINT64_MAX;
-static double h_sum;
+typedef struct {
+    uint64_t b[H_BUCKETS], count, max, min;
+    double sum;
+} Hist;
+/* stamp -> arrival in the client's socket (kernel receive timestamp), stamp -> our read(), and the
+ * difference: the client's own queueing, reported so that it can be seen not to matter */
+static Hist h_lat, h_read, h_queue;
+static uint64_t g_read_ns; /* CLOCK_REALTIME of the current read() */
+static uint64_t n_no_ts;   /* reads without a kernel timestamp (then arrival = read time) */
 
 /* pending connect */
 static int c_active; static uint32_t c_target, c_started, c_batch, c_pending; static uint64_t c_t0, c_deadline; static long c_id;
@@ -162,22 +172,35 @@ static uint64_t h_value(uint32_t i) { /* the upper bound of bucket i */
     uint32_t shift = (i - 256) / H_SUB + 1, top = (i - 256) % H_SUB + 128;
     return (((uint64_t)top + 1) << shift) - 1;
 }
-static void h_record(uint64_t us) {
-    hist[h_index(us)]++;
-    h_count++;
-    h_sum += (double)us;
-    if (us > h_max) h_max = us;
-    if (us < h_min) h_min = us;
+static void h_reset(Hist *h) {
+    memset(h, 0, sizeof *h);
+    h->min = UINT64_MAX;
 }
-static uint64_t h_pct(double q) {
-    if (!h_count) return 0;
-    uint64_t want = (uint64_t)(q * (double)h_count + 0.999999), seen = 0;
+static void h_record(Hist *h, uint64_t us) {
+    h->b[h_index(us)]++;
+    h->count++;
+    h->sum += (double)us;
+    if (us > h->max) h->max = us;
+    if (us < h->min) h->min = us;
+}
+static uint64_t h_pct(const Hist *h, double q) {
+    if (!h->count) return 0;
+    uint64_t want = (uint64_t)(q * (double)h->count + 0.999999), seen = 0;
     if (want < 1) want = 1;
     for (uint32_t i = 0; i < H_BUCKETS; i++) {
-        seen += hist[i];
-        if (seen >= want) { uint64_t v = h_value(i); return v < h_max ? v : h_max; }
+        seen += h->b[i];
+        if (seen >= want) { uint64_t v = h_value(i); return v < h->max ? v : h->max; }
     }
-    return h_max;
+    return h->max;
+}
+static void h_json(char *buf, size_t cap, const Hist *h) {
+    snprintf(buf, cap,
+             "{\"count\":%llu,\"min_us\":%llu,\"mean_us\":%.1f,\"p50_us\":%llu,\"p90_us\":%llu,\"p99_us\":%llu,"
+             "\"p999_us\":%llu,\"max_us\":%llu}",
+             (unsigned long long)h->count, (unsigned long long)(h->count ? h->min : 0),
+             h->count ? h->sum / (double)h->count : 0.0, (unsigned long long)h_pct(h, 0.5),
+             (unsigned long long)h_pct(h, 0.9), (unsigned long long)h_pct(h, 0.99),
+             (unsigned long long)h_pct(h, 0.999), (unsigned long long)h->max);
 }
 
 /* ---- epoll helpers ---- */
@@ -191,6 +214,7 @@ static int new_socket(void) {
     if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);
@@ -251,7 +275,11 @@ static void count_frame(Conn *c, const uint8_t *p, size_t n, uint64_t rt) {
     uint64_t v = 0;
     int digits = 0;
     while (q < e && *q >= '0' && *q <= '9') { v = v * 10 + (uint64_t)(*q - '0'); q++; digits++; }
-    if (digits >= 16) h_record(rt > v ? (rt - v) / 1000 : 0); /* a real ns timestamp */
+    if (digits >= 16) { /* a real ns timestamp */
+        h_record(&h_lat, rt > v ? (rt - v) / 1000 : 0);
+        h_record(&h_read, g_read_ns > v ? (g_read_ns - v) / 1000 : 0);
+        h_record(&h_queue, (g_read_ns - rt) / 1000);
+    }
     if (w_active && !c->done && c->frames >= w_target) { c->done = 1; w_ndone++; }
 }
 
@@ -359,15 +387,42 @@ static void after_handshake(Conn *c, const uint8_t *p, size_t n, uint64_t rt) {
 
 static void start_clients(void);
 
+/* One read with the kernel's receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME: when the last
+ * segment of this read reached the socket). Frames read together share it, so an earlier frame in
+ * the same read is charged a little too much latency, never too little. */
+static ssize_t read_stamped(int fd, uint64_t *arrival) {
+    struct iovec iov = {.iov_base = rbuf, .iov_len = RBUF_SIZE};
+    union { char buf[CMSG_SPACE(sizeof(struct timespec)) * 2]; struct cmsghdr align; } ctl;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t r = recvmsg(fd, &mh, 0);
+    *arrival = 0;
+    if (r > 0) {
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                struct timespec ts;
+                memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                *arrival = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            }
+        }
+    }
+    return r;
+}
+
 static void conn_readable(Conn *c) {
-    ssize_t r = read(c->fd, rbuf, RBUF_SIZE);
+    uint64_t arrival;
+    ssize_t r = read_stamped(c->fd, &arrival);
     if (r <= 0) {
         if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
         if (c->state < ST_READY) conn_fail(c, "closed during handshake", r < 0 ? errno : ECONNRESET);
         else conn_close(c, 1);
         return;
     }
-    uint64_t rt = wall();
+    g_read_ns = wall();
+    if (!arrival || arrival > g_read_ns) {
+        if (!arrival) n_no_ts++;
+        arrival = g_read_ns;
+    }
+    uint64_t rt = arrival;
     n_reads++;
     n_bytes += (uint64_t)r;
     const uint8_t *p = rbuf;
@@ -587,19 +642,20 @@ static void cmd_stats(long id) {
         if (conns[i].frames > mx) mx = conns[i].frames;
     }
     if (mn == UINT64_MAX) mn = 0;
+    char lat[400], rd[400], q[400];
+    h_json(lat, sizeof lat, &h_lat);
+    h_json(rd, sizeof rd, &h_read);
+    h_json(q, sizeof q, &h_queue);
     out("{\"id\":%ld,\"event\":\"stats\",\"clients\":%u,\"open\":%llu,\"failed\":%llu,\"closed_by_server\":%llu,"
         "\"lost\":%llu,\"frames\":%llu,\"other_frames\":%llu,\"min_frames\":%llu,\"max_frames\":%llu,\"reads\":%llu,"
-        "\"bytes\":%llu,\"pings\":%llu,\"t_first_ns\":%llu,\"t_last_ns\":%llu,\"cpu_s\":%.4f,"
-        "\"lat\":{\"count\":%llu,\"min_us\":%llu,\"mean_us\":%.1f,\"p50_us\":%llu,\"p90_us\":%llu,\"p99_us\":%llu,"
-        "\"p999_us\":%llu,\"max_us\":%llu},"
+        "\"reads_without_timestamp\":%llu,\"bytes\":%llu,\"pings\":%llu,\"t_first_ns\":%llu,\"t_last_ns\":%llu,"
+        "\"cpu_s\":%.4f,\"lat\":%s,\"lat_read\":%s,\"client_queue\":%s,"
         "\"pub\":{\"sent\":%llu,\"ok\":%llu,\"errors\":%llu,\"lag_max_us\":%llu},\"fail_reason\":\"%s\"}",
         id, nconns, (unsigned long long)n_ready, (unsigned long long)n_failed, (unsigned long long)n_closed_by_server,
         (unsigned long long)n_lost, (unsigned long long)n_frames, (unsigned long long)n_other,
-        (unsigned long long)mn, (unsigned long long)mx, (unsigned long long)n_reads, (unsigned long long)n_bytes,
-        (unsigned long long)n_pings, (unsigned long long)t_first_ns, (unsigned long long)t_last_ns,
-        cpu_seconds() - cpu0, (unsigned long long)h_count, (unsigned long long)(h_count ? h_min : 0),
-        h_count ? h_sum / (double)h_count : 0.0, (unsigned long long)h_pct(0.5), (unsigned long long)h_pct(0.9),
-        (unsigned long long)h_pct(0.99), (unsigned long long)h_pct(0.999), (unsigned long long)h_max,
+        (unsigned long long)mn, (unsigned long long)mx, (unsigned long long)n_reads, (unsigned long long)n_no_ts,
+        (unsigned long long)n_bytes, (unsigned long long)n_pings, (unsigned long long)t_first_ns,
+        (unsigned long long)t_last_ns, cpu_seconds() - cpu0, lat, rd, q,
         (unsigned long long)p_sent, (unsigned long long)p_ok, (unsigned long long)p_err,
         (unsigned long long)(p_lag_max / 1000), fail_reason);
 }
@@ -608,10 +664,10 @@ static void cmd_reset(long id) {
     for (uint32_t i = 0; i < nconns; i++) { conns[i].frames = 0; conns[i].done = 0; }
     n_frames = n_other = n_reads = n_bytes = n_pings = n_closed_by_server = n_lost = 0;
     t_first_ns = t_last_ns = 0;
-    memset(hist, 0, sizeof hist);
-    h_count = h_max = 0;
-    h_min = UINT64_MAX;
-    h_sum = 0;
+    h_reset(&h_lat);
+    h_reset(&h_read);
+    h_reset(&h_queue);
+    n_no_ts = 0;
     p_sent = p_ok = p_err = p_lag_max = 0;
     fail_reason[0] = 0;
     cpu0 = cpu_seconds();
@@ -741,6 +797,9 @@ int main(int argc, char **argv) {
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     ep_set(EPOLL_CTL_ADD, 0, EPOLLIN, TAG_STDIN);
     ep_set(EPOLL_CTL_ADD, tfd, EPOLLIN, TAG_TIMER);
+    h_reset(&h_lat);
+    h_reset(&h_read);
+    h_reset(&h_queue);
     cpu0 = cpu_seconds();
     out("{\"event\":\"hello\",\"pid\":%d}", (int)getpid());
 
