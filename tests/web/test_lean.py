@@ -320,3 +320,30 @@ async def test_the_test_echo_runs_on_the_lean_codec(make_server: ServerFactory,
     raw.send(client_frame(b"\xce", fin=False) + client_frame(b"\xff", wsframe.OP_CONTINUATION))
     assert await raw.close_code() == 1007
     raw.close()
+
+
+async def test_tls_under_uvloop_serves_lean_ws_and_hands_https_to_aiohttp(
+        spawn_node: Callable[..., Process], tmp_path: Any) -> None:
+    """uvloop's TLS transport swaps protocols too (the head is read from the TLS stream)."""
+    import ssl
+
+    from ..test_tls import _key, _self_signed, _write_key
+
+    key = _key()
+    cert, key_file = _self_signed(key, tmp_path / "cert.pem"), _write_key(key, tmp_path / "key.pem")
+    node = spawn_node("--tls-cert", str(cert), "--tls-key", str(key_file), wait=False)
+    context = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + timeout(15)
+        while True:
+            try:
+                async with session.get(f"https://localhost:{node.port}/healthz", ssl=context) as r:
+                    assert r.status == 200
+                    break
+            except aiohttp.ClientConnectorError:
+                assert time.monotonic() < deadline, node.log()
+                await asyncio.sleep(0.1)
+        async with session.ws_connect(f"wss://localhost:{node.port}/ws?user=tls", ssl=context) as ws:
+            assert (await ws.receive_json(timeout=timeout(5)))["user"] == "tls"
+            await ws.send_json({"type": "ping", "id": 7})
+            assert await ws.receive_json(timeout=timeout(5)) == {"type": "pong", "id": 7}
