@@ -24,18 +24,21 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+import hiredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
 
+from pushgate.backends.redis.resp import command
+from pushgate.backends.redis.wire import handshake, open_wire
 from pushgate.backoff import backoff
 
 __all__ = ["LinkOptions", "PubSubLink"]
 
 log = logging.getLogger(__name__)
 
-_Expect = tuple[Literal["sub", "unsub", "ping"], bytes]
+_Expect = tuple[Literal["sub", "unsub", "ping", "ctl"], bytes]
+_PING = command("PING")
 _MESSAGE_KINDS = (b"message", b"smessage")
 _SUBSCRIBE_KINDS = (b"subscribe", b"ssubscribe")
 _UNSUBSCRIBE_KINDS = (b"unsubscribe", b"sunsubscribe")
@@ -111,7 +114,10 @@ class PubSubLink:
         self._backoff = (options.backoff_min, options.backoff_max)
         self._confirm_timeout = options.confirm_timeout
         self._connect_timeout = options.connect_timeout
-        self._conn: AbstractConnection | None = None
+        self._wire: _LinkWire | None = None  # the current connection, once connected
+        self._reader = hiredis.Reader()
+        self._last_rx = 0.0  # loop time of the last byte from the server
+        self._ping_sent: float | None = None
         self._expect: deque[_Expect] = deque()
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._unconfirmed: set[bytes] = set()
@@ -150,15 +156,15 @@ class PubSubLink:
         if topic in self.topics:
             return
         self.topics.add(topic)
-        conn = self._conn
-        if conn is None or not conn.is_connected:
+        wire = self._wire
+        if wire is None:
             if wait and self.pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._first_attempt.wait(), self._confirm_timeout)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(topic, deque()).append(fut)
-        await self._send(conn, "sub", topic)
+        self._send(wire, "sub", topic)
         if not wait:
             return
         try:
@@ -171,34 +177,34 @@ class PubSubLink:
             return
         self.topics.discard(topic)
         self._unconfirmed.discard(topic)
-        conn = self._conn
-        if conn is not None and conn.is_connected:
-            await self._send(conn, "unsub", topic)
+        wire = self._wire
+        if wire is not None:
+            self._send(wire, "unsub", topic)
         self._maybe_up()
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _send(self, conn: AbstractConnection, kind: Literal["sub", "unsub"], topic: bytes) -> None:
-        # The expectation is queued before the write, and the write happens before the first
-        # suspension of send_command (the connection is connected and health checks are off),
-        # so the FIFO order matches the order of the commands on the wire.
+    def _send(self, wire: _LinkWire, kind: Literal["sub", "unsub"], topic: bytes) -> None:
+        # The expectation is queued with the write, so the FIFO order matches the wire's.
         self._expect.append((kind, topic))
-        try:
-            await conn.send_command(self._sub_cmd if kind == "sub" else self._unsub_cmd, topic, check_health=False)
-        except Exception as exc:  # the reader notices the dead connection and reconnects
-            log.debug("pub/sub %s: send failed: %r", self.name, exc)
+        wire.write(command(self._sub_cmd if kind == "sub" else self._unsub_cmd, topic))
 
     async def _run(self) -> None:
         delays = backoff(*self._backoff)
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            conn = self._factory()
+            wire = _LinkWire(self)
             try:
-                # Bounded as a whole: the handshake after the TCP connect reads replies without
-                # a socket timeout, and a frozen server accepts connections but never answers.
-                await asyncio.wait_for(conn.connect(), self._connect_timeout)  # type: ignore[no-untyped-call]
-                self._conn = conn
-                await self._resubscribe(conn)
-                await self._read_loop(conn)  # returns only by raising
+                desc = self._factory()
+                await open_wire(desc, wire, self._connect_timeout)
+                self._reader = hiredis.Reader()
+                self._last_rx, self._ping_sent = loop.time(), None
+                self._wire = wire
+                for what, cmd in handshake(desc):  # pipelined; a refusal kills the link
+                    self._expect.append(("ctl", what.encode()))
+                    wire.write(cmd)
+                self._resubscribe(wire)
+                await self._watch(wire)  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -206,8 +212,8 @@ class PubSubLink:
                     log.warning("pub/sub %s: link lost: %r", self.name, exc)
             finally:
                 was_up = self.up
-                self._conn = None
-                await self._went_down(conn)
+                self._wire = None
+                self._went_down(wire)
             if self._closing:
                 break
             if not self._first_attempt.is_set():
@@ -219,52 +225,67 @@ class PubSubLink:
                 self._on_connect_failed()
             await asyncio.sleep(next(delays))
 
-    async def _resubscribe(self, conn: AbstractConnection) -> None:
+    def _resubscribe(self, wire: _LinkWire) -> None:
         topics = list(self.topics)
         self._unconfirmed = set(topics)
         if topics:
             self._expect.extend(("sub", t) for t in topics)
             # One write for all of them: a node may hold thousands of channels.
-            await conn.send_packed_command(conn.pack_commands([(self._sub_cmd, t) for t in topics]), check_health=False)
+            wire.write(b"".join(command(self._sub_cmd, t) for t in topics))
         self._maybe_up()
 
-    async def _read_loop(self, conn: AbstractConnection) -> None:
+    async def _watch(self, wire: _LinkWire) -> None:
+        """Liveness: a PING after ``ping_interval`` of silence, dead after ``ping_timeout``
+        without a byte back, or when the connection closes. Wakes once per interval or so;
+        the traffic itself is handled by :meth:`_on_data`, without this task."""
         loop = asyncio.get_running_loop()
-        last_rx = loop.time()
-        ping_sent: float | None = None
         while True:
             now = loop.time()
-            if ping_sent is None:
-                wait = last_rx + self._ping_interval - now
+            if self._ping_sent is None:
+                wait = self._last_rx + self._ping_interval - now
                 if wait <= 0:
                     self._expect.append(("ping", b""))
-                    await conn.send_command("PING", check_health=False)
-                    ping_sent = now
+                    wire.write(_PING)
+                    self._ping_sent = now
                     continue
             else:
-                wait = ping_sent + self._ping_timeout - now
+                wait = self._ping_sent + self._ping_timeout - now
                 if wait <= 0:
                     raise _LinkDead(f"no reply to PING within {self._ping_timeout}s")
-            try:
-                # With an explicit timeout redis-py returns None on expiry and keeps the partly
-                # read reply buffered, so the next read resumes where this one stopped.
-                msg = await conn.read_response(timeout=wait)
-            except ResponseError as exc:
-                last_rx, ping_sent = loop.time(), None
-                self._on_error_reply(exc)
-                continue
-            if msg is None:
-                continue
-            last_rx, ping_sent = loop.time(), None
-            try:
-                self._dispatch(msg)
-            except Exception:
-                log.exception("pub/sub %s: cannot handle %r", self.name, msg)
+            done, _ = await asyncio.wait((wire.lost,), timeout=wait)
+            if done:
+                raise wire.lost.result()
+
+    def _on_data(self, wire: _LinkWire, data: bytes) -> None:
+        """Everything one socket read brought, handled in one go (hot path on every node)."""
+        if wire is not self._wire:
+            return
+        self._last_rx, self._ping_sent = wire.loop.time(), None
+        reader = self._reader
+        try:
+            reader.feed(data)
+            while (msg := reader.gets()) is not False:
+                if msg.__class__ is list and len(msg) == 3 and msg[0] in _MESSAGE_KINDS:
+                    try:
+                        self._on_message(msg[1], msg[2])
+                    except Exception:
+                        log.exception("pub/sub %s: message handler failed", self.name)
+                elif isinstance(msg, hiredis.ReplyError):
+                    self._on_error_reply(msg)
+                else:
+                    try:
+                        self._dispatch(msg)
+                    except Exception:
+                        log.exception("pub/sub %s: cannot handle %r", self.name, msg)
+        except hiredis.ProtocolError as exc:
+            wire.fail(_LinkDead(f"protocol error: {exc}"))
 
     def _dispatch(self, msg: object) -> None:
         if not isinstance(msg, list) or len(msg) < 2:
             if msg in (b"PONG", "PONG"):
                 self._pop_expect("ping", b"")
+            elif self._expect and self._expect[0][0] == "ctl":
+                self._expect.popleft()  # +OK to AUTH / SELECT
             return
         kind = msg[0]
         if kind in _MESSAGE_KINDS:
@@ -283,7 +304,7 @@ class PubSubLink:
         elif kind == b"pong":
             self._pop_expect("ping", b"")
 
-    def _pop_expect(self, kind: Literal["sub", "unsub", "ping"], topic: bytes) -> bool:
+    def _pop_expect(self, kind: Literal["sub", "unsub", "ping", "ctl"], topic: bytes) -> bool:
         if self._expect and self._expect[0] == (kind, topic):
             self._expect.popleft()
             return True
@@ -293,8 +314,11 @@ class PubSubLink:
             return False
         return True
 
-    def _on_error_reply(self, exc: ResponseError) -> None:
+    def _on_error_reply(self, exc: object) -> None:
         kind, topic = self._expect.popleft() if self._expect else ("ping", b"")
+        if kind == "ctl" and self._wire is not None:  # AUTH / SELECT refused: reconnect later
+            self._wire.fail(_LinkDead(f"{topic.decode()} refused: {exc}"))
+            return
         log.warning("pub/sub %s: %s %r refused: %s", self.name, kind, topic, exc)
         if kind == "sub":
             self._confirmed(topic)
@@ -322,12 +346,12 @@ class PubSubLink:
         self._maybe_up()
 
     def _maybe_up(self) -> None:
-        if not self.up and self._conn is not None and not self._unconfirmed:
+        if not self.up and self._wire is not None and not self._unconfirmed:
             self.up = True
             self._first_attempt.set()
             self._on_state()
 
-    async def _went_down(self, conn: AbstractConnection) -> None:
+    def _went_down(self, wire: _LinkWire) -> None:
         self._expect.clear()
         self._unconfirmed.clear()
         for waiters in self._waiters.values():
@@ -335,11 +359,42 @@ class PubSubLink:
                 if not fut.done():
                     fut.set_result(None)
         self._waiters.clear()
-        try:
-            await conn.disconnect(nowait=True)
-        except Exception as exc:
-            log.debug("pub/sub %s: disconnect failed: %r", self.name, exc)
+        wire.close()
         if self.up:
             self.up = False
             if not self._closing:
                 self._on_state()
+
+
+class _LinkWire(asyncio.Protocol):
+    """One connection of a link (a new one per connect: late callbacks of an old one are told
+    apart by identity). ``lost`` resolves with the exception that ended it."""
+
+    def __init__(self, link: PubSubLink) -> None:
+        self.link = link
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[BaseException] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.link._on_data(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc if exc is not None else ConnectionError("connection closed by server"))
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, cast
 
 import hiredis
-from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -58,6 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from pushgate.backends.broker import StreamPosition
 from pushgate.backends.redis.connection import timed_out
 from pushgate.backends.redis.resp import command
+from pushgate.backends.redis.wire import handshake, open_wire
 from pushgate.backoff import backoff
 from pushgate.errors import BrokerUnavailable
 
@@ -417,14 +418,7 @@ class PublishPipe:
         wire = _Wire(self)
         try:
             desc = self._endpoint()
-            async with asyncio.timeout(self._connect_timeout):
-                if isinstance(desc, UnixDomainSocketConnection):
-                    await self._loop.create_unix_connection(lambda: wire, desc.path)
-                else:
-                    ssl = desc.ssl_context.get() if isinstance(desc, SSLConnection) else None
-                    host = getattr(desc, "host", "localhost")
-                    port = int(getattr(desc, "port", 6379))
-                    await self._loop.create_connection(lambda: wire, host, port, ssl=ssl)
+            await open_wire(desc, wire, self._connect_timeout)
         except (OSError, TimeoutError, RedisError) as exc:
             self._connecting = None
             self._last_error = exc
@@ -451,13 +445,8 @@ class PublishPipe:
         self._reader = hiredis.Reader()
         self._last_error = None
         now = self._loop.time()
-        username, password = getattr(desc, "username", None), getattr(desc, "password", None)
-        if password:
-            auth = command("AUTH", username, password) if username else command("AUTH", password)
-            self._send(_Control("AUTH", self._handshake_reply("AUTH"), now), auth)
-        db = int(getattr(desc, "db", 0) or 0)
-        if db:
-            self._send(_Control("SELECT", self._handshake_reply("SELECT"), now), command("SELECT", db))
+        for what, cmd in handshake(desc):
+            self._send(_Control(what, self._handshake_reply(what), now), cmd)
         self._send(_Control("SCRIPT LOAD", self._handshake_reply("SCRIPT LOAD"), now), self._script_load)
         backlog, self._backlog = self._backlog, []
         for entry in backlog:
