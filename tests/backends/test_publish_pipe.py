@@ -237,3 +237,36 @@ async def test_cluster_slot_move_keeps_publications_in_order(
     again = await broker.publish("moving", b"201", OPTS)
     assert again.offset == first.offset + 201
     assert any(p.name.endswith(f":{target}") and p.sent > 0 for p in _pipes(broker))
+
+
+async def test_url_password_and_database_reach_both_hot_paths(own_redis: RedisServer) -> None:
+    """The pipe and the links connect on their own: they must AUTH and SELECT like redis-py."""
+    admin = Redis.from_url(own_redis.url)
+    await admin.config_set("requirepass", "s3cret")
+    await admin.aclose()
+    url = f"redis://:s3cret@127.0.0.1:{own_redis.port}/3"
+    backend = Backend("redis", url, own_redis)
+    try:
+        broker, rec = await backend.broker()
+        await broker.subscribe("authed")
+        pos = await broker.publish("authed", b'"x"', OPTS)
+        got = await rec.next()
+        assert (got.channel, got.offset, got.data) == ("authed", pos.offset, b'"x"')
+        db3 = Redis.from_url(url)
+        try:
+            assert await db3.exists(backend.keys.history("authed")) == 1
+        finally:
+            await db3.aclose()
+        # A wrong password: publishing fails as unavailable, it does not hang or crash.
+        wrong = RedisBroker(f"redis://:nope@127.0.0.1:{own_redis.port}/3", prefix=backend.prefix)
+        await wrong.start(None)
+        try:
+            with pytest.raises(BrokerUnavailable):
+                await asyncio.wait_for(wrong.publish("authed", b"1", OPTS), 5)
+        finally:
+            await wrong.close()
+    finally:
+        await backend.close()
+        admin = Redis.from_url(url)
+        await admin.config_set("requirepass", "")
+        await admin.aclose()

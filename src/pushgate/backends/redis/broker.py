@@ -127,6 +127,7 @@ class RedisBroker:
         self._closed = False
         self._max_in_flight = max_in_flight
         self._publishing: PublishPath | None = None
+        self._ttl_ms: dict[float, int] = {}  # history ttl seconds -> PX milliseconds (few distinct)
         #: messages that arrived invalid and were not handed to the node (see the module docstring)
         self.dropped_messages = 0
         self._warned: dict[bytes, float] = {}
@@ -251,10 +252,13 @@ class RedisBroker:
         path = self._publishing
         if path is None:
             raise RuntimeError("RedisBroker used before start() or after close()")
+        ttl_ms = self._ttl_ms.get(options.ttl)
+        if ttl_ms is None:
+            if len(self._ttl_ms) >= 256:
+                self._ttl_ms.clear()
+            ttl_ms = self._ttl_ms[options.ttl] = millis(options.ttl) if options.ttl > 0 else 0
         try:
-            return await path.publish(
-                channel, data, max(0, options.size), millis(options.ttl) if options.ttl > 0 else 0, idempotency_key
-            )
+            return await path.publish(channel, data, max(0, options.size), ttl_ms, idempotency_key)
         except _TRANSLATED as exc:
             translated = unavailable(exc)
             if translated is None:

@@ -211,6 +211,7 @@ class PublishPipe:
         self.sent = 0  # publications written (a sequence number for :meth:`when_answered`)
         self.answered = 0  # publications answered or failed, of those written
         self._barriers: list[tuple[int, asyncio.Future[None]]] = []
+        self._epochs: dict[bytes, str] = {}
         self._closed = False
 
     # --- submitting ------------------------------------------------------------------------------
@@ -314,6 +315,7 @@ class PublishPipe:
             return
         reader = self._reader
         fifo = self._fifo
+        epochs = self._epochs
         try:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
@@ -323,7 +325,11 @@ class PublishPipe:
                     if reply.__class__ is list:  # hot path: {epoch, offset}
                         fut = entry.fut
                         if not fut.done():
-                            fut.set_result(StreamPosition(reply[0].decode(), reply[1]))
+                            raw = reply[0]
+                            epoch = epochs.get(raw)
+                            if epoch is None:
+                                epoch = self._epoch(raw)
+                            fut.set_result(StreamPosition(epoch, reply[1]))
                     else:
                         self._on_error_reply(entry, reply)
                 else:
@@ -338,6 +344,13 @@ class PublishPipe:
             self._wake_space()
         if self._barriers:
             self._check_barriers()
+
+    def _epoch(self, raw: bytes) -> str:
+        """Decode an epoch once: a node publishes to few streams, each with one epoch at a time."""
+        if len(self._epochs) >= 4096:
+            self._epochs.clear()
+        epoch = self._epochs[raw] = raw.decode()
+        return epoch
 
     def _on_error_reply(self, entry: PendingPublish, reply: object) -> None:
         message = str(reply)

@@ -95,7 +95,7 @@ class PublishPath:
         self._slot_pipes: list[PublishPipe | None] = [None] * _SLOTS
         self._detours: dict[int, _Detour] = {}
         self._refreshing: asyncio.Task[None] | None = None
-        self._epoch_base = secrets.token_hex(6)
+        self._epoch_head = b"$16\r\n" + secrets.token_hex(6).encode()
         self._epoch_seq = 0
         self._closed = False
 
@@ -132,8 +132,8 @@ class PublishPath:
         ``token_hex(8)`` it replaces, for a fraction of the cost."""
         seq = self._epoch_seq = (self._epoch_seq + 1) % _EPOCH_BATCH
         if seq == 0:
-            self._epoch_base = secrets.token_hex(6)
-        return b"$16\r\n%s%04x\r\n" % (self._epoch_base.encode(), seq)
+            self._epoch_head = b"$16\r\n" + secrets.token_hex(6).encode()
+        return b"%b%04x\r\n" % (self._epoch_head, seq)
 
     # --- pipes and cluster routing ---------------------------------------------------------------
 
