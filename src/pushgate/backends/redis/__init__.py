@@ -16,7 +16,12 @@ Modules, one concern each:
 ``link``            PubSubLink: one pub/sub connection kept alive; LinkOptions
 ``links``           LinkPool: which link carries which topic, cluster slot routing, rebalancing
                     after MOVED/misrouted topics, aggregated link health
-``broker``          RedisBroker: the data path (publish pipeline, history, dispatch)
+``broker``          RedisBroker: the data path (publish, history, dispatch)
+``resp``            RESP request encoding without I/O; the pre-encoded publish EVALSHA per channel
+``wire``            a bare asyncio connection (TCP, TLS, Unix) and its AUTH/SELECT handshake
+``pipe``            PublishPipe: publications to one server, auto-pipelined, hiredis replies,
+                    deadlines, bound, reconnect with the shared backoff
+``publishing``      PublishPath: pipe per server / cluster primary, detours for moved slots
 ``presence``        RedisPresenceStore
 ``lease``           RedisLeaseStore
 ==================  ============================================================================

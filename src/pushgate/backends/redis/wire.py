@@ -11,6 +11,7 @@ the host and port or Unix path, the TLS context, the credentials and the databas
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
 
@@ -31,7 +32,10 @@ async def open_wire(desc: AbstractConnection, protocol: asyncio.Protocol, timeou
             ssl = desc.ssl_context.get() if isinstance(desc, SSLConnection) else None
             host = str(getattr(desc, "host", "localhost"))
             port = int(getattr(desc, "port", 6379))
-            await loop.create_connection(lambda: protocol, host, port, ssl=ssl)
+            transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # as redis-py's socket_keepalive: a dead peer is noticed eventually
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 def handshake(desc: AbstractConnection) -> list[tuple[str, bytes]]:
