@@ -165,3 +165,16 @@ test('offline drops the connection and waits; online reconnects at once and resu
   assert.deepEqual(got, ['while offline']);
   assert.ok(states.some(([s, reason]) => s === 'disconnected' && reason === 'offline'), JSON.stringify(states));
 });
+
+test('close() stops listening to the network, connect() listens again', () => {
+  const counts = { add: 0, remove: 0 };
+  const target = { addEventListener: () => { counts.add += 1; }, removeEventListener: () => { counts.remove += 1; } };
+  const client = new Client('ws://127.0.0.1:9/ws', { network: target, autoConnect: false });
+  assert.deepEqual(counts, { add: 2, remove: 0 }); // offline + online
+  client.close();
+  client.close();
+  assert.deepEqual(counts, { add: 2, remove: 2 });
+  client.connect();
+  assert.deepEqual(counts, { add: 4, remove: 2 });
+  client.close();
+});

@@ -343,28 +343,45 @@
         : typeof window !== 'undefined' && window && typeof window.addEventListener === 'function' ? window : null;
       if (!net) return;
       if (typeof navigator !== 'undefined' && navigator && navigator.onLine === false) this.online = false;
+      const listeners = { offline: () => this._onOffline(), online: () => this._onOnline() };
+      // removed by close() (a page that makes a client per login must not keep the old ones
+      // listening), added again by connect()
+      this._network = { target: net, listeners: listeners, on: false };
+      this._listenNetwork(true);
+    }
+
+    _listenNetwork(on) {
+      const n = this._network;
+      if (!n || n.on === on) return;
+      n.on = on;
+      for (const type of ['offline', 'online']) {
+        if (on) n.target.addEventListener(type, n.listeners[type]);
+        else if (typeof n.target.removeEventListener === 'function') n.target.removeEventListener(type, n.listeners[type]);
+      }
+    }
+
+    _onOffline() {
       // Browsers fire 'offline' when the network goes away; a socket may linger for minutes before
       // it notices, so drop it at once and wait for 'online' instead of burning backoff attempts.
-      net.addEventListener('offline', () => {
-        this.online = false;
-        if (this._closed) return;
-        const ws = this._ws;
-        if (ws) {
-          this._ws = null;
-          try { ws.close(4000, 'offline'); } catch (err) { /* still connecting */ }
-          this._onClose(1006, 'offline');
-        } else if (this._reconnectTimer) {
-          clearTimeout(this._reconnectTimer);
-          this._reconnectTimer = null;
-          this._setState(STATES.DISCONNECTED, { code: null, reason: 'offline', delay: null });
-        }
-      });
-      net.addEventListener('online', () => {
-        this.online = true;
-        if (this._closed || this._ws || this.state === STATES.CONNECTING) return;
-        this._attempts = 0; // the network is back: a fresh start, right now
-        this.connect();
-      });
+      this.online = false;
+      if (this._closed) return;
+      const ws = this._ws;
+      if (ws) {
+        this._ws = null;
+        try { ws.close(4000, 'offline'); } catch (err) { /* still connecting */ }
+        this._onClose(1006, 'offline');
+      } else if (this._reconnectTimer) {
+        clearTimeout(this._reconnectTimer);
+        this._reconnectTimer = null;
+        this._setState(STATES.DISCONNECTED, { code: null, reason: 'offline', delay: null });
+      }
+    }
+
+    _onOnline() {
+      this.online = true;
+      if (this._closed || this._ws || this.state === STATES.CONNECTING) return;
+      this._attempts = 0; // the network is back: a fresh start, right now
+      this.connect();
     }
 
     // ----------------------------------------------------------------------------- events
@@ -412,6 +429,7 @@
     /** Open the connection (called by the constructor unless autoConnect is false). */
     async connect() {
       this._closed = false;
+      this._listenNetwork(true);
       if (this._ws || this.state === STATES.CONNECTING) return;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
@@ -528,6 +546,7 @@
       }
       // A bad token or a refused user will not get better by retrying: stop, and say why.
       this._closed = true;
+      this._listenNetwork(false);
       const err = new PushgateError(refusal.code, refusal.message);
       err.status = refusal.status;
       this._teardown(err);
@@ -543,6 +562,7 @@
       this._reconnectTimer = null;
       clearTimeout(this._reopenTimer);
       this._reopenTimer = null;
+      this._listenNetwork(false);
       this.transport = null;
       const ws = this._ws;
       this._teardown('closed', 'client closed');
@@ -583,6 +603,7 @@
       const why = 'connection closed (' + code + (reason ? ' ' + reason : '') + ')';
       this._teardown(code === 1009 ? 'message_too_big' : action === 'stop' ? 'closed' : 'disconnected', why);
       if (action === 'stop') {
+        this._listenNetwork(false);
         for (const sub of this._subs.values()) if (sub.ready.pending) sub.ready.reject(new PushgateError('closed', why));
         this._setState(STATES.CLOSED, { code: code, reason: reason });
         return;
