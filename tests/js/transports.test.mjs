@@ -178,3 +178,26 @@ test('close() stops listening to the network, connect() listens again', () => {
   assert.deepEqual(counts, { add: 4, remove: 2 });
   client.close();
 });
+
+test('on SSE the token\'s exp ends the stream with close 4005; a token function reconnects with a fresh one',
+  { skip: skipJwt }, async (t) => {
+    t.after(closeAll);
+    const channel = uid('exp');
+    const issued = [];
+    const token = () => { const tk = sign({ sub: 'alice', exp: Math.floor(Date.now() / 1000) + 2 }); issued.push(tk); return tk; };
+    const closes = [];
+    const client = new Client(JWT_BASE + '/ws', { token, WebSocket: BlockedWebSocket, minDelay: 50, maxDelay: 60000,
+      onStateChange: (state, info) => { if (state === 'disconnected') closes.push([info.code, info.reason]); } });
+    clients.push(client);
+    let welcomes = 0;
+    client.on('welcome', () => { welcomes += 1; });
+    const got = [];
+    await client.subscribe(channel, (m) => got.push(m.data));
+    assert.equal(client.transport, 'sse');
+    await waitFor(() => welcomes >= 2, 'a second welcome after exp', 8000);
+    assert.equal(closes[0][0], 4005, JSON.stringify(closes));
+    assert.match(closes[0][1], /expired/);
+    assert.ok(issued.length >= 2);
+    await publish(channel, 'after the new token', JWT_BASE);
+    await waitFor(() => got.length === 1, 'a publication on the new stream');
+  });
