@@ -296,6 +296,7 @@ function onState(state, info) {
   transport.hidden = !(client && client.transport);
   transport.textContent = client && client.transport ? client.transport : '';
   if (state === 'connected') {
+    pollOnline(); // the counts include us now
     banner(client && client.transport === 'sse' ? 'WebSockets are blocked on the way: receiving over SSE (sending is off).' : '', 'warn');
   } else if (state === 'disconnected') {
     const why = info.reason === 'offline' ? 'offline — waiting for the network'
