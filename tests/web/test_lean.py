@@ -347,3 +347,28 @@ async def test_tls_under_uvloop_serves_lean_ws_and_hands_https_to_aiohttp(
             assert (await ws.receive_json(timeout=timeout(5)))["user"] == "tls"
             await ws.send_json({"type": "ping", "id": 7})
             assert await ws.receive_json(timeout=timeout(5)) == {"type": "pong", "id": 7}
+
+
+async def test_a_ws_head_that_never_ends_is_cut_at_the_handshake_timeout(make_server: ServerFactory) -> None:
+    running = await make_server(handshake_timeout=0.5)
+    host, port = running.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    writer.write(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")  # and nothing more
+    while await asyncio.wait_for(reader.read(65536), timeout(5)):
+        pass
+    assert 0.4 <= time.monotonic() - started <= 0.5 + timeout(2)
+    writer.close()
+    assert not running.node.hub.connections
+
+
+async def test_a_ws_head_over_the_fast_path_limit_is_aiohttp_s_to_refuse(server: Running) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws?user=big HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nX-Big: {'b' * 20000}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(5))
+    assert b" 400 " in head.split(b"\r\n")[0]  # aiohttp's limit on one header line, as before the front
+    writer.close()
+    assert not server.node.hub.connections

@@ -343,6 +343,9 @@ class _Head(asyncio.Protocol):
             self._hand_over()  # not a GET: the HTTP API, aiohttp's
             return
         end = buffer.find(b"\r\n\r\n")
+        if end > HEAD_LIMIT:
+            self._hand_over()
+            return
         if end < 0:
             line_end = buffer.find(b"\r\n")
             if (len(buffer) > HEAD_LIMIT or b"\n\n" in buffer
