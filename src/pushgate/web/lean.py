@@ -451,7 +451,7 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
                     self._enqueue(event.data)
             elif kind is Ping:
                 assert isinstance(event, Ping)
-                if not self._transport.is_closing():
+                if not self.closed and not self._transport.is_closing():  # nothing after our close frame
                     self._transport.write(wsframe.pong_frame(event.payload))
             elif kind is Close:
                 self._peer_closed(wsframe.CLOSE_NORMAL, "")
@@ -548,6 +548,8 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
 
     def heartbeat(self, tick: int) -> None:
         """The sweep's visit (see the module docstring)."""
+        if self.closed:
+            return  # closing: the close timer bounds it
         if self._ping_tick:
             if self._seen >= self._ping_tick:
                 self._ping_tick = 0  # something came back after the ping
