@@ -83,13 +83,13 @@ async def test_websocket_blocked_the_page_falls_back_to_sse(browser: Any, pushga
     await expect(page.locator("#banner")).to_contain_text("SSE")
     await expect(page.locator("#composer-send")).to_be_disabled()  # receive only
     base = pushgate_server.url
-    api(base, "POST", "/api/publish", {"channel": "chat:lobby", "data": {"text": "over SSE", "user": "ops"}})
+    api(base, "POST", "/api/publish", {"channel": "lobby", "data": {"text": "over SSE", "user": "ops"}})
     await expect(message(page, "ops", "over SSE")).to_be_visible()
     # joining another room reopens the stream with both rooms
     await page.fill("#room-name", "second")
     await page.press("#room-name", "Enter")
     await expect(page.locator("#log")).to_contain_text("joined second")  # the stream reopened with it
-    api(base, "POST", "/api/publish", {"channel": "chat:second", "data": {"text": "also", "user": "ops"}})
+    api(base, "POST", "/api/publish", {"channel": "second", "data": {"text": "also", "user": "ops"}})
     await expect(message(page, "ops", "also")).to_be_visible()
     api(pushgate_server.url, "POST", "/api/send", {"users": ["erin"], "data": {"text": "a direct over SSE"}})
     await expect(page.locator("#dms li[data-conv='dm:server']")).to_be_visible()
@@ -104,7 +104,7 @@ async def test_offline_then_online(browser: Any, pushgate_server: Process) -> No
     await expect(page.locator("#state")).to_have_text("disconnected")
     await expect(page.locator("#composer-send")).to_be_disabled()
     api(pushgate_server.url, "POST", "/api/publish",
-        {"channel": "chat:lobby", "data": {"text": "while offline", "user": "ops"}})
+        {"channel": "lobby", "data": {"text": "while offline", "user": "ops"}})
     await browser.set_offline(False)
     await expect(page.locator("#state")).to_have_text("connected")
     await expect(message(page, "ops", "while offline")).to_be_visible()  # recovered on reconnect

@@ -127,7 +127,7 @@ async def test_killed_and_restarted_node_page_reconnects_and_recovers(
         page = await open_page(browser, node.url, "user=carol&room=news")
         await expect(page.locator("#state")).to_have_text("connected")
         await expect(page.locator("#rooms li[data-conv='room:news']")).to_be_visible()
-        api(other.url, "POST", "/api/publish", {"channel": "chat:news", "data": {"text": "before", "user": "ops"}})
+        api(other.url, "POST", "/api/publish", {"channel": "news", "data": {"text": "before", "user": "ops"}})
         await expect(message(page, "ops", "before")).to_be_visible()
 
         node.kill()
@@ -135,12 +135,12 @@ async def test_killed_and_restarted_node_page_reconnects_and_recovers(
         await expect(page.locator("#banner")).to_contain_text("Disconnected")
         await expect(page.locator("#composer-send")).to_be_disabled()  # nothing live while down
         for text in ("missed 1", "missed 2"):
-            api(other.url, "POST", "/api/publish", {"channel": "chat:news", "data": {"text": text, "user": "ops"}})
+            api(other.url, "POST", "/api/publish", {"channel": "news", "data": {"text": text, "user": "ops"}})
         spawn_node("--broker", redis.url, "--node-id", "n1", port=node.port)
 
         await expect(page.locator("#state")).to_have_text("connected", timeout=timeout(30) * 1000)
         await expect(message(page, "ops", "missed 2")).to_be_visible()
-        api(other.url, "POST", "/api/publish", {"channel": "chat:news", "data": {"text": "after", "user": "ops"}})
+        api(other.url, "POST", "/api/publish", {"channel": "news", "data": {"text": "after", "user": "ops"}})
         await expect(message(page, "ops", "after")).to_be_visible()
         texts = await page.locator("#messages li.msg .text").all_inner_texts()
         assert texts == ["before", "missed 1", "missed 2", "after"]  # in order, once each
@@ -162,7 +162,7 @@ async def test_disconnect_connect_keeps_rooms_and_a_kick_shows_its_reason(browse
     await expect(page.locator("#state")).to_have_text("closed")
     await expect(page.locator("#composer-send")).to_be_disabled()
     await expect(page.locator("#disconnect-btn")).to_be_disabled()
-    api(base, "POST", "/api/publish", {"channel": "chat:general", "data": {"text": "while away", "user": "ops"}})
+    api(base, "POST", "/api/publish", {"channel": "general", "data": {"text": "while away", "user": "ops"}})
     await page.click("#connect-btn")
     await expect(page.locator("#state")).to_have_text("connected")
     await expect(page.locator("#rooms li")).to_have_count(2)  # both rooms, subscribed again
@@ -171,13 +171,13 @@ async def test_disconnect_connect_keeps_rooms_and_a_kick_shows_its_reason(browse
 
     # the admin panel kicks dora: the page says so and stays closed
     await page.click("#tab-admin-btn")
-    await expect(page.locator("#channels tbody")).to_contain_text("chat:general")
+    await expect(page.locator("#channels tbody")).to_contain_text("general")
     await page.fill("#kick-user", "dora")
     await page.click("#kick-form button[type=submit]")
     await expect(page.locator("#banner")).to_contain_text("4500")
     await expect(page.locator("#banner")).to_contain_text("kicked by admin")
     await expect(page.locator("#state")).to_have_text("closed")
-    await page.fill("#history-channel", "chat:general")
+    await page.fill("#history-channel", "general")
     await page.click("#history-form button")
     await expect(page.locator("#history tbody")).to_contain_text("while away")
     await expect(page.locator("#rate-now")).to_contain_text("pub/s", timeout=timeout(10) * 1000)

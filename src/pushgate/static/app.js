@@ -1,6 +1,7 @@
 // pushgate's own page: a small chat (rooms, direct messages, presence) and an admin panel over the
 // HTTP API. An ES module that imports the client as an ES module too; no build step, no other
-// assets. Rooms are channels named 'chat:<room>'; a room message's data is {text, user}.
+// assets. A room is a channel of the same name; the page publishes {text, user} and shows any other
+// data as JSON (a backend's POST /api/publish to that channel appears too).
 import { Client, handshakeIsFatal } from '/static/pushgate.mjs';
 
 const $ = (id) => document.getElementById(id);
@@ -216,7 +217,7 @@ function refreshPresence() {
   const client = page.client;
   if (!c || c.kind !== 'room' || !connected() || client.transport !== 'websocket') { renderPresence(); return; }
   const key = page.current;
-  client.presence('chat:' + c.name).then((reply) => { if (page.current === key && page.client === client) page.presence = reply; renderPresence(); },
+  client.presence(c.name).then((reply) => { if (page.current === key && page.client === client) page.presence = reply; renderPresence(); },
     (err) => { if (page.current === key) page.presence = err.code || String(err); renderPresence(); });
 }
 
@@ -262,12 +263,12 @@ function connect() {
     log('broadcast', 'to everyone', m.data);
     banner('Broadcast: ' + textOf(m.data), 'info');
   });
-  client.on('join', (m) => { if (page.current === 'room:' + m.channel.slice(5)) refreshPresence(); });
-  client.on('leave', (m) => { if (page.current === 'room:' + m.channel.slice(5)) refreshPresence(); });
+  client.on('join', (m) => { if (page.current === 'room:' + m.channel) refreshPresence(); });
+  client.on('leave', (m) => { if (page.current === 'room:' + m.channel) refreshPresence(); });
   client.on('error', (m) => log('error', (m.code || 'error') + ': ' + (m.message || ''), m));
   client.on('subscribed', (s) => {
     if (s.resubscribe) log('info', 'resubscribed ' + s.channel + (s.recovered ? ' — recovered missed messages' : s.recovered === false ? ' — could NOT recover, gap possible' : ''));
-    if (page.current === 'room:' + s.channel.slice(5)) refreshPresence();
+    if (page.current === 'room:' + s.channel) refreshPresence();
   });
   for (const room of page.rooms) subscribeRoom(room);
   client.connect();
@@ -329,13 +330,16 @@ function onState(state, info) {
 function subscribeRoom(room) {
   const client = page.client;
   if (!client) return;
-  const channel = 'chat:' + room;
+  const channel = room;
   const since = page.positions[channel];
   client.subscribe(channel, (m) => {
-    const data = m.data && typeof m.data === 'object' ? m.data : { text: textOf(m.data) };
-    const from = typeof data.user === 'string' ? data.user : 'anonymous';
+    const data = m.data && typeof m.data === 'object' && !Array.isArray(m.data) ? m.data : { text: textOf(m.data) };
+    // the name the publisher wrote in data.user (the server stamps senders of directs only);
+    // a backend's publication usually has none
+    const from = typeof data.user === 'string' ? data.user : data.user === null ? 'anonymous' : '(no name)';
     page.positions[channel] = { epoch: m.epoch, offset: m.offset };
-    addMessage('room:' + room, { from, text: textOf(data), time: new Date(), own: from === page.user, offset: m.offset });
+    addMessage('room:' + room, { from, text: textOf(data), time: new Date(), own: !!page.user && from === page.user,
+      offset: m.offset });
     scheduleSave();
   }, since ? { since } : undefined).then((reply) => {
     log('info', 'joined ' + room + ' at offset ' + reply.offset + (since ? (reply.recovered ? ' (recovered)' : reply.recovered === false ? ' (gap: not recovered)' : '') : ''));
@@ -352,8 +356,8 @@ function subscribeRoom(room) {
  *  came), so that the next Connect subscribes with `since` and gets what was missed meanwhile. */
 function keepPositions(client) {
   for (const room of page.rooms) {
-    const pos = client.position('chat:' + room);
-    if (pos) page.positions['chat:' + room] = pos;
+    const pos = client.position(room);
+    if (pos) page.positions[room] = pos;
   }
   save();
 }
@@ -364,7 +368,7 @@ function scheduleSave() {
 }
 
 function joinRoom(room) {
-  if (!NAME.test('chat:' + room)) { banner('Invalid room name', 'bad'); return; }
+  if (!NAME.test(room)) { banner('Invalid room name: 1–255 characters of A-Z a-z 0-9 _ - : . @ / = + # $', 'bad'); return; }
   if (page.rooms.indexOf(room) < 0) {
     page.rooms.push(room);
     save();
@@ -375,9 +379,9 @@ function joinRoom(room) {
 
 function leaveRoom(room) {
   page.rooms = page.rooms.filter((r) => r !== room);
-  delete page.positions['chat:' + room];
+  delete page.positions[room];
   save();
-  if (page.client) page.client.unsubscribe('chat:' + room).catch(() => {});
+  if (page.client) page.client.unsubscribe(room).catch(() => {});
   page.convs.delete('room:' + room);
   if (page.current === 'room:' + room) {
     page.current = null;
@@ -397,7 +401,7 @@ function sendMessage() {
   const client = page.client;
   if (c.kind === 'room') {
     // the message comes back through the subscription, with its offset
-    client.publish('chat:' + c.name, { text, user: page.user || null }).then(() => { box.value = ''; },
+    client.publish(c.name, { text, user: page.user || null }).then(() => { box.value = ''; },
       (err) => banner('Not sent: ' + err.code + ' — ' + err.message, 'bad'));
   } else {
     client.send([c.name], { text }).then(() => {
