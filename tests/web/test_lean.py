@@ -372,3 +372,25 @@ async def test_a_ws_head_over_the_fast_path_limit_is_aiohttp_s_to_refuse(server:
     assert b" 400 " in head.split(b"\r\n")[0]  # aiohttp's limit on one header line, as before the front
     writer.close()
     assert not server.node.hub.connections
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(server: Running) -> None:
+    """No reference cycle is left behind: a node under connection churn has nothing for a full
+    collection to find (pushgate.gcprobe reclaims by the cyclic garbage closed connections leave)."""
+    import gc
+    import weakref
+
+    clients = [await server.client(f"user=u{i}") for i in range(5)]
+    for i, c in enumerate(clients):
+        await c.ok({"type": "subscribe", "channel": f"c{i % 2}"})
+    refs = [weakref.ref(conn) for conn in lean_conns(server)]
+    assert len(refs) == 5
+    gc.disable()
+    try:
+        for c in clients:
+            await c.close()
+        server.clients.clear()
+        await wait_for(lambda: not server.node.hub.connections, what="all unregistered")
+        await wait_for(lambda: all(r() is None for r in refs), what="connections freed by reference counting")
+    finally:
+        gc.enable()

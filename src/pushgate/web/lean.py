@@ -520,6 +520,10 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
         if self.registered:
             self.registered = False
             await self._front.node.unregister(self)
+        # NodeMetrics.opened wrapped ``close`` on this instance, and the wrapper holds the bound
+        # method: a cycle. Unregistered, the metrics are done with it; without the cycle the
+        # connection is freed by its reference count, and leaves no garbage for a full collection.
+        self.__dict__.pop("close", None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
