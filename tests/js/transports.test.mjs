@@ -201,3 +201,46 @@ test('on SSE the token\'s exp ends the stream with close 4005; a token function 
     await publish(channel, 'after the new token', JWT_BASE);
     await waitFor(() => got.length === 1, 'a publication on the new stream');
   });
+
+test('the SSE reader: events split anywhere across chunks, CRLF, comments, close event, refusal body', async (t) => {
+  t.after(closeAll);
+  const enc = new TextEncoder();
+  const stream = ['data: {"type":"welcome","client":"c1","user":"u","node":"n1"}\r\n\r',
+    '\n: ping\n\nid: e1:1\nda', 'ta: {"type":"message","channel":"a","data":"x\\ny","offset":1,"epoch":"e1"}\n\n',
+    'event: close\ndata: {"code": 4500, "reason": "kicked by admin"}\n\n'];
+  const fakeFetch = async (url) => {
+    fakeFetch.urls.push(url);
+    if (fakeFetch.urls.length > 1) {
+      return new Response(JSON.stringify({ error: { code: 'banned', message: 'go away' } }),
+        { status: 403, headers: { 'content-type': 'application/json' } });
+    }
+    return new Response(new ReadableStream({
+      async pull(controller) {
+        const next = stream.shift();
+        if (next === undefined) { controller.close(); return; }
+        await sleep(5);
+        controller.enqueue(enc.encode(next));
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  };
+  fakeFetch.urls = [];
+  const infos = [];
+  const client = new Client('http://scripted.invalid/ws', { user: 'u', transports: ['sse'], fetch: fakeFetch,
+    onStateChange: (state, info) => infos.push([state, info.code, info.reason]) });
+  clients.push(client);
+  const got = [];
+  client.subscribe('a', (m) => got.push(m.data));
+  await waitFor(() => client.state === 'closed', 'closed by the close event');
+  assert.deepEqual(got, ['x\ny']);
+  assert.deepEqual(infos[infos.length - 1], ['closed', 4500, 'kicked by admin']);
+  const url = new URL(fakeFetch.urls[0]);
+  assert.equal(url.pathname, '/sse');
+  assert.deepEqual(url.searchParams.getAll('channel'), ['a']);
+  assert.equal(url.searchParams.get('user'), 'u');
+
+  // a refusal's JSON body: status, the server's code and message
+  const refused = new Client('http://scripted.invalid/ws', { user: 'u', transports: ['sse'], fetch: fakeFetch });
+  clients.push(refused);
+  await waitFor(() => refused.state === 'closed', 'refused');
+  assert.deepEqual(refused.lastClose, { code: null, reason: 'go away', status: 403, error: 'banned' });
+});

@@ -441,7 +441,9 @@
       const gen = ++this._gen;
       let token = this.options.token;
       try {
-        if (typeof token === 'function') token = await token();
+        // always a turn of the event loop's microtasks, also for a fixed token: subscriptions made
+        // right after `new Client(...)` then go into an SSE stream's URL at once
+        token = typeof token === 'function' ? await token() : await token;
       } catch (err) {
         this._emit('error', { type: 'error', code: 'token', message: String(err) });
         this._scheduleReconnect(4000, 'token provider failed');
