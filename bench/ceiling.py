@@ -3,7 +3,7 @@
 
 steady.py and scale.py trust bench/lib/cload.c to read faster than any server writes. This checks
 it: N clients of one server, M broadcasts as fast as the server takes them (``--window`` POSTs in
-flight over ``--pub-conns`` keep-alive connections, like fanout.py's 16), the clock from the first
+flight, default 64, over ``--pub-conns`` (16) keep-alive connections), the clock from the first
 POST to the last client's M-th frame. For each (target, N) it reports deliveries/s, server and
 client CPU %, frames per read and the client's CPU µs per frame, and from that the client's
 **ceiling**: frames/s it could read with a whole core at the batching it saw (1e6 / µs per
@@ -127,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clients", default="1000,5000")
     ap.add_argument("--deliveries", type=int, default=2_000_000, help="N x M per measurement")
     ap.add_argument("--messages", type=int, default=None, help="M (default --deliveries / N)")
-    ap.add_argument("--window", type=int, default=16, help="POSTs in flight")
+    ap.add_argument("--window", type=int, default=64,
+                    help="POSTs in flight (default 64: with fanout.py's 16 neither uws nor pushgate saturated its "
+                    "core -- the servers waited for the next request)")
     ap.add_argument("--pub-conns", type=int, default=16,
                     help="keep-alive connections the POSTs are spread over (one connection serialises them)")
     ap.add_argument("--runs", type=int, default=3)

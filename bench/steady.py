@@ -406,7 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     f"--quick {QUICK_LADDER!r})")
     ap.add_argument("--clients", default=None, help="only these N of the ladder (comma-separated)")
     ap.add_argument("--runs", type=int, default=None, help="runs per (target, N) (default 3, --quick 1)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="seconds per level (default 4)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per level (default 3)")
     ap.add_argument("--min-messages", type=int, default=50, help="at least this many messages per level")
     ap.add_argument("--p99-limit", type=float, default=50.0, help="a level passes with p99 at most this (ms)")
     ap.add_argument("--keep-going", action="store_true", help="run every rate even after failing levels")
