@@ -3,7 +3,7 @@
 
 steady.py and scale.py trust bench/lib/cload.c to read faster than any server writes. This checks
 it: N clients of one server, M broadcasts as fast as the server takes them (``--window`` POSTs in
-flight, default 64, over ``--pub-conns`` (16) keep-alive connections), the clock from the first
+flight, default 16 as in fanout.py, over as many keep-alive connections), the clock from the first
 POST to the last client's M-th frame. For each (target, N) it reports deliveries/s, server and
 client CPU %, frames per read and the client's CPU µs per frame, and from that the client's
 **ceiling**: frames/s it could read with a whole core at the batching it saw (1e6 / µs per
@@ -80,6 +80,7 @@ async def measure(target: Target, n: int, m: int, args: argparse.Namespace, logd
                 client_ceiling_per_s=round(1e6 / us) if us else None,
                 server_cpu_other_pct=round(100 * (cores.seconds(args.server_cpu, 0) - srv) / el, 1),
                 server_cpu_steal_pct=round(100 * cores.seconds(args.server_cpu, 2) / el, 1))
+            res["noise_pct"] = max(0.0, round(res["server_cpu_other_pct"] + res["server_cpu_steal_pct"], 1))
             res["ok"] = True
         except Exception as e:
             res["ok"] = False
@@ -102,13 +103,13 @@ def render(results: list[dict[str, Any]], targets: list[str], clients: list[int]
            started: str, notes: list[str]) -> str:
     out = [f"## C load client ceiling ({started})", "",
            "| N | target | deliveries/s (min-max) | server CPU % | client CPU % | frames per read "
-           "| client µs per frame | client ceiling, frames/s per core | ceiling / delivered | runs |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| client µs per frame | client ceiling, frames/s per core | ceiling / delivered | noise % | runs |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in clients:
         for t in targets:
             rs = [r for r in results if r["target"] == t and r["clients"] == n and r.get("ok")]
             if not rs:
-                out.append(f"| {n} | {t} | failed | | | | | | | 0/{args.runs} |")
+                out.append(f"| {n} | {t} | failed | | | | | | | | 0/{args.runs} |")
                 continue
             d, c = report.med(rs, "deliveries_per_s"), report.med(rs, "client_ceiling_per_s")
             out.append(f"| {n:,} | {t} | {_f(d, ',.0f')}{report.spread([r['deliveries_per_s'] for r in rs])} "
@@ -116,7 +117,8 @@ def render(results: list[dict[str, Any]], targets: list[str], clients: list[int]
                        f"| {_f(report.med(rs, 'client_cpu_pct'), '.0f')} "
                        f"| {_f(report.med(rs, 'frames_per_read'), '.1f')} "
                        f"| {_f(report.med(rs, 'client_us_per_frame'), '.3f')} | {_f(c, ',.0f')} "
-                       f"| {_f(c / d if c and d else None, '.1f')}x | {len(rs)}/{args.runs} |")
+                       f"| {_f(c / d if c and d else None, '.1f')}x | {_f(report.med(rs, 'noise_pct'), '.0f')} "
+                       f"| {len(rs)}/{args.runs} |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
 
 
@@ -127,11 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clients", default="1000,5000")
     ap.add_argument("--deliveries", type=int, default=2_000_000, help="N x M per measurement")
     ap.add_argument("--messages", type=int, default=None, help="M (default --deliveries / N)")
-    ap.add_argument("--window", type=int, default=64,
-                    help="POSTs in flight (default 64: with fanout.py's 16 neither uws nor pushgate saturated its "
-                    "core -- the servers waited for the next request)")
+    ap.add_argument("--window", type=int, default=16, help="POSTs in flight (default 16, as fanout.py)")
     ap.add_argument("--pub-conns", type=int, default=16,
-                    help="keep-alive connections the POSTs are spread over (one connection serialises them)")
+                    help="keep-alive connections the POSTs are spread over (default 16: one request in flight "
+                    "per connection; pipelined POSTs are answered in order)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pushgate-src", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--quiet-wait", type=float, default=60.0)
@@ -171,6 +172,8 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
              f"over {args.pub_conns} keep-alive connections; clock from the first POST to the last frame.",
              "client ceiling = 1e6 / client CPU µs per frame: what the C client would read with its whole core at "
              "the batching (frames per read) it saw; ceiling / delivered > 1 means the client had headroom.",
+             "noise % = other processes + steal on the server's core (server CPU % well below 100 with noise "
+             "means the server was preempted, not idle).",
              "versions: " + "; ".join(versions.values()) + "."]
     text = render(results, targets, args.clients_list, args, started, notes)
     print(text)

@@ -7,7 +7,7 @@ garbage-collection pause shows up directly as tail latency. For every target and
 
 * a fresh server (pinned to ``--server-cpu``), N clients of the C load client (bench/lib/cload.c,
   pinned to ``--client-cpu``) and its publisher on the same core: ``POST /api/broadcast`` over
-  keep-alive HTTP/1.1 connections (``--pub-conns``, default 8, round-robin), pipelined, paced at
+  keep-alive HTTP/1.1 connections (``--pub-conns``, 16; each request to the least busy), paced at
   R requests/s (timer ticks, catch-up), each body stamped ``"t": CLOCK_REALTIME ns``;
 * for each rate R of the ladder (ascending): R x ``--seconds`` messages; latency = the kernel's
   receive timestamp in the client's socket - the stamp, for every (message, client), so the client's
@@ -356,8 +356,9 @@ def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[s
         "highest passing level; the ladder stops at an overloaded level (loss, delivered < 80 % of offered, "
         f"p99 > 1 s) or after {args.stop_after_fails} failing levels in a row"
         + (" (--keep-going: it did not)" if args.keep_going else "") + ".",
-        f"publisher: POST /api/broadcast over {args.pub_conns} keep-alive HTTP/1.1 connection(s), pipelined, "
-        "paced by a timer with catch-up, in the C load client (bench/lib/cload.c); publisher lag = its worst "
+        f"publisher: POST /api/broadcast over {args.pub_conns} keep-alive HTTP/1.1 connections (each request to "
+        "the one with the fewest in flight, pipelined only when all are busy), paced by a timer with catch-up, "
+        "in the C load client (bench/lib/cload.c); publisher lag = its worst "
         "lateness against the schedule (large lag = the trigger, not the server, was late).",
         f"server pinned to CPU {args.server_cpu}; the C client (N sockets + publisher) to CPU {args.client_cpu}. "
         "CPU % = CPU time / level wall time (100 = one core). ‡ = client CPU ≥ 90 %: may be client-bound.",
@@ -420,10 +421,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="another pushgate build as target NAME (a repo, its src/, or git:REV); repeatable")
     ap.add_argument("--quick", action="store_true", help=f"1 run, ladder {QUICK_LADDER!r}")
     ap.add_argument("--payload-bytes", type=int, default=100, help="approximate size of a message body")
-    ap.add_argument("--pub-conns", type=int, default=8,
-                    help="publisher HTTP connections, requests round-robin (default 8: over one connection an "
-                    "HTTP/1.1 server handles the pipelined requests one after another, which capped pushgate "
-                    "at ~130 broadcasts/s at N=1k -- the trigger, not the fan-out, would be measured)")
+    ap.add_argument("--pub-conns", type=int, default=16,
+                    help="publisher HTTP connections; each request goes to the one with the fewest in flight "
+                    "(default 16: over one connection an HTTP/1.1 server answers pipelined requests one after "
+                    "another -- pushgate ~130 broadcasts/s at N=1k, uWS slower still -- so the trigger, not the "
+                    "fan-out, would be measured)")
     ap.add_argument("--drain", type=float, default=10.0, help="max seconds after the last publish to wait")
     ap.add_argument("--stall", type=float, default=3.0, help="a level ends after this long without a frame")
     ap.add_argument("--pause", type=float, default=0.5, help="idle seconds between levels")

@@ -88,6 +88,7 @@ typedef struct {
     uint8_t *out;      /* bytes not yet written */
     size_t olen, ocap;
     char carry[16];    /* tail of the previous read, to find a status line split across reads */
+    uint64_t inflight; /* requests written, not yet answered */
     size_t clen;
 } Pub;
 
@@ -499,11 +500,19 @@ static void pub_connect(Pub *p, uint32_t i) {
     if (fd < 0) { perror("publisher connect"); exit(3); }
     p->fd = fd;
     p->olen = p->clen = 0;
+    p->inflight = 0;
     ep_set(EPOLL_CTL_ADD, fd, EPOLLIN, PUB_BIT | i);
 }
 
 static void pub_send_one(uint64_t due_mono) {
+    /* The connection with the fewest requests in flight (round-robin among equals): pipelining is
+     * avoided while a connection is free -- some servers (uWS) answer pipelined POSTs slowly, and
+     * any server answers them in order, so one slow request would hold up the next. */
     uint32_t i = p_rr++ % (uint32_t)opt_pub_conns;
+    for (uint32_t k = 1; k < (uint32_t)opt_pub_conns && pubs[i].inflight; k++) {
+        uint32_t j = (i + k) % (uint32_t)opt_pub_conns;
+        if (pubs[j].inflight < pubs[i].inflight) i = j;
+    }
     Pub *p = &pubs[i];
     if (p->fd < 0) pub_connect(p, i); /* the server closed an idle keep-alive connection (Node: after 5 s) */
     char body[65536 + 128], head[512];
@@ -529,6 +538,7 @@ static void pub_send_one(uint64_t due_mono) {
     memcpy(p->out + p->olen, head, (size_t)hl);
     memcpy(p->out + p->olen + hl, body, (size_t)bl);
     p->olen = need;
+    p->inflight++;
     p_sent++;
     if (due_mono) {
         uint64_t m = mono();
@@ -559,7 +569,8 @@ static void pub_readable(Pub *p) {
         close(p->fd);
         p->fd = -1;
         p->olen = 0;
-        if (p_active) p_err += p_sent - p_ok - p_err; /* what was in flight is lost (idle closes have none) */
+        p_err += p->inflight; /* what was in flight on it is lost (idle closes have none) */
+        p->inflight = 0;
         return;
     }
     /* Count status lines: "HTTP/1.1 2.." (bodies here never contain that text). */
@@ -574,6 +585,7 @@ static void pub_readable(Pub *p) {
         size_t hp = (size_t)(h - scan);
         if (hp + 12 > n) { keep_from = hp; break; } /* "HTTP/1.1 200" split across reads */
         if (h[9] == '2') p_ok++; else p_err++;
+        if (p->inflight) p->inflight--;
         pos = hp + 12;
     }
     p->clen = n - keep_from;
