@@ -285,7 +285,8 @@ def gc_cell(row: dict[str, Any]) -> str:
 def render(summary: dict[str, Any], targets: list[str], ladders: dict[int, list[int]], args: argparse.Namespace,
            started: str, notes: list[str]) -> str:
     levels, best, ratios = summary["levels"], summary["best"], summary["ratios"]
-    peers = [p for p in ("node-ws", "uws") if p in targets]
+    peers = [p for p in ("node-ws", "uws", getattr(args, "baseline", None)) if p and p in targets]
+    peers = list(dict.fromkeys(peers))
     out = [f"## pushgate steady-stream latency ({started})", ""]
     # 1. highest rate passing
     hdr = (f"| N | target | highest rate with p99 ≤ {args.p99_limit:g} ms, no loss: msgs/s (deliveries/s) "
@@ -419,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and the --pushgate-src names")
     ap.add_argument("--pushgate-src", action="append", default=[], metavar="NAME=PATH",
                     help="another pushgate build as target NAME (a repo, its src/, or git:REV); repeatable")
+    ap.add_argument("--baseline", default=None,
+                    help="one more ratio column against this target (e.g. the older build of --pushgate-src)")
     ap.add_argument("--quick", action="store_true", help=f"1 run, ladder {QUICK_LADDER!r}")
     ap.add_argument("--payload-bytes", type=int, default=100, help="approximate size of a message body")
     ap.add_argument("--pub-conns", type=int, default=16,
