@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="limit subscriptions to these channel patterns (repeatable; `channels` claim)")
     tok.add_argument("--config", metavar="FILE", default=None, help="TOML config file (env PUSHGATE_CONFIG)")
     tok.add_argument("--jwt-secret", default=None, help="HS256 secret (env PUSHGATE_JWT_SECRET)")
+
+    from . import nginx
+
+    nginx.add_parser(sub)
     return parser
 
 
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "publish": _publish, "listen": _listen, "history": _history, "presence": _presence,
         "online": _online, "config": _config, "token": _token,
+        "nginx-config": lambda a: _nginx_config(a, argv),
     }
     who = "pushgate" if args.command == "serve" else f"pushgate {args.command}"
     try:
@@ -381,6 +386,24 @@ def _config(args: argparse.Namespace) -> int:
     for key in ("namespaces", "schedule"):
         if loaded.sources[key] != "default":
             print(f"{key:<{width}} = ({len(getattr(loaded.config, key))} in {loaded.sources[key]})")
+    return 0
+
+
+def _nginx_config(args: argparse.Namespace, argv: list[str]) -> int:
+    from .nginx import NginxOptionError, command_line, options_from_args, render
+
+    try:
+        text = render(options_from_args(args), command=command_line(argv))
+    except NginxOptionError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise RequestFailed(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     return 0
 
 

@@ -8,19 +8,25 @@ skipped when that binary cannot run on this machine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+from pushgate.nginx import NginxOptions, options_from_args, standalone
+from pushgate.nginx import add_parser as add_nginx_parser
+from pushgate.nginx import render as render_nginx
 
 from ..conftest import Running, ServerFactory
 from ..helpers import WsClient, free_port, timeout, wait_for
@@ -100,6 +106,9 @@ def test_the_public_server_does_not_proxy_the_api_or_the_metrics() -> None:
     public = [s for s in servers if not is_internal(s)]
     assert public and len(public) < len(servers), "a public and an internal server block"
     for server in public:
+        if not server.all("location"):  # the port-80 server of the TLS example only redirects
+            assert any(args[0] == "308" for args in server.values("return"))
+            continue
         for path in PRIVATE_PATHS:
             assert refuses(chosen_location(server, path)), path
         for path in ("/ws", "/sse", "/pushgate.js", "/healthz"):
@@ -113,7 +122,7 @@ def test_the_public_server_does_not_proxy_the_api_or_the_metrics() -> None:
 def test_websocket_and_sse_proxying_is_kept() -> None:
     root = parse(CONF.read_text())
     assert any(m.args[0] == "$http_upgrade" for m in root.all("map"))
-    for server in (s for s in root.all("server") if not is_internal(s)):
+    for server in (s for s in root.all("server") if not is_internal(s) and s.all("location")):
         ws = chosen_location(server, "/ws")
         assert ws is not None
         headers = {args[0].lower(): args[1] for args in ws.values("proxy_set_header")}
@@ -149,15 +158,21 @@ class Nginx:
 
 
 def render(conf: str, pushgate_port: int, public: int, internal: int, tmp: Path) -> str:
-    """The shipped file with this test's ports, inside a main context that runs in the foreground."""
-    conf = re.sub(r"(upstream pushgate \{)(.*?)(\n\s*keepalive)",
-                  lambda m: f"{m.group(1)}\n    server 127.0.0.1:{pushgate_port};{m.group(3)}", conf, flags=re.S)
-    conf = conf.replace("listen 80;", f"listen 127.0.0.1:{public};")
-    conf = conf.replace("listen 127.0.0.1:8081;", f"listen 127.0.0.1:{internal};")
-    assert f"127.0.0.1:{public}" in conf and f"127.0.0.1:{internal}" in conf, "the listen lines moved"
-    temp = "\n".join(f"{d}_temp_path {tmp / d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"daemon off;\nmaster_process off;\nerror_log {tmp / 'error.log'} warn;\npid {tmp / 'nginx.pid'};\n"
-            f"events {{ worker_connections 256; }}\nhttp {{\naccess_log off;\n{temp}\n{conf}\n}}\n")
+    """The shipped file's generator command with this test's node and ports, minus TLS (the shipped
+    file is that command's output: tests/ha/test_nginx_front.py), in a main context that runs in
+    the foreground."""
+    m = re.search(r"^#   pushgate nginx-config (.*)$", conf, re.M)
+    assert m, "deploy/nginx.conf names the command that wrote it"
+    args = nginx_options(shlex.split(m.group(1)))
+    opts = replace(args, upstreams=[f"127.0.0.1:{pushgate_port}"], listen=f"127.0.0.1:{public}",
+                   internal_listen=f"127.0.0.1:{internal}", tls_cert=None, tls_key=None)
+    return standalone(render_nginx(opts), tmp, worker_connections=256)
+
+
+def nginx_options(argv: list[str]) -> NginxOptions:
+    parser = argparse.ArgumentParser()
+    add_nginx_parser(parser.add_subparsers(dest="command"))
+    return options_from_args(parser.parse_args(["nginx-config", *argv]))
 
 
 @pytest.fixture
@@ -265,8 +280,9 @@ async def test_through_real_nginx_the_api_is_refused_and_ws_and_sse_work(
 
 
 def test_render_keeps_every_directive(tmp_path: Path) -> None:
-    """The rendered file is the shipped one with ports changed, nothing dropped."""
+    """The rendered file is the shipped one with ports changed and TLS off, nothing else dropped."""
     shipped = parse(CONF.read_text())
     rendered = parse(render(CONF.read_text(), 1, 2, 3, tmp_path)).all("http")[0]
-    names = lambda b: sorted(c.name for s in b.all("server") for c in s.children)  # noqa: E731
+    names = lambda b: sorted(c.name for s in b.all("server") if s.all("location")  # noqa: E731
+                             for c in s.children if not c.name.startswith("ssl_"))
     assert names(shipped) == names(rendered)
