@@ -117,11 +117,13 @@ async def test_gc_freeze_off_freezes_nothing(spawn_node: Callable[..., Process])
 
 
 class Recorder(Connection):
-    """A connection that records, like WsConnection, what one flush writes."""
+    """A connection that records, like WsConnection, what one flush writes; a flush can be made
+    to take ``cost`` seconds, as writing to many sockets does."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, cost: float = 0.0) -> None:
         super().__init__("c1", None)
         self.hub = hub
+        self.cost = cost
         self.pending: list[bytes] = []
         self.writes: list[tuple[float, list[bytes]]] = []
 
@@ -133,6 +135,8 @@ class Recorder(Connection):
     def flush(self) -> None:
         self.writes.append((time.monotonic(), self.pending))
         self.pending = []
+        if self.cost:
+            time.sleep(self.cost)  # the stand-in for the write system calls of a large fan-out
 
     def close(self, code: int, reason: str) -> None:
         self.closed = True
@@ -146,30 +150,42 @@ async def publish_spread(hub: Hub, conn: Recorder, n: int, gap: float) -> float:
     return started
 
 
-async def test_flush_window_batches_frames_queued_within_it_into_one_write() -> None:
+async def test_flush_window_holds_frames_after_a_flush_and_sends_them_in_one_write() -> None:
     hub = Hub(flush_window=0.05)
     conn = Recorder(hub)
-    started = await publish_spread(hub, conn, 3, 0.005)  # 3 frames within 15 ms < 50 ms
-    await wait_until(lambda: bool(conn.writes), 2, "the flush")
-    at, frames = conn.writes[0]
-    assert len(conn.writes) == 1 and len(frames) == 3
-    assert at - started >= 0.045  # the first frame waited for the window
+    await publish_spread(hub, conn, 3, 0.005)  # 3 frames within 15 ms < 50 ms
+    await wait_until(lambda: len(conn.writes) == 2, 2, "two flushes")
+    (first, frames1), (second, frames2) = conn.writes
+    assert len(frames1) == 1  # after a quiet period the first frame leaves at once: no added latency
+    assert len(frames2) == 2  # the next two were held for the window and left in one write
+    assert second - first >= 0.045
 
 
-async def test_without_a_window_every_loop_iteration_flushes() -> None:
-    hub = Hub()
-    conn = Recorder(hub)
+async def test_pacing_holds_the_next_flush_as_long_as_the_last_took() -> None:
+    hub = Hub(flush_pacing=1.0)
+    conn = Recorder(hub, cost=0.03)  # every flush takes 30 ms
+    await publish_spread(hub, conn, 4, 0.004)
+    await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 4, 2, "all four frames")
+    sizes = [len(frames) for _, frames in conn.writes]
+    assert sizes[0] == 1 and len(sizes) == 2  # frames 2-4 waited out the 30 ms hold together
+    assert conn.writes[1][0] - conn.writes[0][0] >= 0.055  # 30 ms flush + 30 ms hold (timer ms granularity)
+
+
+async def test_without_a_window_or_pacing_every_loop_iteration_flushes() -> None:
+    hub = Hub(flush_pacing=0.0)
+    conn = Recorder(hub, cost=0.002)
     await publish_spread(hub, conn, 3, 0.005)
     await wait_until(lambda: len(conn.writes) == 3, 2, "three flushes")
     assert [len(frames) for _, frames in conn.writes] == [1, 1, 1]
 
 
-async def test_flush_window_is_bounded_by_config() -> None:
+async def test_flush_settings_are_bounded_by_config() -> None:
     import pytest
 
     from pushgate.config import ConfigError, load_config
 
     assert load_config(env={}, cli={"flush_window": 0.002}).flush_window == 0.002
-    with pytest.raises(ConfigError) as info:
-        load_config(env={}, cli={"flush_window": 1.0})
-    assert info.value.key == "flush_window"
+    for key, value in (("flush_window", 1.0), ("flush_pacing", 100.0), ("flush_pacing", -1.0)):
+        with pytest.raises(ConfigError) as info:
+            load_config(env={}, cli={key: value})
+        assert info.value.key == key

@@ -166,7 +166,10 @@ class Config:
 
     # -- performance (docs/performance.md) --
     flush_window: float = _opt(
-        0.0, "seconds frames for one socket may wait so they leave in one write (0 = end of the loop iteration)"
+        0.0, "seconds a flush is held after the last one so frames for a socket leave in one write (0 = none)"
+    )
+    flush_pacing: float = _opt(
+        1.0, "a flush is held after the last one this many times as long as the last one took (0 = no hold)"
     )
     gc_freeze: bool = _opt(True, "freeze long-lived objects out of full garbage collections (docs/performance.md)")
     gc_refreeze_connections: int = _opt(
@@ -207,6 +210,7 @@ class Config:
 
 _DEFAULT_NS = NamespaceConfig()
 MAX_FLUSH_WINDOW = 0.05  # seconds: a longer batching window would be a latency bug, not a tuning
+MAX_FLUSH_PACING = 10.0  # holds over 10x a flush's duration only add latency (the hold is capped anyway)
 SCALAR_FIELDS = [f for f in dataclasses.fields(Config) if not f.metadata.get("toml_only")]
 
 
@@ -497,7 +501,7 @@ def _validate(cfg: Config) -> None:
                 "drain_period", "max_connections", "max_connections_per_ip",
                 "max_connections_per_user", "rate_limit_close_after", "history_max_channels",
                 "history_max_bytes", "node_publish_rate", "client_command_rate", "client_publish_bytes_rate",
-                "stomp_heartbeat", "flush_window"):
+                "stomp_heartbeat", "flush_window", "flush_pacing"):
         if getattr(cfg, key) < 0:
             raise ConfigError(key, "must be >= 0")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
@@ -512,6 +516,8 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
+    if cfg.flush_pacing > MAX_FLUSH_PACING:
+        raise ConfigError("flush_pacing", f"must be <= {MAX_FLUSH_PACING}")
     if cfg.flush_window > MAX_FLUSH_WINDOW:
         raise ConfigError("flush_window", f"must be <= {MAX_FLUSH_WINDOW} (it delays every frame by up to that long)")
     _validate_stomp(cfg)

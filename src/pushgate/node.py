@@ -102,7 +102,7 @@ class Node:
         self.app = app or App()
         self.auth = Authenticator(config)
         self.authorizer = Authorizer(config, self.app)
-        self.hub = Hub(flush_window=config.flush_window)
+        self.hub = Hub(flush_window=config.flush_window, flush_pacing=config.flush_pacing)
         self.gc_policy = GcPolicy(enabled=config.gc_freeze, refreeze_connections=config.gc_refreeze_connections)
         self.draining = False
         self.started = False
