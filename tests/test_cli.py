@@ -21,7 +21,7 @@ from .conftest import Process
 from .helpers import timeout
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("serve", "publish", "listen", "history", "presence", "online", "config", "token", "nginx-config")
+COMMANDS = ("serve", "publish", "listen", "history", "presence", "online", "config", "token", "nginx-config", "cluster")
 
 
 def pushgate(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,

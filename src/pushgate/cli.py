@@ -119,9 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--config", metavar="FILE", default=None, help="TOML config file (env PUSHGATE_CONFIG)")
     tok.add_argument("--jwt-secret", default=None, help="HS256 secret (env PUSHGATE_JWT_SECRET)")
 
-    from . import nginx
+    from . import cluster_up, nginx
 
     nginx.add_parser(sub)
+    cluster_up.add_parser(sub)
     return parser
 
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "publish": _publish, "listen": _listen, "history": _history, "presence": _presence,
         "online": _online, "config": _config, "token": _token,
-        "nginx-config": lambda a: _nginx_config(a, argv),
+        "nginx-config": lambda a: _nginx_config(a, argv), "cluster": _cluster,
     }
     who = "pushgate" if args.command == "serve" else f"pushgate {args.command}"
     try:
@@ -405,6 +406,12 @@ def _nginx_config(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as exc:
         raise RequestFailed(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster_up import run
+
+    return run(args)
 
 
 def _shown(key: str, value: Any) -> Any:
