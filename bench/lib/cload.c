@@ -156,8 +156,15 @@ static void out(const char *fmt, ...) {
     fflush(stdout);
 }
 
+/* fail_reason goes into a JSON string: no quotes, backslashes or control characters. */
+static void clean_reason(void) {
+    for (char *q = fail_reason; *q; q++)
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20) *q = ' ';
+}
+
 static void fail_note(const char *what, int err) {
     if (!fail_reason[0]) snprintf(fail_reason, sizeof fail_reason, "%s: %s", what, strerror(err));
+    clean_reason();
 }
 
 /* ---- histogram ---- */
@@ -399,7 +406,10 @@ static void after_handshake(Conn *c, const uint8_t *p, size_t n, uint64_t rt) {
     }
     size_t hlen = (size_t)(end - p) + 4;
     if (n < 12 || memcmp(p, "HTTP/1.1 101", 12) != 0) {
-        if (!fail_reason[0]) snprintf(fail_reason, sizeof fail_reason, "handshake: %.60s", (const char *)p);
+        if (!fail_reason[0]) {
+            snprintf(fail_reason, sizeof fail_reason, "handshake: %.60s", (const char *)p);
+            clean_reason();
+        }
         n_failed++;
         conn_close(c, 0);
         return;

@@ -36,11 +36,19 @@ class CLoadError(RuntimeError):
     """cload could not be built, exited, or answered with an error."""
 
 
+_built: Path | None = None
+
+
 def build() -> Path:
-    """The path of a cload binary built from the current source (compiled on first use)."""
+    """The path of a cload binary built from the source as it was at this process's first call (compiled
+    on first use), so an edit to cload.c during a long session cannot change the client midway."""
+    global _built
+    if _built is not None:
+        return _built
     src = SOURCE.read_bytes()
     exe = CACHE / f"cload-{hashlib.sha256(src).hexdigest()[:12]}"
     if exe.exists():
+        _built = exe
         return exe
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
@@ -52,6 +60,7 @@ def build() -> Path:
     if r.returncode != 0:
         raise CLoadError(f"building cload failed:\n{r.stderr[-2000:]}")
     tmp.replace(exe)
+    _built = exe
     return exe
 
 
@@ -88,7 +97,10 @@ class CLoad:
             line = await self.proc.stdout.readline()
             if not line:
                 break
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # never expected; a bad line must not stop the replies that follow
+                continue
             fut = self._waiting.pop(int(msg.get("id", 0)), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
