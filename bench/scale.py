@@ -193,6 +193,9 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
                     row[f"{part}_gauge_ms"] = max(g) if g else None
             hb = [r for r in results if r["target"] == t and r["heartbeat"] and r.get("ok")]
             row["us_per_ping"] = report.med(hb, "server_us_per_ping")
+            hb_gc = [r["gc_run"].get("max_since_start_ms") or r["gc_run"].get("longest_ms_le") for r in hb
+                     if r.get("gc_run")]
+            row["heartbeat_gc_ms_worst"] = max((x for x in hb_gc if x is not None), default=None)
             rows[f"{t}@{n}"] = row
     return rows
 
@@ -216,6 +219,7 @@ class Projection:
     heartbeat_cores: float | None
     accept_all_s: float | None
     broadcast_all_s: float | None
+    broadcast_cpu_s: float | None  # server CPU for one broadcast: the wall time on an idle core
 
 
 def project(row: dict[str, Any], n: int, ping_interval: float) -> Projection:
@@ -227,6 +231,8 @@ def project(row: dict[str, Any], n: int, ping_interval: float) -> Projection:
         heartbeat_cores=None if us_ping is None else n / ping_interval * us_ping / 1e6,
         accept_all_s=None if us_conn is None else n * us_conn / 1e6,
         broadcast_all_s=None if bc is None else bc / 1000 * n / n0,
+        broadcast_cpu_s=(None if row.get("broadcast_server_us_per_delivery") is None
+                         else n * row["broadcast_server_us_per_delivery"] / 1e6),
     )
 
 
@@ -254,7 +260,7 @@ def render(summary: dict[str, Any], targets: list[str], clients: list[int], args
     out += ["", f"**Projection to one node** (linear in N from the costs at N={top:,}; one core; "
             f"heartbeats at the default {DEFAULT_PING_INTERVAL:g} s ping interval)", "",
             "| target | connections | memory GB | cores for heartbeats | one core accepts all in s "
-            "| one broadcast reaches all in s |",
+            "| one broadcast reaches all in s (server CPU s) |",
             "|---|---:|---:|---:|---:|---:|"]
     for t in targets:
         r = summary[f"{t}@{top}"]
@@ -263,14 +269,18 @@ def render(summary: dict[str, Any], targets: list[str], clients: list[int], args
         for n in (100_000, 1_000_000):
             p = project(r, n, DEFAULT_PING_INTERVAL)
             out.append(f"| {t} | {n:,} | {_f(p.memory_gb, '.2f')} | {_f(p.heartbeat_cores, '.3f')} "
-                       f"| {_f(p.accept_all_s, ',.1f')} | {_f(p.broadcast_all_s, ',.2f')} |")
+                       f"| {_f(p.accept_all_s, ',.1f')} | {_f(p.broadcast_all_s, ',.2f')} "
+                       f"({_f(p.broadcast_cpu_s, ',.2f')}) |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
 
 
 def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[str, Any],
               skipped: dict[str, str], summary: dict[str, Any], targets: list[str]) -> list[str]:
-    hb = [f"{t} {summary[f'{t}@{max(args.clients_list)}']['us_per_ping']:.1f} µs"
-          for t in targets if summary[f"{t}@{max(args.clients_list)}"].get("us_per_ping") is not None]
+    top = max(args.clients_list)
+    hb = [f"{t} {summary[f'{t}@{top}']['us_per_ping']:.1f} µs per ping"
+          + (f"; longest GC pause in that run {summary[f'{t}@{top}']['heartbeat_gc_ms_worst']:.1f} ms"
+             if summary[f"{t}@{top}"].get("heartbeat_gc_ms_worst") is not None else "")
+          for t in targets if summary[f"{t}@{top}"].get("us_per_ping") is not None]
     notes = [
         f"median of {args.runs} runs, a fresh server each; server on CPU {args.server_cpu}, the C client "
         f"(bench/lib/cload.c, all sockets) on CPU {args.client_cpu}; {args.connect_batch} handshakes in flight.",
@@ -285,11 +295,13 @@ def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[s
         "run (worst run); in parentheses pushgate_gc_pause_max_seconds when exported.",
         "heartbeat cost: a separate pushgate with --ping-interval 1 and N idle connections; CPU per ping = server "
         "CPU / pings the client answered in " + f"{args.heartbeat_seconds:g} s" + (
-            " (" + ", ".join(hb) + " per ping)" if hb else " (not measured)")
+            " (" + ", ".join(hb) + ")" if hb else " (not measured)")
         + "; projection: N / 25 s pings x that cost.",
         "projection: memory = RSS at N plus KB/conn x the extra connections; accept-all = N x µs/connect on one "
         "core (a reconnect storm); broadcast-to-all scales the measured time linearly (one core, no batching "
-        "gain assumed). Peers' heartbeats are not measured (node-ws sends none, uws pings on its own timer).",
+        "gain assumed), in parentheses N x server CPU per delivery (the time on a core of its own: on a busy "
+        "machine the wall time is longer). Peers' heartbeats are not measured (node-ws sends none, uws pings "
+        "on its own timer).",
         "versions: " + "; ".join(versions.values()) + (
             " (pushgate builds: " + "; ".join(f"{k} = {v.get('source')} sha256 {v.get('sha256_12')}" for k, v in
                                               builds.items()) + ")" if builds else "") + ".",
