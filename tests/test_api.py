@@ -174,3 +174,35 @@ async def test_metrics_report_garbage_collection_pauses(server: Running) -> None
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(lines['pushgate_gc_pause_seconds_count{generation="2"}']) >= 1
     assert server.node.metrics.gc.longest > 0
+
+
+async def test_info_tells_the_node_its_version_and_auth_mode(make_server: ServerFactory) -> None:
+    from pushgate import __version__
+
+    dev = await make_server()
+    await dev.client("user=alice")
+    status, body = await dev.api("GET", "/api/info")
+    assert status == 200
+    assert body["mode"] == "dev" and body["version"] == __version__ and body["broker"] == "memory"
+    assert body["node"] == dev.server.node.id and body["ready"] is True and body["draining"] is False
+    assert body["connections"] == 1 and body["users"] == 1
+    jwt = await make_server(jwt_secret="3q8Zk1vVb0Qm7XyP2sLr9TfGh4JwNc6D", api_key="k7Hs2Pq9Wm4Xz8Lc")
+    status, body = await jwt.api("GET", "/api/info", headers={"Authorization": "Bearer k7Hs2Pq9Wm4Xz8Lc"})
+    assert status == 200 and body["mode"] == "jwt"
+
+
+async def test_user_connections_count_them_and_list_this_nodes(server: Running) -> None:
+    a1 = await server.client("user=alice")
+    await server.client("user=alice")
+    await server.client("user=bob")
+    await a1.request({"type": "subscribe", "channel": "news"})
+    status, body = await server.api("GET", "/api/users/alice/connections")
+    assert status == 200 and body["user"] == "alice" and body["connections"] == 2
+    here = {c["id"]: c for c in body["here"]}
+    assert set(here) == {c.welcome["client"] for c in server.clients[:2]}
+    assert here[a1.welcome["client"]]["channels"] == ["news"]  # the user stream (!u:…) is not listed
+    assert all(c["transport"] == "websocket" and c["address"] == "127.0.0.1" for c in here.values())
+    status, body = await server.api("GET", "/api/users/nobody/connections")
+    assert status == 200 and body["connections"] == 0 and body["here"] == []
+    status, body = await server.api("GET", "/api/users/bad%20name/connections")
+    assert status == 400 and body["error"]["code"] == "bad_request"

@@ -169,9 +169,13 @@ async def test_disconnect_connect_keeps_rooms_and_a_kick_shows_its_reason(browse
     await expect(message(page, "ops", "while away")).to_be_visible()  # recovered with since
     await expect(page.locator("#composer-send")).to_be_enabled()
 
-    # the admin panel kicks dora: the page says so and stays closed
+    # the admin panel finds dora (GET /api/users/dora/connections), then kicks her: the page says so
     await page.click("#tab-admin-btn")
     await expect(page.locator("#channels tbody")).to_contain_text("general")
+    await page.fill("#where-user", "dora")
+    await page.press("#where-user", "Enter")
+    await expect(page.locator("#where-result")).to_contain_text("dora: 1 connection(s) cluster-wide")
+    await expect(page.locator("#where-result")).to_contain_text("websocket: general, ops")
     await page.fill("#kick-user", "dora")
     await page.click("#kick-form button[type=submit]")
     await expect(page.locator("#banner")).to_contain_text("4500")

@@ -423,9 +423,14 @@ function setMode(mode) {
   $('user').placeholder = mode === 'jwt' ? 'ignored in JWT mode (the token names you)' : 'alice (empty = anonymous)';
 }
 
-/** Dev or JWT mode, without connecting: an invalid ?user= is refused before anything is opened,
+/** Dev or JWT mode, without connecting: GET /api/info says it; where the API is closed to this
+ *  page (no key, not loopback), an invalid ?user= tells it: refused before anything is opened,
  *  with 400 in dev mode (the user id is checked) and 401 in JWT mode (a token is required first). */
 async function detectMode() {
+  try {
+    const info = await api('GET', '/api/info');
+    if (info.mode === 'dev' || info.mode === 'jwt') { setMode(info.mode); return; }
+  } catch (err) { /* the API needs a key here: ask the handshake instead */ }
   try {
     const res = await fetch('/sse?user=%20', { cache: 'no-store' });
     if (res.body) res.body.cancel().catch(() => {});
@@ -512,19 +517,23 @@ async function loadHistory() {
   } catch (err) { adminError(err); }
 }
 
-/** Which channels (of this node's list) a user is present in, cluster-wide. The API has no
- *  "connections of a user" call; presence per channel is what it offers. */
+/** Where a user is: their connections on every node (GET /api/users/{user}/connections), each one
+ *  this node holds with its transport and channels, and which of this node's channels list them. */
 async function whereIs() {
   const user = $('where-user').value.trim();
   const out = $('where-result');
   try {
+    const conns = await api('GET', '/api/users/' + encodeURIComponent(user) + '/connections');
     const { channels } = await api('GET', '/api/channels');
     const found = [];
     for (const ch of (channels || []).slice(0, 100)) {
       const p = await api('GET', '/api/presence/' + encodeURIComponent(ch.channel));
       if (p.users.indexOf(user) >= 0) found.push(ch.channel);
     }
-    out.textContent = found.length ? user + ' is in: ' + found.join(', ') : user + ' is in no channel this node knows of';
+    const here = conns.here.map((c) => c.id + ' (' + c.transport + (c.channels.length ? ': ' + c.channels.join(', ') : '') + ')');
+    out.textContent = user + ': ' + conns.connections + ' connection(s) cluster-wide'
+      + (here.length ? '; on ' + conns.node + ': ' + here.join('; ') : '')
+      + (found.length ? '; in ' + found.join(', ') : '; in no channel this node knows of');
     adminError(null);
   } catch (err) { adminError(err); }
 }

@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import __version__
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..names import valid_channel, valid_users
@@ -219,6 +220,8 @@ class Api:
             web.get("/history/{channel}", self.history),
             web.get("/channels", self.channels),
             web.get("/nodes", self.nodes),
+            web.get("/info", self.info),
+            web.get("/users/{user}/connections", self.user_connections),
             web.get("/openapi.json", self.openapi),
         ]
 
@@ -351,6 +354,39 @@ class Api:
 
     async def nodes(self, request: web.Request) -> web.Response:
         return _json({"nodes": await self.node.presence.nodes()})
+
+    async def info(self, request: web.Request) -> web.Response:
+        """What a dashboard or the page shows first: which node, which build, which mode."""
+        node = self.node
+        hub = node.hub
+        return _json({
+            "node": node.id,
+            "version": __version__,
+            "mode": "jwt" if node.config.jwt_enabled else "dev",
+            "broker": node.config.broker.split("://", 1)[0],
+            "ready": node.ready,
+            "draining": node.draining,
+            "connections": len(hub.connections),
+            "users": hub.user_count(),
+            "channels": hub.channel_count(),
+        })
+
+    async def user_connections(self, request: web.Request) -> web.Response:
+        """A user's connections: the count on every live node, and each one held by this node.
+
+        Other nodes' connections are counted (presence) but not listed: listing them would take
+        a request to every node, and the page asks the node it is connected to.
+        """
+        (user,) = valid_users([request.match_info["user"]])
+        counts = await self.node.presence.user_connections([user])
+        local = sorted(self.node.hub.users.get(user, ()), key=lambda c: c.id)
+        return _json({
+            "user": user,
+            "connections": counts.get(user, 0),
+            "node": self.node.id,
+            "here": [{"id": c.id, "transport": c.transport_name, "address": c.address,
+                      "channels": sorted(ch for ch in c.channels if ch[:1] != "!")} for c in local],
+        })
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

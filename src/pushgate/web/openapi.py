@@ -156,6 +156,22 @@ def openapi_document() -> dict[str, Any]:
                         "channel": {"type": "string"}, "subscribers": {"type": "integer"}}}}}})},
             "/api/nodes": {"get": _op("Live nodes of the cluster", result={
                 "type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "string"}}}})},
+            "/api/info": {"get": _op("This node: id, version, auth mode, broker kind, readiness and local counts",
+                                     result={"type": "object", "properties": {
+                                         "node": {"type": "string"}, "version": {"type": "string"},
+                                         "mode": {"type": "string", "enum": ["dev", "jwt"]},
+                                         "broker": {"type": "string"}, "ready": {"type": "boolean"},
+                                         "draining": {"type": "boolean"}, "connections": {"type": "integer"},
+                                         "users": {"type": "integer"}, "channels": {"type": "integer"}}})},
+            "/api/users/{user}/connections": {"get": _op(
+                "A user's connections: the count on all live nodes, and the ones this node holds",
+                params=[{"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}],
+                result={"type": "object", "properties": {
+                    "user": {"type": "string"}, "connections": {"type": "integer"}, "node": {"type": "string"},
+                    "here": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "transport": {"type": "string"},
+                        "address": {"type": ["string", "null"]},
+                        "channels": {"type": "array", "items": {"type": "string"}}}}}}})},
             "/healthz": {"get": {"summary": "Liveness", "security": [],
                                  "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness: 503 while draining or while the broker is down",
