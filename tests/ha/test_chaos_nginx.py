@@ -1,0 +1,256 @@
+"""Chaos behind the real front: 3 nodes on Valkey behind nginx (``pushgate nginx-config``'s output),
+a few hundred clients, a publisher at a few hundred messages per second, one node killed with
+SIGKILL and another drained with SIGTERM while it runs.
+
+Every client follows one sequenced channel and its own user stream (direct messages, sequenced
+per group of users). At the end every client must hold every number of both sequences exactly
+once and in order — through nginx's failover, the clients' ``since`` / ``user_since`` recovery and
+the publisher's retries with ``idempotency_key``. The test prints reconnect time p50/p99, the
+messages recovered, and the survivors' CPU during each reconnect wave.
+
+Slow (about a minute of wall time, a few hundred sockets): marked ``chaos``, skipped unless
+``PUSHGATE_TEST_CHAOS=1`` (``.ci/run`` runs it in its own bounded step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pushgate.nginx import NginxOptions
+
+from ..conftest import Process
+from ..helpers import timeout, wait_for
+from .conftest import Nginx, NodeFactory
+from .rawclient import RawClient
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+
+CLIENTS = int(os.environ.get("PUSHGATE_TEST_CHAOS_CLIENTS", "300"))
+CHANNELS = 10
+GROUPS = 10  # direct messages: one send per tick to one group of users (CLIENTS / GROUPS users)
+TICK = 0.05  # a tick: one publish to every channel + one send = 11 requests, 200 publications/s
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+@dataclass
+class Wave:
+    """CPU of the surviving nodes (percent of one core) while a reconnect wave lands on them."""
+
+    name: str
+    seconds: float
+    cpu: dict[str, float]
+
+
+class CpuMeter:
+    def __init__(self, nodes: dict[str, Process]) -> None:
+        self.nodes = nodes
+        self.start = time.monotonic()
+        self.before = {n: cpu_seconds(p.proc.pid) for n, p in nodes.items()}
+
+    def wave(self, name: str) -> Wave:
+        wall = time.monotonic() - self.start
+        return Wave(name, wall, {n: 100 * (cpu_seconds(p.proc.pid) - self.before[n]) / wall
+                                 for n, p in self.nodes.items() if p.proc.poll() is None})
+
+
+class Publisher:
+    """Numbered publications per channel and numbered sends per group of users, each retried
+    (same ``idempotency_key``) through nginx's internal server until a node accepts it."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+        self.channel_n = [0] * CHANNELS
+        self.group_k = [0] * GROUPS
+        self.retries = 0
+        self.stopping = False
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        deadline = time.monotonic() + timeout(30)
+        while True:
+            try:
+                async with self.session.post(self.base + path, json=body,
+                                             timeout=aiohttp.ClientTimeout(total=3)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            self.retries += 1
+            assert time.monotonic() < deadline, f"{path} {body['idempotency_key']} not accepted within 30 s"
+            await asyncio.sleep(0.05)
+
+    async def _channel(self, c: int) -> None:
+        n = self.channel_n[c] + 1
+        await self._post("/api/publish", {"channel": f"ch{c}", "data": {"n": n}, "idempotency_key": f"ch{c}-{n}"})
+        self.channel_n[c] = n
+
+    async def _group(self, g: int, users: list[str]) -> None:
+        k = self.group_k[g] + 1
+        await self._post("/api/send", {"users": users, "data": {"k": k}, "idempotency_key": f"g{g}-{k}"})
+        self.group_k[g] = k
+
+    async def run(self, groups: list[list[str]]) -> None:
+        """One tick every TICK; a channel (or group) has one request in flight at a time, so
+        each sequence is published in order."""
+        busy: dict[int, asyncio.Task[None]] = {}
+        for tick in itertools.count():
+            if self.stopping:
+                break
+            started = time.monotonic()
+            for c in range(CHANNELS):
+                if c not in busy or busy[c].done():
+                    busy[c] = asyncio.create_task(self._channel(c))
+            g = tick % GROUPS
+            if CHANNELS + g not in busy or busy[CHANNELS + g].done():
+                busy[CHANNELS + g] = asyncio.create_task(self._group(g, groups[g]))
+            for task in busy.values():
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
+        await asyncio.gather(*busy.values())
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@pytest.fixture
+def nodes_and_front(ha_node: NodeFactory, start_nginx: Callable[[NginxOptions], Nginx]
+                    ) -> Iterator[tuple[dict[str, Process], Nginx, Callable[..., Process]]]:
+    args = ("--drain-period", "2", "--history-size", "2000", "--user-history-size", "2000",
+            "--max-connections-per-user", "0")
+
+    def node(name: str, port: int | None = None) -> Process:
+        return ha_node(name, *args, wait=False, port=port)
+
+    nodes = {f"n{i}": node(f"n{i}") for i in (1, 2, 3)}
+    for p in nodes.values():
+        p.wait_ready()
+    nginx = start_nginx(NginxOptions(upstreams=[f"127.0.0.1:{p.port}" for p in nodes.values()]))
+    yield nodes, nginx, node
+
+
+async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Nginx, Callable[..., Process]]
+                                   ) -> None:
+    nodes, nginx, restart = nodes_and_front
+    host, port = nginx.public.removeprefix("http://").split(":")
+    users = [f"u{i}" for i in range(CLIENTS)]
+    clients = [RawClient(host, int(port), u, f"ch{i % CHANNELS}") for i, u in enumerate(users)]
+    groups = [users[g::GROUPS] for g in range(GROUPS)]
+    for i, c in enumerate(clients):
+        c.start(delay=i * 0.005)  # a gentle start: this is not the test
+    session = aiohttp.ClientSession()
+    publisher = Publisher(session, nginx.internal)
+    pub: asyncio.Task[None] | None = None
+    waves: list[Wave] = []
+    try:
+        await wait_for(lambda: all(c.connected for c in clients), seconds=60, what="every client subscribed")
+        spread = {n: sum(c.stats.nodes[-1] == n for c in clients) for n in nodes}
+        assert all(spread.values()), spread
+        pub = asyncio.create_task(publisher.run(groups))
+        await wait_for(lambda: min(publisher.channel_n) >= 40, seconds=30, what="publishing under way")
+
+        # -- SIGKILL n1: nginx drops its clients, they reconnect (jittered) to n2 and n3
+        victims = [c for c in clients if c.stats.nodes[-1] == "n1"]
+        meter = CpuMeter({n: p for n, p in nodes.items() if n != "n1"})
+        nodes["n1"].kill()
+        await wait_for(lambda: all(c.connected and c.stats.nodes[-1] != "n1" for c in clients), seconds=60,
+                       what="n1's clients back on live nodes")
+        waves.append(meter.wave(f"SIGKILL n1 ({len(victims)} clients)"))
+        killed_reconnects = [c.stats.reconnects[-1] for c in victims if c.stats.reconnects]
+
+        nodes["n1"] = restart("n1b", port=nodes["n1"].port)  # back on the same port
+        await asyncio.to_thread(nodes["n1"].wait_ready)
+        # nginx skips a failed node for fail_timeout (5 s) after its last failure; let that pass
+        # (measured by the publisher's ticks) so that the next wave can land on n1b too
+        at = min(publisher.channel_n)
+        await wait_for(lambda: min(publisher.channel_n) >= at + int(6 / TICK), seconds=30,
+                       what="nginx's fail_timeout for n1 to pass")
+
+        # -- SIGTERM n2: paced drain over 2 s with 1012; its clients reconnect at once (jittered)
+        drained = [c for c in clients if c.stats.nodes[-1] == "n2"]
+        before = {id(c): len(c.stats.reconnects) for c in drained}
+        meter = CpuMeter({n: p for n, p in nodes.items() if n != "n2"})
+        nodes["n2"].proc.send_signal(15)
+        await wait_for(lambda: all(c.connected and c.stats.nodes[-1] != "n2" for c in clients), seconds=60,
+                       what="n2's clients back on live nodes")
+        waves.append(meter.wave(f"SIGTERM n2 ({len(drained)} clients)"))
+        drained_reconnects = [c.stats.reconnects[-1] for c in drained if len(c.stats.reconnects) > before[id(c)]]
+        assert await asyncio.to_thread(nodes["n2"].terminate) == 0
+
+        at = min(publisher.channel_n)
+        await wait_for(lambda: min(publisher.channel_n) >= at + 40, seconds=30, what="publishing after the chaos")
+        publisher.stopping = True
+        await asyncio.wait_for(pub, timeout(60))
+
+        def complete(c: RawClient) -> bool:
+            ch = int(c.channel[2:])
+            g = int(c.user[1:]) % GROUPS
+            return (len(c.stats.channel_seen) >= publisher.channel_n[ch]
+                    and len(c.stats.direct_seen) >= publisher.group_k[g])
+
+        try:
+            await wait_for(lambda: all(map(complete, clients)), seconds=30, what="every client caught up")
+        except AssertionError:
+            pass  # the per-client check below says who is missing what
+        bad = []
+        for c in clients:
+            want_ch = list(range(1, publisher.channel_n[int(c.channel[2:])] + 1))
+            want_dm = list(range(1, publisher.group_k[int(c.user[1:]) % GROUPS] + 1))
+            if c.stats.channel_seen != want_ch or c.stats.direct_seen != want_dm or c.stats.resyncs:
+                lost_ch = sorted(set(want_ch) - set(c.stats.channel_seen))[:10]
+                lost_dm = sorted(set(want_dm) - set(c.stats.direct_seen))[:10]
+                bad.append(f"{c.user} on {c.stats.nodes}: channel lost {lost_ch} "
+                           f"dup/out-of-order {c.stats.channel_seen != sorted(set(c.stats.channel_seen))}; "
+                           f"direct lost {lost_dm}; resyncs/errors {c.stats.resyncs[:2]}")
+        all_reconnects = [r for c in clients for r in c.stats.reconnects]
+        report = [
+            f"\nchaos through nginx: {CLIENTS} clients, {CHANNELS} channels x {max(publisher.channel_n)} "
+            f"publications, {GROUPS} user groups x {max(publisher.group_k)} sends, "
+            f"{sum(publisher.channel_n) + sum(publisher.group_k)} requests, publisher retries {publisher.retries}",
+            f"  reconnect after SIGKILL: n={len(killed_reconnects)} p50 {pct(killed_reconnects, 0.5):.3f}s "
+            f"p99 {pct(killed_reconnects, 0.99):.3f}s max {max(killed_reconnects, default=0):.3f}s",
+            f"  reconnect after SIGTERM: n={len(drained_reconnects)} p50 {pct(drained_reconnects, 0.5):.3f}s "
+            f"p99 {pct(drained_reconnects, 0.99):.3f}s max {max(drained_reconnects, default=0):.3f}s",
+            f"  all reconnects: n={len(all_reconnects)} mean {statistics.fmean(all_reconnects or [0]):.3f}s",
+            f"  recovered: channel {sum(c.stats.recovered_channel for c in clients)} messages, "
+            f"direct {sum(c.stats.recovered_direct for c in clients)}; recoveries not whole "
+            f"{sum(c.stats.not_recovered for c in clients)}; duplicates dropped "
+            f"{sum(c.stats.duplicates for c in clients)}; handshakes refused {sum(c.stats.refused for c in clients)}",
+            *(f"  CPU during {w.name}, {w.seconds:.1f}s: "
+              + ", ".join(f"{n} {v:.0f}%" for n, v in w.cpu.items()) for w in waves),
+            f"  {len(bad)} clients incomplete" + ("".join(f"\n    {b}" for b in bad[:10])),
+        ]
+        print("\n".join(report))
+        out = os.environ.get("PUSHGATE_TEST_CHAOS_REPORT")
+        if out:
+            Path(out).write_text("\n".join(report) + "\n")
+        assert not bad, "\n".join(report)
+        assert killed_reconnects and drained_reconnects, "the chaos reached the clients"
+    finally:
+        publisher.stopping = True
+        if pub is not None and not pub.done():
+            pub.cancel()
+            await asyncio.gather(pub, return_exceptions=True)
+        for c in clients:
+            c.stop()
+        await session.close()
