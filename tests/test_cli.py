@@ -78,6 +78,19 @@ def test_serve_with_an_unreachable_broker_fails_in_one_line() -> None:
     assert "hunter2" not in line
 
 
+def test_workers_report_a_start_up_failure_once() -> None:
+    """The first worker starts alone: its one error line is the only one, and its exit code."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        broker_port = s.getsockname()[1]
+    from .helpers import free_port
+
+    done = pushgate("serve", "--port", str(free_port()), "--workers", "3",
+                    "--broker", f"redis://127.0.0.1:{broker_port}/0")
+    line = one_line_failure(done, 1)
+    assert line.startswith(f"pushgate: broker redis://127.0.0.1:{broker_port}/0 unreachable at start-up:"), line
+
+
 def test_serve_with_a_broker_url_that_is_not_redis_fails_in_one_line() -> None:
     """Something listens there but answers HTTP: a protocol error, not a traceback."""
     with socket.socket() as server:

@@ -26,9 +26,11 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -212,24 +214,67 @@ async def serve(config: Config, app: App | None = None) -> int:
 
 
 def serve_workers(config: Config, argv: list[str]) -> int:
-    """Run ``config.workers`` processes on one port (SO_REUSEPORT), each a node of the cluster."""
+    """Run ``config.workers`` processes on one port (SO_REUSEPORT), each a node of the cluster.
+
+    The first worker starts alone: a start-up error (port taken, broker unreachable) is then
+    printed once, by it, and is this process's exit code, instead of once per worker. The
+    others start when it accepts connections. Every worker gets SIGTERM if this process dies,
+    even by SIGKILL (Linux ``PR_SET_PDEATHSIG``), so no worker outlives its supervisor.
+    """
     base_id = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
+    child_argv = _strip_flags(argv, {"--workers", "--node-id"})
     children: list[subprocess.Popen[bytes]] = []
-    for i in range(config.workers):
+    stopping: list[int] = []
+
+    def spawn(i: int) -> None:
         env = dict(os.environ, PUSHGATE_WORKERS="1", PUSHGATE_NODE_ID=f"{base_id}-w{i + 1}",
                    PUSHGATE_REUSE_PORT="1")
-        child_argv = _strip_flags(argv, {"--workers", "--node-id"})
-        children.append(subprocess.Popen([sys.executable, "-m", "pushgate", *child_argv], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "pushgate", *child_argv], env=env,
+                                         preexec_fn=_die_with_parent))
 
     def forward(signum: int, frame: object) -> None:
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    spawn(0)
+    if not _wait_listening(children[0], config):
+        return children[0].wait()
+    for i in range(1, config.workers):
+        if not stopping:
+            spawn(i)
     codes = [child.wait() for child in children]
     return max(codes, default=0)
+
+
+WORKER_START_TIMEOUT = 60.0  # seconds the first worker may take to listen (broker connect included)
+
+
+def _wait_listening(child: subprocess.Popen[bytes], config: Config) -> bool:
+    """True once ``child`` accepts connections on the port; False if it exited first."""
+    host = "127.0.0.1" if config.host in ("", "0.0.0.0") else "::1" if config.host == "::" else config.host
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, config.port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return child.poll() is None
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: ask the kernel for SIGTERM when the supervisor dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 def _strip_flags(argv: list[str], flags: set[str]) -> list[str]:

@@ -289,6 +289,33 @@ async def test_workers_share_one_port(spawn_node: Callable[..., Process], redis_
         await clients.close()
 
 
+async def test_workers_die_with_their_supervisor(spawn_node: Callable[..., Process],
+                                                 redis_server: RedisServer) -> None:
+    """kill -9 of `pushgate serve --workers 2` leaves no worker behind (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+
+    node = spawn_node("--broker", redis_server.url, "--workers", "2", "--node-id", "box")
+    await wait_for(lambda: _workers_up(node), seconds=15, what="both workers registered")
+    pid = node.proc.pid
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(children) == 2
+    os.kill(pid, signal.SIGKILL)
+    node.proc.wait(10)
+
+    async def all_gone() -> bool:
+        return not any(Path(f"/proc/{c}").exists() and "Z" not in _state(c) for c in children)
+
+    await wait_for(all_gone, seconds=15, what="the workers to exit after their supervisor was killed")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 async def _workers_up(node: Process) -> bool:
     try:
         _, nodes = await api(node, "GET", "/api/nodes")
