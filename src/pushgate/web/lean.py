@@ -74,6 +74,10 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 TICKS_PER_PING = 5  # sweeps (ping_interval / 4 each) of silence before a ping: 1-1.25 x ping_interval
 TICKS_TO_ANSWER = 2  # sweeps after a ping without a frame back before the close: 0.5 x ping_interval
 _PING = wsframe.ping_frame()
+#: the first two bytes of a client's pong with an empty payload (FIN + pong, masked, length 0), the
+#: answer to :data:`_PING`; with its 4-byte mask it is the whole read of a connection that only
+#: answers pings, so the heartbeat of an idle connection costs no parser and no event objects
+_EMPTY_PONG = bytes((0x80 | wsframe.OP_PONG, 0x80))
 
 
 def accept_key(key: str) -> str | None:
@@ -438,6 +442,8 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
         self._seen = self._front.tick
         parser = self._parser
         if parser is None:
+            if data[:2] == _EMPTY_PONG and len(data) == 6:
+                return  # the answer to our ping, alone: nothing to parse, and no parser kept for it
             parser = self._parser = FrameParser(self._front.config.max_message_size)
         for event in parser.feed(data):
             kind = type(event)
