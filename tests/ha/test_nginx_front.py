@@ -283,3 +283,28 @@ async def test_a_node_without_its_broker_refuses_the_handshake_with_503(
                 "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as r:
             assert r.status == 503
+
+
+def test_the_commands_in_deployment_md_write_configs_nginx_accepts(nginx_bin: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ``pushgate nginx-config`` line of docs/deployment.md, as written (``-o`` pointed here,
+    TLS paths at a throw-away certificate), gives a file ``nginx -t`` accepts."""
+    text = (ROOT / "docs" / "deployment.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"^pushgate (nginx-config .*)$", text, re.M)
+    assert len(commands) >= 2
+    cert, key = self_signed(tmp_path)
+    for i, command in enumerate(commands):
+        argv = shlex.split(command)
+        if "-o" in argv:
+            argv[argv.index("-o") + 1] = str(tmp_path / f"out{i}.conf")
+        assert cli.main(argv) == 0, command
+        body = (tmp_path / f"out{i}.conf").read_text() if "-o" in argv else capsys.readouterr().out
+        body = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", body)
+        body = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", body)
+        prefix = tmp_path / f"p{i}"
+        prefix.mkdir()
+        conf = prefix / "nginx.conf"
+        conf.write_text(standalone(body, prefix))
+        done = subprocess.run([nginx_bin, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True,
+                              text=True, timeout=timeout(30))
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
