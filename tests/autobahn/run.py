@@ -41,9 +41,6 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 1024
 
 #: Why a case is not plain OK, by case-id prefix (shown in report-summary.md).
 NOTES = {
-    "6.4.": "the parser (pushgate.protocol.wsframe.FrameParser) checks UTF-8 fragment by fragment, but a single "
-            "frame only once it is complete, so a frame whose bytes arrive in chunks fails (1007) a little later "
-            "than the strictest reading; allowed.",
     "7.1.6": "informational by design (a 256 KiB message, a close, then a ping: what is echoed before the close "
              "is the peer's choice).",
     "7.13.": "close codes 5000 and 65535 are outside RFC 6455's ranges; informational in the suite, and pushgate "

@@ -168,3 +168,27 @@ def test_close_between_fragments_ends_the_message() -> None:
 def test_server_control_frames() -> None:
     assert wsframe.ping_frame() == b"\x89\x00"
     assert wsframe.pong_frame(b"ab") == b"\x8a\x02ab"
+
+
+def test_invalid_utf8_fails_before_its_frame_is_complete() -> None:
+    """§8.1 fail fast, within one frame whose bytes arrive in pieces (Autobahn 6.4.3/6.4.4)."""
+    payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited" * 10
+    frame = client_frame(payload)
+    parser = FrameParser(1000)
+    cut = 2 + 4 + len("κόσμε".encode()) + 2  # header, mask, the valid text and half the bad sequence
+    assert parser.feed(frame[:cut - 3]) == []
+    assert parser.feed(frame[cut - 3:cut]) == [Failure(1007, "invalid UTF-8 in a text message")]
+    # the same inside a continuation, from the state the earlier fragment left (a split character)
+    parser = FrameParser(1000)
+    assert parser.feed(client_frame(b"ok\xce", fin=False)) == []
+    cont = client_frame(b"\xbaok" + b"\xff" + b"rest" * 10, wsframe.OP_CONTINUATION)
+    assert parser.feed(cont[:9]) == []  # header, mask, b"\xbaok": the split character completes
+    assert parser.feed(cont[9:10]) == [Failure(1007, "invalid UTF-8 in a text message")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 7])
+def test_valid_multibyte_text_in_pieces_of_any_size(step: int) -> None:
+    text = ("héllo wörld κόσμε 😀 " * 20).encode()
+    data = client_frame(text[:100], fin=False) + client_frame(text[100:], wsframe.OP_CONTINUATION)
+    assert feed_all(data, step=step) == [Message(text)]
+    assert feed_all(client_frame(text), step=step) == [Message(text)]

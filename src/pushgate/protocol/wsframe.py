@@ -7,7 +7,8 @@ client: the fan-out path frames a publication once and writes the same bytes to 
 out (:class:`Message`, :class:`Ping`, :class:`Pong`, :class:`Close`, :class:`Failure`). It never
 raises on what a peer sends: a protocol error becomes a :class:`Failure` carrying the close code
 to fail the connection with (1002 protocol error, 1007 invalid UTF-8, 1009 too big; §7.4.1), and
-the parser then ignores everything after it. It holds no buffer between frames, so an idle
+the parser then ignores everything after it. Text is checked as UTF-8 as its bytes arrive, even
+inside a frame not complete yet (§8.1 fail fast). It holds no buffer between frames, so an idle
 connection costs it a few slots.
 """
 
@@ -147,7 +148,8 @@ class FrameParser:
     the parser is done and :meth:`feed` answers nothing.
     """
 
-    __slots__ = ("_buf", "_done", "_frag_op", "_frag_parts", "_frag_size", "_utf8", "max_size")
+    __slots__ = ("_buf", "_done", "_frag_op", "_frag_parts", "_frag_size", "_partial", "_partial_checked", "_utf8",
+                 "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -156,6 +158,9 @@ class FrameParser:
         self._frag_parts: list[bytes] | None = None
         self._frag_size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
+        #: UTF-8 check of the text frame still arriving: its decoder and how many payload bytes it read
+        self._partial: codecs.IncrementalDecoder | None = None
+        self._partial_checked = 0
         self._done = False
 
     @property
@@ -224,14 +229,41 @@ class FrameParser:
             if opcode < OP_CLOSE and self._frag_size + length > self.max_size:
                 return self._fail(events, CLOSE_TOO_BIG, "message too big")
             if end - head < 4 + length:
+                if end - head > 4 and ((opcode == OP_TEXT and not self._frag_op)
+                                       or (opcode == OP_CONTINUATION and self._utf8 is not None)):
+                    return self._check_partial(data, pos, head + 4, end, events)
                 break
             mask = bytes(data[head:head + 4])
             head += 4
             payload = unmask(data[head:head + length], mask)
             pos = head + length
+            self._partial, self._partial_checked = None, 0
             if not self._frame(b0 & 0x80, opcode, payload, events):
                 return 0
         return pos
+
+    def _check_partial(self, data: bytes | bytearray, frame_start: int, start: int, end: int,
+                       events: list[Event]) -> int:
+        """Fail fast (§8.1) inside a text frame still arriving (its payload from ``start``, its
+        mask the 4 bytes before): check the payload bytes that came since the last look, keeping
+        the decoder's state. Answers ``frame_start`` (where parsing resumes), or 0 after a failure."""
+        checked = self._partial_checked
+        available = end - start
+        if available <= checked:
+            return frame_start
+        decoder = self._partial
+        if decoder is None:
+            decoder = self._partial = codecs.getincrementaldecoder("utf-8")()
+            if self._utf8 is not None:  # a continuation: go on from the message's state
+                decoder.setstate(self._utf8.getstate())
+        mask = bytes(data[start - 4:start])
+        turn = checked % 4
+        try:
+            decoder.decode(unmask(data[start + checked:end], mask[turn:] + mask[:turn]), False)
+        except UnicodeDecodeError:
+            return self._fail(events, CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+        self._partial_checked = available
+        return frame_start
 
     def _frame(self, fin: int, opcode: int, payload: bytes, events: list[Event]) -> bool:
         """Act on one complete frame; False once the parser is done."""
