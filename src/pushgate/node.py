@@ -259,7 +259,7 @@ class Node:
             except Exception as exc:
                 log.warning("cleanup of %s in %s failed: %s", conn.id, channel, exc)
         if conn.id in self.hub.connections:
-            self.gc_policy.disconnected()
+            self.gc_policy.disconnected(conn.cyclic_garbage)
         self.hub.remove(conn)
         try:
             if conn.id in self._routed and conn.user is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import CloseCode
 from ..protocol.outgoing import Outgoing
@@ -26,6 +26,10 @@ class Connection(ABC):
 
     __slots__ = ("__weakref__", "address", "channels", "claims", "closed", "id", "user")
     transport_name = "?"
+    #: objects in reference cycles a closed connection of this class leaves for the garbage
+    #: collector (measured: ~46 for a socket served by aiohttp); the GC policy adds them up to
+    #: decide when frozen garbage is worth a full collection (pushgate.gcprobe)
+    cyclic_garbage: ClassVar[float] = 50.0
 
     def __init__(self, conn_id: str, user: str | None, claims: dict[str, Any] | None = None) -> None:
         self.id = conn_id

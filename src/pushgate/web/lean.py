@@ -413,6 +413,7 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
     __slots__ = ("__dict__", "_close_timer", "_front", "_inbox", "_inbox_bytes", "_lost", "_parser", "_paused",
                  "_ping_tick", "_seen", "_worker", "access", "registered", "session")
     transport_name = "websocket"
+    cyclic_garbage = 0.0  # a closed one is freed by reference counting (tests/web/test_lean.py)
 
     def __init__(self, front: LeanFront, info: ClientInfo, transport: asyncio.Transport) -> None:
         node = front.node
