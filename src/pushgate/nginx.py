@@ -16,11 +16,15 @@ behind nginx by hand, so the generator writes the reason next to each one:
   back to it until nginx marks it failed, and a restarted node gets no share of the reconnect
   wave. ``least_conn`` sends each new connection to the node with the fewest open ones, which is
   what long-lived connections need after a node restarts (round-robin would leave it near empty).
-- passive health checks (``max_fails`` / ``fail_timeout``) and ``proxy_next_upstream error timeout
-  http_503``: a refused connect or a draining node's 503 sends the handshake on to the next node.
-  Never ``non_idempotent``: nginx would then resend a POST (``/api/publish``, SockJS ``xhr_send``)
-  that a node may already have applied before failing; a refused connect is retried anyway,
-  because nothing was sent.
+- ``proxy_next_upstream error timeout http_503``: a refused connect or a draining node's 503
+  sends the handshake on to the next node. Never ``non_idempotent``: nginx would then resend a
+  POST (``/api/publish``, SockJS ``xhr_send``) that a node may already have applied before
+  failing; a refused connect is retried anyway, because nothing was sent.
+- passive health checks (``max_fails`` / ``fail_timeout``) on the upstream of short requests only.
+  nginx clears a failure mark when the next request to that node *ends* well; a WebSocket ends
+  hours later, so with marks a restarted node got one connection per ``fail_timeout``. The
+  upstream of WebSocket and SSE (no ``keepalive`` either: upgrades must reach the node's lean
+  ``/ws`` front on fresh connections) has ``max_fails=0``.
 - SockJS sessions (``<stomp_path>/<server>/<session>/...``) are several HTTP requests that must
   reach the node holding the session, so they go to a second upstream that hashes the session id
   (``hash ... consistent``, which still moves away from a failed node).
@@ -161,7 +165,7 @@ def _proxy(upstream: str, timeout_s: int, *, upgrade: bool, stream: bool) -> lis
         f"proxy_send_timeout {timeout_s}s;",
         "proxy_buffering off;" if stream else None,
         "proxy_cache off;" if stream else None,
-        "proxy_connect_timeout 2s;",
+        "proxy_connect_timeout 1s;  # loopback or LAN: a live node answers in microseconds",
         "proxy_next_upstream error timeout http_503;",
         "proxy_next_upstream_tries 3;",
         "proxy_next_upstream_timeout 10s;",
@@ -229,20 +233,40 @@ def render(opts: NginxOptions, *, command: str | None = None) -> str:
     ]
     servers = [f"    server {up} max_fails={opts.max_fails} fail_timeout={_seconds(opts.fail_timeout)};"
                for up in opts.upstreams]
+    long_lived = [f"    server {up} max_fails=0;" for up in opts.upstreams]
+    balance = ["    least_conn;"] if opts.balance == "least_conn" else ["    # round-robin (nginx's default)"]
     out += [
-        "upstream pushgate {",
+        "# WebSocket and SSE: long-lived connections.",
+        "upstream pushgate_streams {",
         "    # least_conn, not ip_hash: ip_hash sends a client (and everyone behind its NAT) back to the",
         "    # same node, dead or not; a reconnect must land on a live node, and a restarted node",
-        "    # must get its share of new connections. A node is skipped for fail_timeout after",
-        "    # max_fails failed connects (passive health check).",
-        *(["    least_conn;"] if opts.balance == "least_conn" else ["    # round-robin (nginx's default)"]),
+        "    # must get its share of new connections.",
+        *balance,
+        "    # max_fails=0: no passive marking here. nginx clears a node's failure mark only when the",
+        "    # next request it sends there *ends* well, and a WebSocket ends hours later: a node that",
+        "    # failed once (killed, or draining with 503s) would get one connection per fail_timeout",
+        "    # after its restart (measured: 1 of 150). Without the mark a dead node costs each new",
+        "    # connection one refused connect (microseconds) before proxy_next_upstream moves on; a",
+        "    # vanished host costs proxy_connect_timeout. The short requests below keep the marks.",
+        *long_lived,
+        "    # No keepalive pool on purpose: each upgrade then arrives on a fresh connection, which the",
+        "    # node's lean /ws front answers (~2-4 KB per socket). An upgrade sent down a kept-alive",
+        "    # connection that already carried a plain request is served by aiohttp (~16 KB, ~4x the",
+        "    # accept CPU: docs/performance.md), and an upgraded connection never returns to a pool.",
+        "}",
+        "",
+        "# Short requests: the page, pushgate.js, probes, and the API and metrics (internal server).",
+        "# Passive health check: a node is skipped for fail_timeout after max_fails failed attempts.",
+        "upstream pushgate {",
+        *balance,
         *servers,
         f"    keepalive {opts.keepalive};  # after the balancing method, as nginx requires",
         "}",
         "",
         "upstream pushgate_sockjs {",
         "    hash $pushgate_sockjs_session consistent;  # moves only a failed node's sessions",
-        *servers,
+        "    # max_fails=0 as for the streams: xhr-streaming requests are long-lived too",
+        *long_lived,
         f"    keepalive {opts.keepalive};",
         "}",
         "",
@@ -276,14 +300,18 @@ def render(opts: NginxOptions, *, command: str | None = None) -> str:
         "    location ^~ /api     { return 404; }",
         "    location ^~ /metrics { return 404; }",
         "",
-        "    # /ws (WebSocket, JSON or STOMP), the page, pushgate.js, /healthz, /readyz.",
+        "    # The page, pushgate.js, /healthz, /readyz (and any other WebSocket path, upgraded).",
         *_location("/", _proxy("pushgate", timeout_s, upgrade=True, stream=False)),
         "",
+        "    # The WebSocket endpoint (JSON protocol, or STOMP when the client offers it).",
+        *_location("= /ws", _proxy("pushgate_streams", timeout_s, upgrade=True, stream=False)),
+        "",
         "    # SSE: each event must leave at once, so no buffering.",
-        *_location("/sse", _proxy("pushgate", timeout_s, upgrade=False, stream=True)),
+        *_location("/sse", _proxy("pushgate_streams", timeout_s, upgrade=False, stream=True)),
     ]
     for path in opts.stomp_paths:
-        out += ["", f"    # SockJS under {path}/ (xhr-streaming: unbuffered); STOMP over WebSocket at {path} is /'s.",
+        out += ["", f"    # STOMP over WebSocket at {path}; SockJS under {path}/ (xhr-streaming: unbuffered).",
+                *_location(f"= {path}", _proxy("pushgate_streams", timeout_s, upgrade=True, stream=False)),
                 *_location(f"{path}/", _proxy("pushgate_sockjs", timeout_s, upgrade=True, stream=True))]
     out += [
         "}",

@@ -32,6 +32,8 @@ class Stats:
     duplicates: int = 0  # messages dropped by offset (the server sent them twice)
     resyncs: list[dict[str, Any]] = field(default_factory=list)
     reconnects: list[float] = field(default_factory=list)  # seconds from loss to subscribe reply
+    # each reconnect in phases: (loss -> TCP connected, -> welcome, -> subscribe reply)
+    phases: list[tuple[float, float, float]] = field(default_factory=list)
     recovered_channel: int = 0  # messages replayed by `since` recoveries
     recovered_direct: int = 0  # messages replayed by `user_since` recoveries
     not_recovered: int = 0  # recoveries answered recovered: false
@@ -52,6 +54,7 @@ class RawClient(asyncio.Protocol):
         self.lost_at: float | None = None
         self.stopping = False
         self.failures = 0
+        self._t_connected = self._t_welcome = 0.0
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._upgraded = False
@@ -86,6 +89,7 @@ class RawClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._t_connected = time.monotonic()
         self._buf.clear()
         self._upgraded = False
         self._close_code = 1006
@@ -182,6 +186,7 @@ class RawClient(asyncio.Protocol):
                 self.user_pos = (frame["epoch"], frame["offset"])
                 self.stats.direct_seen.append(frame["data"]["k"])
         elif kind == "welcome":
+            self._t_welcome = time.monotonic()
             self.stats.nodes.append(frame["node"])
             stream = frame.get("stream") or {}
             if self._user_since_sent is not None:
@@ -207,7 +212,10 @@ class RawClient(asyncio.Protocol):
             self.connected = True
             self.failures = 0
             if self.lost_at is not None:
-                self.stats.reconnects.append(time.monotonic() - self.lost_at)
+                now = time.monotonic()
+                self.stats.reconnects.append(now - self.lost_at)
+                self.stats.phases.append((self._t_connected - self.lost_at, self._t_welcome - self._t_connected,
+                                          now - self._t_welcome))
                 self.lost_at = None
         elif kind == "resync":
             self.stats.resyncs.append(frame)
