@@ -257,7 +257,6 @@ class PublishPipe:
             if not first.done():
                 first.set_result(None)
 
-
     def submit(self, entry: PendingPublish) -> None:
         """Send ``entry`` at the end of this loop iteration (or once connected); its future gets
         the position, or BrokerUnavailable / ResponseError."""
