@@ -32,8 +32,8 @@ OPTS = HistoryOptions(size=10_000, ttl=60)
 
 
 def _pipes(broker: Any) -> list[PublishPipe]:
-    assert isinstance(broker, RedisBroker) and broker._publishing is not None
-    return broker._publishing.pipes
+    assert isinstance(broker, RedisBroker)
+    return broker.publish_pipes
 
 
 async def _history_data(broker: Any, channel: str) -> list[bytes]:

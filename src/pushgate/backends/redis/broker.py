@@ -72,6 +72,7 @@ from pushgate.backends.redis.envelope import (
 from pushgate.backends.redis.keys import Keys
 from pushgate.backends.redis.link import LinkOptions
 from pushgate.backends.redis.links import LinkPool
+from pushgate.backends.redis.pipe import PublishPipe
 from pushgate.backends.redis.publishing import DEFAULT_MAX_IN_FLIGHT, PublishPath
 
 __all__ = ["RedisBroker"]
@@ -143,6 +144,12 @@ class RedisBroker:
     @property
     def link_options(self) -> LinkOptions:
         return self._link_options
+
+    @property
+    def publish_pipes(self) -> list[PublishPipe]:
+        """The publish connections (one per Redis server / cluster primary), for metrics:
+        ``name``, ``in_flight``, ``max_in_flight``, ``sent``, ``writes``. Empty until started."""
+        return self._publishing.pipes if self._publishing is not None else []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
