@@ -17,6 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from pushgate.errors import CloseCode
+
 from .conftest import Running, ServerFactory
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
@@ -62,6 +64,15 @@ async def refused(running: Running, query: str = "", **kwargs: Any) -> int:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await running.client(query, **kwargs)
     return info.value.status
+
+
+async def refused_browser(running: Running, query: str, origin: str) -> int | None:
+    """A browser's failed handshake (it sends an Origin): upgraded, then the close code it got."""
+    async with aiohttp.ClientSession() as s, s.ws_connect(
+            running.ws_url + (f"?{query}" if query else ""), origin=origin) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        return ws.close_code
 
 
 async def handshake_body(running: Running, query: str = "", headers: dict[str, str] | None = None
@@ -293,9 +304,9 @@ async def test_allowed_origin_connects(make_server: ServerFactory, origin: str) 
     "origin",
     ["https://evil.example.com", "http://app.example.com", "https://example.org", "https://app.example.com.evil.io"],
 )
-async def test_other_origin_is_403(make_server: ServerFactory, origin: str) -> None:
+async def test_other_origin_is_refused_with_4504(make_server: ServerFactory, origin: str) -> None:
     running = await make_server(allowed_origins=ORIGINS)
-    assert await refused(running, "user=alice", origin=origin) == 403
+    assert await refused_browser(running, "user=alice", origin) == CloseCode.FORBIDDEN
 
 
 async def test_missing_origin_is_403_when_origins_are_configured(make_server: ServerFactory) -> None:
@@ -308,7 +319,7 @@ async def test_missing_origin_is_403_when_origins_are_configured(make_server: Se
 async def test_origin_is_checked_before_the_token(make_server: ServerFactory) -> None:
     running = await make_server(jwt_secret=SECRET, allowed_origins=ORIGINS)
     token = hs256(claims())
-    assert await refused(running, f"token={token}", origin="https://evil.example.com") == 403
+    assert await refused_browser(running, f"token={token}", "https://evil.example.com") == CloseCode.FORBIDDEN
     client = await running.client(f"token={token}", origin="https://app.example.com")
     assert client.welcome["user"] == "alice"
 

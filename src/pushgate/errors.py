@@ -39,6 +39,9 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4005  # the token's `exp` passed without a refresh: reconnect with a fresh token
     DISCONNECTED = 4500  # kicked by the server/API: do not reconnect
     PROTOCOL_VIOLATION = 4501  # e.g. binary frame on the JSON protocol: do not reconnect
+    BAD_REQUEST = 4502  # handshake refused, told to a browser: malformed query (e.g. user id)
+    UNAUTHORIZED = 4503  # handshake refused, told to a browser: missing, invalid or expired token
+    FORBIDDEN = 4504  # handshake refused, told to a browser: origin not allowed, a connect hook refused
 
     @property
     def reconnect(self) -> bool:

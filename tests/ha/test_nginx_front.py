@@ -306,9 +306,6 @@ async def test_a_draining_node_answers_503_and_nginx_tries_the_next(ha_node: Nod
             await c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a node whose broker is down still upgrades /ws (then cannot deliver): "
-                   "src/pushgate/web/handshake.py accept() refuses only while draining; it should refuse "
-                   "with 503 while node.broker.healthy is false, as /readyz does, so nginx tries another node")
 async def test_a_node_without_its_broker_refuses_the_handshake_with_503(
         spawn_node: Callable[..., Process], valkey: RedisServer) -> None:
     node = spawn_node("--broker", valkey.url, "--node-id", "lonely")

@@ -50,12 +50,26 @@ async def test_draining_is_503_on_every_transport(make_server: ServerFactory) ->
     assert got == {"/ws": (503, body), "/sse": (503, body)}
 
 
-async def test_bad_origin_is_403_on_every_transport(make_server: ServerFactory) -> None:
+async def browser_refusal(running: Running, query: str, origin: str = "https://app.example.com",
+                          **headers: str) -> tuple[int | None, str]:
+    """(close code, reason) a browser sees: it sends an Origin, is upgraded, then closed."""
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{running.ws_url}?{query}", origin=origin,
+                                                         headers=headers) as ws:
+        msg = await ws.receive(timeout=timeout(5))
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        return ws.close_code, msg.extra
+
+
+async def test_bad_origin_is_403_or_4504_for_a_browser(make_server: ServerFactory,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     running = await make_server(allowed_origins="https://app.example.com")
-    got = await refusals(running, "user=alice", {"Origin": "https://evil.example.com"})
-    assert got["/ws"] == got["/sse"]
-    status, body = got["/ws"]
+    status, body = await attempt(running, "/sse", "user=alice", {"Origin": "https://evil.example.com"})
     assert status == 403 and body["error"]["code"] == "forbidden"
+    # a WebSocket handshake with an Origin is a browser's: told after the upgrade, with a reason
+    with caplog.at_level(logging.INFO, logger="pushgate.web.handshake"):
+        code, reason = await browser_refusal(running, "user=alice", "https://evil.example.com")
+    assert code == CloseCode.FORBIDDEN and reason == "forbidden: " + body["error"]["message"]
+    assert "refused websocket handshake from 127.0.0.1 (user alice): 403 forbidden: " in caplog.text
     # no Origin at all: refused on /ws (browsers always send one there), same-origin on /sse
     # (browsers send none on a same-origin GET): tests/test_sse.py covers the SSE side
     status, body = await attempt(running, "/ws", "user=alice")
@@ -147,3 +161,42 @@ async def test_accepted_connections_tell_hooks_their_transport(make_server: Serv
         assert r.status == 200 and r.content_type == "text/event-stream"
         assert b'"type":"welcome"' in await asyncio.wait_for(r.content.readline(), timeout(5))
     assert seen == [("alice", "websocket"), ("bob", "sse")]
+
+
+async def test_browsers_learn_every_refusal_from_its_close_code_and_reason(make_server: ServerFactory) -> None:
+    """The codes a browser gets (4502-4504: do not reconnect; 4003: back off) and the reasons."""
+    running = await make_server(jwt_secret=SECRET, max_connections_per_user=1)
+    expired = jwt.encode({"sub": "alice", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+    assert await browser_refusal(running, f"token={expired}") == (CloseCode.UNAUTHORIZED,
+                                                                   "unauthorized: token expired")
+    code, reason = await browser_refusal(running, "")
+    assert code == CloseCode.UNAUTHORIZED and reason.startswith("unauthorized: ")
+    good = jwt.encode({"sub": "bob"}, SECRET, algorithm="HS256")
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{running.ws_url}?token={good}") as first:
+        assert (await first.receive_json(timeout=timeout(5)))["type"] == "welcome"
+        code, reason = await browser_refusal(running, f"token={good}")  # bob's second: over the limit
+        assert code == CloseCode.CONNECTION_LIMIT and reason.startswith("too_many_connections: ")
+    dev = await make_server()
+    code, reason = await browser_refusal(dev, "user=not%20valid")
+    assert code == CloseCode.BAD_REQUEST and reason.startswith("bad_request: ")
+    # a draining node is never upgraded: 503 lets a proxy try the next node
+    await dev.node.drain()
+    status, body = await attempt(dev, "/ws", "user=late", {"Origin": "https://app.example.com"})
+    assert status == 503 and body["error"]["code"] == "draining"
+
+
+def test_refusal_log_lines_are_bounded_per_second(caplog: pytest.LogCaptureFixture) -> None:
+    from pushgate.web.handshake import Refusal, RefusalLog
+
+    limited = RefusalLog(per_second=3)
+    refusal = Refusal(400, "bad_request", "invalid user id")
+    with caplog.at_level(logging.INFO, logger="pushgate.web.handshake"):
+        for _ in range(6):
+            limited.refused("sse", refusal, "10.0.0.1", None)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 3  # within one second: the rest are counted, not written
+        limited._window -= 1.0  # the next second
+        limited.refused("sse", refusal, "10.0.0.1", "bob")
+    assert caplog.records[-1].getMessage() == (
+        "refused sse handshake from 10.0.0.1 (user bob): 400 bad_request: invalid user id"
+        " (3 more refusals not logged)")

@@ -19,6 +19,7 @@ admits them here like everyone else.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from ..errors import ClientError, CloseCode
 from ..names import user_stream
 from ..protocol import jsonwire
 from ..protocol.outgoing import message_outgoing
-from .errors import classify, error_body, error_response
+from .errors import UNAVAILABLE_MESSAGE, classify, error_body, error_response
 from .peer import client_address
 from .request_view import RequestView
 
@@ -43,6 +44,19 @@ log = logging.getLogger(__name__)
 DRAINING_MESSAGE = "node is shutting down; connect to another node"
 
 
+#: Close codes for refusals told after the upgrade (see :attr:`Refusal.close_code`), by status.
+#: 4xx that retrying cannot fix are in the "do not reconnect" range (4500-4999), the same rule
+#: as a refused HTTP handshake (``handshake_is_fatal`` in the clients); 429 backs off.
+REFUSAL_CLOSE_CODES: dict[int, CloseCode] = {
+    400: CloseCode.BAD_REQUEST,
+    401: CloseCode.UNAUTHORIZED,
+    403: CloseCode.FORBIDDEN,
+    408: CloseCode.CONNECTION_LIMIT,
+    429: CloseCode.CONNECTION_LIMIT,
+    500: CloseCode.INTERNAL_ERROR,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a connection is not accepted, as the client will see it."""
@@ -50,15 +64,34 @@ class Refusal:
     status: int
     code: str
     message: str
+    #: a WebSocket handshake with an ``Origin`` header: a browser, which cannot read a refused
+    #: handshake's status or body, only a close code and reason after an accepted one
+    browser: bool = False
 
     @property
     def close_code(self) -> CloseCode | None:
-        """The close code a transport that upgrades first should use, or None to answer HTTP.
+        """The close code to tell this refusal with after the upgrade, or None to answer HTTP.
 
-        Only a full node is told after the upgrade: that is the refusal a browser must tell
-        apart (back off, maybe land on another node) and cannot see in a refused handshake.
+        * A full node (``connection_limit``): 4003 for every client (back off, maybe land on
+          another node).
+        * A browser: the code of :data:`REFUSAL_CLOSE_CODES` (4502 bad request, 4503
+          unauthorized, 4504 forbidden: do not reconnect; 4003 for 429; 1011 for 500), with the
+          refusal's code and message as the reason, so the page can say why.
+        * 503 (draining, broker unavailable) is never upgraded, so a proxy in front (nginx
+          ``proxy_next_upstream http_503``) retries the next node; and clients without an
+          ``Origin`` (server-side clients, the Python client) get the HTTP status and JSON body.
         """
-        return CloseCode.CONNECTION_LIMIT if self.code == "connection_limit" else None
+        if self.code == "connection_limit":
+            return CloseCode.CONNECTION_LIMIT
+        if not self.browser or self.status == 503:
+            return None
+        return REFUSAL_CLOSE_CODES.get(self.status, CloseCode.BAD_REQUEST if self.status < 500
+                                       else CloseCode.INTERNAL_ERROR)
+
+    @property
+    def close_message(self) -> str:
+        """The close reason: ``<code>: <message>`` (a transport cuts it to fit a close frame)."""
+        return self.message if self.code == "connection_limit" else f"{self.code}: {self.message}"
 
     def response(self) -> web.Response:
         return error_response(self.status, self.code, self.message)
@@ -66,6 +99,38 @@ class Refusal:
     def body(self) -> bytes:
         """The JSON error body (for a layer that writes its HTTP response itself)."""
         return error_body(self.code, self.message)
+
+
+class RefusalLog:
+    """One info line per refused handshake, at most ``per_second`` a second (then a count).
+
+    Every refusal is worth a line to the operator (an expired token, a wrong origin, a hook's
+    reason), but the handshake is a door anyone can knock on: beyond the budget the lines are
+    counted and the next line says how many were not written.
+    """
+
+    def __init__(self, per_second: float = 20.0) -> None:
+        self.per_second = per_second
+        self._window = 0.0
+        self._written = 0
+        self._dropped = 0
+
+    def refused(self, transport_name: str, refusal: Refusal, address: str | None, user: str | None) -> None:
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._window = now
+            self._written = 0
+        if self._written >= self.per_second:
+            self._dropped += 1
+            return
+        self._written += 1
+        dropped, self._dropped = self._dropped, 0
+        log.info("refused %s handshake from %s (user %s): %d %s: %s%s", transport_name, address or "?",
+                 user if user is not None else "-", refusal.status, refusal.code, refusal.message,
+                 f" ({dropped} more refusals not logged)" if dropped else "")
+
+
+refusal_log = RefusalLog()
 
 
 def credentials(request: RequestView) -> tuple[str | None, str | None]:
@@ -87,27 +152,34 @@ async def accept(node: Node, request: RequestView, transport_name: str) -> Clien
     with their message; a crashing connect hook is logged with its traceback and becomes a
     500 ``internal`` whose message does not leak the exception.
     """
+    browser = transport_name == "websocket" and "Origin" in request.headers
+    token, user = credentials(request)
+    address = client_address(request, node.config.trusted_proxies)
     if node.draining:
-        return Refusal(503, "draining", DRAINING_MESSAGE)
-    try:
-        user_since(request)  # a malformed position is refused like any other bad request
-        # Browsers send no Origin on a same-origin GET (EventSource) but always on a WebSocket
-        # handshake; a cross-site EventSource carries one, so a missing Origin is same-origin there.
-        node.auth.check_origin(request.headers.get("Origin"), missing_is_same_origin=transport_name == "sse")
-        token, user = credentials(request)
-        identity = await node.auth.identify(token=token, user=user)
-        address = client_address(request, node.config.trusted_proxies)
-        node.check_capacity(user=identity.user, address=address)
-        info = ClientInfo(
-            node.new_connection_id(), identity.user, node.id, transport_name, identity.claims, address
-        )
-        await node.run_connect_hooks(info)
-    except Exception as exc:
-        status, code, message = verdict = classify(exc)
-        if verdict.internal:
-            log.exception("%s handshake failed (a connect hook raised)", transport_name)
-        return Refusal(status, code, message)
-    return info
+        refusal = Refusal(503, "draining", DRAINING_MESSAGE, browser)
+    elif not node.ready:
+        refusal = Refusal(503, "unavailable", UNAVAILABLE_MESSAGE, browser)
+    else:
+        try:
+            user_since(request)  # a malformed position is refused like any other bad request
+            # Browsers send no Origin on a same-origin GET (EventSource) but always on a WebSocket
+            # handshake; a cross-site EventSource carries one, so a missing Origin is same-origin there.
+            node.auth.check_origin(request.headers.get("Origin"), missing_is_same_origin=transport_name == "sse")
+            identity = await node.auth.identify(token=token, user=user)
+            user = identity.user
+            node.check_capacity(user=identity.user, address=address)
+            info = ClientInfo(
+                node.new_connection_id(), identity.user, node.id, transport_name, identity.claims, address
+            )
+            await node.run_connect_hooks(info)
+            return info
+        except Exception as exc:
+            status, code, message = verdict = classify(exc)
+            if verdict.internal:
+                log.exception("%s handshake failed (a connect hook raised)", transport_name)
+            refusal = Refusal(status, code, message, browser)
+    refusal_log.refused(transport_name, refusal, address, user)
+    return refusal
 
 
 def user_since(request: RequestView | web.BaseRequest) -> StreamPosition | None:

@@ -248,7 +248,7 @@ class LeanFront:
             else:  # told after the upgrade, with a close code, so browsers can see why
                 body = b""
                 transport.write(switching_protocols(accept_value)
-                                + wsframe.close_frame(admitted.close_code, admitted.message))
+                                + wsframe.close_frame(admitted.close_code, admitted.close_message))
             transport.close()
             if self.config.access_log:
                 remote = client_address(view, self.config.trusted_proxies)

@@ -124,7 +124,7 @@ class WebsocketHandler:
         if isinstance(admitted, Refusal):
             # told after the upgrade, with a close code, so browsers can see why
             assert admitted.close_code is not None
-            await ws.close(code=admitted.close_code, message=close_reason(admitted.message))
+            await ws.close(code=admitted.close_code, message=close_reason(admitted.close_message))
             return ws
         transport = request.transport
         assert transport is not None
