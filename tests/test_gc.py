@@ -140,7 +140,7 @@ class Recorder(Connection):
         if self.cost:
             time.sleep(self.cost)  # the stand-in for the write system calls of a large fan-out
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         self.closed = True
 
 

@@ -133,7 +133,7 @@ class FakeConn(Connection):
     def send(self, out: Any) -> None:
         pass
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         self.closed = True
         self.closes.append(code)
 

@@ -131,7 +131,6 @@ class NodeMetrics:
             "pushgate_connection_duration_seconds", "How long connections stayed open", ["transport"],
             registry=r, buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
-        self._open: dict[str, _Life] = {}
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)
         self.messages_in = Counter("pushgate_messages_in", "Client frames received", registry=r)
         self.published_total = Counter(
@@ -158,43 +157,18 @@ class NodeMetrics:
 
     # -- connection lifetimes: what the close debug line and the close-code series report --------
     def opened(self, conn: Connection) -> None:
-        """Count ``conn`` and start watching for the code it is closed with.
-
-        The transports do not report close codes, and every server-side close goes through
-        ``conn.close(code, reason)`` from many places (drain, slow consumer, kick, rate limit):
-        the first such call is recorded by wrapping that bound method on this one instance,
-        cold path only. A connection that ends without one was closed by its client.
-        """
-        life = _Life(time.monotonic())
-        self._open[conn.id] = life
+        """Count ``conn``; its close code is recorded by :meth:`Connection.close` itself."""
+        conn.opened_at = time.monotonic()
         self.connections_total.labels(conn.transport_name).inc()
-        close = conn.close
-
-        def recording_close(code: int, reason: str) -> None:
-            if life.code is None:
-                life.code, life.reason = code, reason
-            close(code, reason)
-
-        conn.close = recording_close  # type: ignore[method-assign]
 
     def closed(self, conn: Connection) -> tuple[int | None, str, float] | None:
         """``(code, reason, seconds open)`` of a connection :meth:`opened` saw, counted once;
-        None if it was not seen or was counted already."""
-        life = self._open.pop(conn.id, None)
-        if life is None:
+        None if it was not seen or was counted already. Code None: the client closed."""
+        if not conn.opened_at:
             return None
-        duration = time.monotonic() - life.started
-        code = "client" if life.code is None else str(life.code)
+        duration = time.monotonic() - conn.opened_at
+        conn.opened_at = 0.0
+        code = "client" if conn.close_code is None else str(conn.close_code)
         self.connections_closed.labels(conn.transport_name, code).inc()
         self.connection_duration.labels(conn.transport_name).observe(duration)
-        return life.code, life.reason, duration
-
-
-class _Life:
-    __slots__ = ("code", "reason", "started")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.code: int | None = None
-        self.reason = ""
-
+        return conn.close_code, conn.close_reason, duration

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 class Connection(ABC):
     """A client connection as the hub and node see it; transports subclass it."""
 
-    __slots__ = ("__weakref__", "address", "channels", "claims", "closed", "id", "user")
+    __slots__ = ("__weakref__", "address", "channels", "claims", "close_code", "close_reason", "closed", "id",
+                 "opened_at", "user")
     transport_name = "?"
     #: objects in reference cycles a closed connection of this class leaves for the garbage
     #: collector (measured: ~46 for a socket served by aiohttp); the GC policy adds them up to
@@ -38,18 +39,31 @@ class Connection(ABC):
         self.channels: set[str] = set()
         self.closed = False
         self.address: str | None = None  # the client's IP, for per-IP limits and logs
+        #: the first code the server closed this connection with (None: the client closed or
+        #: went away), and its reason: the close-code metrics and the close debug line read them
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.opened_at = 0.0  # monotonic time it was registered (0: not registered, or counted closed)
 
     @abstractmethod
     def send(self, out: Outgoing) -> None:
         """Queue a frame without blocking. Hot path: must not encode, await or raise."""
 
-    @abstractmethod
     def close(self, code: int, reason: str) -> None:
         """Start closing with ``code`` (see :class:`~pushgate.errors.CloseCode`); returns at once.
 
         ``reason`` is any text: a transport whose reason has a size limit (a WebSocket close
-        frame, 123 bytes) cuts it on a character boundary, never mid-character.
+        frame, 123 bytes) cuts it on a character boundary, never mid-character. The first code
+        is recorded here, once for every transport (drain, slow consumer, kick, rate limit and
+        protocol errors all come through this method); :meth:`_close` does the transport's part.
         """
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._close(code, reason)
+
+    @abstractmethod
+    def _close(self, code: int, reason: str) -> None:
+        """The transport's close (see :meth:`close`)."""
 
     def send_payload(self, payload: bytes) -> None:
         self.send(Outgoing(payload))

@@ -409,8 +409,7 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
     is a close frame with its code (1002, 1007, 1009), then the socket closes.
     """
 
-    # ``__dict__``: NodeMetrics.opened wraps ``close`` on the instance to record the close code
-    __slots__ = ("__dict__", "_close_timer", "_front", "_inbox", "_inbox_bytes", "_lost", "_parser", "_paused",
+    __slots__ = ("_close_timer", "_front", "_inbox", "_inbox_bytes", "_lost", "_parser", "_paused",
                  "_ping_tick", "_seen", "_worker", "access", "registered", "session")
     transport_name = "websocket"
     cyclic_garbage = 0.0  # a closed one is freed by reference counting (tests/web/test_lean.py)
@@ -527,10 +526,6 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
         if self.registered:
             self.registered = False
             await self._front.node.unregister(self)
-        # NodeMetrics.opened wrapped ``close`` on this instance, and the wrapper holds the bound
-        # method: a cycle. Unregistered, the metrics are done with it; without the cycle the
-        # connection is freed by its reference count, and leaves no garbage for a full collection.
-        self.__dict__.pop("close", None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -543,7 +538,7 @@ class LeanWebSocket(FramedConnection, asyncio.Protocol):
             self._worker = self._front.loop.create_task(self._work())
 
     # -- writing ------------------------------------------------------------------------------
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.flush()  # frames queued before the close must precede the close frame

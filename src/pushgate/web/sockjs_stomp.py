@@ -105,7 +105,7 @@ class SockJsStompConnection(StompConnection):
         if not self.session.send_messages([literal(framed) for framed in queued]):
             self.cut_slow_consumer()
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.last_words(code, reason)  # the parent's ERROR for closes STOMP did not decide (4005)

@@ -64,7 +64,7 @@ class SseConnection(TransportConnection):
         if self._transport.get_write_buffer_size() > self._limit:
             self.cut_slow_consumer()
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True

@@ -234,10 +234,10 @@ class StompConnection(WsConnection):
                        ("resync", "true"), ("epoch", epoch), ("offset", offset))
             self.send_frame(Frame("MESSAGE", headers, out.payload))
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         """Close, first telling the client why where STOMP has a frame for it (see :meth:`last_words`)."""
         self.last_words(code, reason)
-        super().close(code, reason)
+        super()._close(code, reason)
 
     def last_words(self, code: int, reason: str) -> None:
         """An ERROR frame before a close the session did not decide (§ERROR: "the server MUST

@@ -57,7 +57,7 @@ class WsConnection(FramedConnection):
         self._ws = ws
         self.close_task: asyncio.Task[Any] | None = None
 
-    def close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.flush()  # frames queued before the close must precede the close frame
