@@ -132,7 +132,7 @@ async def test_health_ready_metrics_openapi_static(server: Running) -> None:
     assert status == 200
     for line in ("pushgate_connections 1.0", "pushgate_subscriptions 1.0", "pushgate_published_total 1.0",
                  "pushgate_messages_out_total", "pushgate_publish_latency_seconds_bucket",
-                 "pushgate_messages_in_total 1.0"):
+                 'pushgate_messages_in_total{transport="websocket"} 1.0'):
         assert line in text, line
     status, doc = await server.api("GET", "/api/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
@@ -206,3 +206,13 @@ async def test_user_connections_count_them_and_list_this_nodes(server: Running) 
     assert status == 200 and body["connections"] == 0 and body["here"] == []
     status, body = await server.api("GET", "/api/users/bad%20name/connections")
     assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+async def test_client_frames_and_errors_are_counted_per_transport(server: Running) -> None:
+    c = await server.client("user=alice")
+    reply = await c.request({"type": "subscribe", "channel": "bad name"})
+    assert reply["type"] == "error" and reply["code"] == "bad_request"
+    status, text = await server.api("GET", "/metrics")
+    assert status == 200
+    assert 'pushgate_messages_in_total{transport="websocket"} 1.0' in text
+    assert 'pushgate_client_errors_total{code="bad_request",transport="websocket"} 1.0' in text

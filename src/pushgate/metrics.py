@@ -132,7 +132,7 @@ class NodeMetrics:
             registry=r, buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)
-        self.messages_in = Counter("pushgate_messages_in", "Client frames received", registry=r)
+        self.messages_in = Counter("pushgate_messages_in", "Client frames received", ["transport"], registry=r)
         self.published_total = Counter(
             "pushgate_published", "Publications, broadcasts and user sends accepted", registry=r
         )
@@ -143,7 +143,8 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self.slow_consumers = Counter("pushgate_slow_consumers", "Connections closed as slow", registry=r)
-        self.errors_total = Counter("pushgate_client_errors", "Error replies sent", ["code"], registry=r)
+        self.errors_total = Counter("pushgate_client_errors", "Error replies sent", ["transport", "code"],
+                                    registry=r)
         self.gap_fills_total = Counter("pushgate_gap_fills", "Stream gaps filled from history", registry=r)
         self.resyncs_total = Counter(
             "pushgate_resyncs", "Stream gaps history could not fill: subscribers told to resync in-band", registry=r

@@ -69,11 +69,11 @@ class JsonSession:
         self._deadline.cancel()
 
     def _error(self, rid: jsonwire.RequestId, code: str, message: str) -> None:
-        self.node.metrics.errors_total.labels(code).inc()
+        self.node.metrics.errors_total.labels(self.conn.transport_name, code).inc()
         self.conn.send_payload(jsonwire.error_frame(rid, code, message))
 
     async def handle(self, frame: str | bytes) -> None:
-        self.node.metrics.messages_in.inc()
+        self.node.metrics.messages_in.labels(self.conn.transport_name).inc()
         cmd = jsonwire.decode_command(frame)
         if not self._commands.take() or (
             isinstance(cmd, Publish | Send) and not self._data_bytes.take(len(cmd.data))

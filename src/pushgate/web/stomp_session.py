@@ -113,7 +113,7 @@ class StompSession:
     async def handle(self, frame: Frame) -> bool:
         """One frame; False when it ended the connection (ERROR or DISCONNECT)."""
         node, conn = self.node, self.conn
-        node.metrics.messages_in.inc()
+        node.metrics.messages_in.labels(conn.transport_name).inc()
         await self._throttle(frame)
         receipt = frame.get("receipt")
         try:
@@ -144,7 +144,7 @@ class StompSession:
         conn = self.conn
         if conn.closed:
             return
-        self.node.metrics.errors_total.labels(code).inc()
+        self.node.metrics.errors_total.labels(conn.transport_name, code).inc()
         headers = [("message", message[:1000]), ("code", code), ("content-type", "text/plain")]
         if receipt is not None:
             headers.append(("receipt-id", receipt))
