@@ -131,6 +131,10 @@ class NodeMetrics:
             "pushgate_connection_duration_seconds", "How long connections stayed open", ["transport"],
             registry=r, buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
+        self.broker_link_losses = Counter(
+            "pushgate_broker_link_losses", "Times the broker link went down (each is followed by a refill from history)",
+            registry=r,
+        )
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)
         self.messages_in = Counter("pushgate_messages_in", "Client frames received", ["transport"], registry=r)
         self.published_total = Counter(

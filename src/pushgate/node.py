@@ -734,6 +734,7 @@ class Node:
 
     def on_link_state(self, up: bool) -> None:
         if not up:
+            self.metrics.broker_link_losses.inc()
             log.warning("broker link lost: /readyz is 503 until it is back")
             return
         log.info("broker link restored: filling gaps from history and resyncing presence")

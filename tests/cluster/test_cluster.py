@@ -211,6 +211,8 @@ async def test_redis_restart_mid_stream_loses_nothing(cluster_node: Callable[...
             async with aiohttp.ClientSession() as s, s.get(n1.url + "/readyz") as r:
                 return r.status == 503
         await wait_for(not_ready, seconds=10, what="/readyz to report the broker down")
+        async with aiohttp.ClientSession() as s, s.get(n1.url + "/metrics") as r:
+            assert "pushgate_broker_link_losses_total 1.0" in await r.text()  # counted once per outage
         redis_server.start()
         count_at_restart = len(accepted)
         await wait_for(lambda: len(accepted) >= count_at_restart + 30, seconds=20,
