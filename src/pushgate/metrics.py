@@ -132,8 +132,8 @@ class NodeMetrics:
             registry=r, buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
         self.broker_link_losses = Counter(
-            "pushgate_broker_link_losses", "Times the broker link went down (each is followed by a refill from history)",
-            registry=r,
+            "pushgate_broker_link_losses",
+            "Times the broker link went down (each is followed by a refill from history)", registry=r,
         )
         self.subscriptions_total = Counter("pushgate_subscribes", "Successful subscribes", registry=r)
         self.messages_in = Counter("pushgate_messages_in", "Client frames received", ["transport"], registry=r)
