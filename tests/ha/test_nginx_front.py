@@ -344,3 +344,40 @@ def test_the_commands_in_deployment_md_write_configs_nginx_accepts(nginx_bin: st
         done = subprocess.run([nginx_bin, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True,
                               text=True, timeout=timeout(30))
         assert done.returncode == 0, f"{command}\n{done.stderr}"
+
+
+async def test_the_node_counts_the_client_nginx_names_not_nginx_nor_a_spoofed_header(
+        ha_node: NodeFactory, start_nginx: Callable[[NginxOptions], Nginx]) -> None:
+    """Clients connect from 127.0.0.2 and 127.0.0.3 (loopback aliases), nginx from 127.0.0.1 (the
+    nodes' trusted_proxies). With 2 connections allowed per address, the third from 127.0.0.2 is
+    refused even though each claimed another address in its own X-Forwarded-For (nginx appends the
+    real one, the node reads from the right), and 127.0.0.3 is still let in (the node does not
+    count nginx's address)."""
+    node = ha_node("ip", "--max-connections-per-ip", "2")
+    nginx = start_nginx(NginxOptions(upstreams=[f"127.0.0.1:{node.port}"]))
+    url = ws(nginx)
+    sessions: list[aiohttp.ClientSession] = []
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def connect(source: str, spoof: str) -> aiohttp.ClientWebSocketResponse:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
+        sessions.append(session)
+        sock = await session.ws_connect(url + f"?user=x{len(sessions)}", headers={"X-Forwarded-For": spoof,
+                                                                                  "X-Real-IP": spoof})
+        sockets.append(sock)
+        return sock
+
+    try:
+        for i in (1, 2):  # each welcomed, so registered, before the next handshake
+            assert (await (await connect("127.0.0.2", f"198.51.100.{i}")).receive_json(timeout=timeout(5)))[
+                "type"] == "welcome"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect("127.0.0.2", "198.51.100.3")
+        assert refused.value.status == 429
+        welcome = await (await connect("127.0.0.3", "198.51.100.4")).receive_json(timeout=timeout(5))
+        assert welcome["type"] == "welcome"
+    finally:
+        for sock in sockets:
+            await sock.close()
+        for session in sessions:
+            await session.close()
