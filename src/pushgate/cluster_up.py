@@ -150,6 +150,11 @@ class Child:
         except OSError:
             return ""
 
+    def last_line(self) -> str:
+        """The log's last line, for a one-line error (the whole log stays in the state directory)."""
+        lines = [line for line in self.tail(20).splitlines() if line.strip()]
+        return " ".join(lines[-1].split())[:300] if lines else "(empty log)"
+
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -175,18 +180,30 @@ def _wait_until(check: Callable[[], bool], child: Child, seconds: float, what: s
     while True:
         if not child.running:
             code = child.proc.returncode if child.proc is not None else "?"
-            raise ClusterError(f"{child.name} exited with {code} before {what}; its log ({child.log}):\n{child.tail()}")
+            raise ClusterError(f"{child.name} exited with {code} before {what}: {child.last_line()} (log: {child.log})")
         with contextlib.suppress(OSError):
             if check():
                 return
         if time.monotonic() > deadline:
-            raise ClusterError(f"{child.name}: no {what} within {seconds:g}s; its log ({child.log}):\n{child.tail()}")
+            raise ClusterError(f"{child.name}: no {what} within {seconds:g}s: {child.last_line()} (log: {child.log})")
         time.sleep(0.05)
 
 
-def _connects(port: int) -> bool:
-    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
     return True
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200 and b'"node"' in r.read())
+    except urllib.error.HTTPError:
+        return False
 
 
 def _pings(port: int) -> bool:
@@ -246,6 +263,9 @@ class LocalCluster:
 
     def start(self) -> tuple[str, str]:
         args = self.args
+        for option, port in (("--port", args.port), ("--api-port", args.api_port)):
+            if port and not port_free(port):  # before anything starts: nothing to undo
+                raise ClusterError(f"{option} {port}: 127.0.0.1:{port} is already in use")
         self.dir.mkdir(parents=True, exist_ok=True)
         nginx_bin = nginx_binary()
         if nginx_bin is None:
@@ -286,8 +306,8 @@ class LocalCluster:
         self.nginx = Child("nginx", [str(nginx_bin), "-p", str(prefix), "-c", str(conf)], self.dir / "nginx.log",
                            public)
         self.nginx.start()
-        for port in (public, internal):
-            _wait_until(functools.partial(_connects, port), self.nginx, args.timeout, f"listening on {port}")
+        for port in (public, internal):  # a node's answer through nginx, not just an open port
+            _wait_until(functools.partial(_healthy, port), self.nginx, args.timeout, f"a node's /healthz on {port}")
         return f"http://127.0.0.1:{public}", f"http://127.0.0.1:{internal}"
 
     def watch(self) -> None:
@@ -314,7 +334,10 @@ class LocalCluster:
             raise KeyboardInterrupt
 
     def stop(self) -> None:
-        """nginx first (no new traffic), then drain the nodes, then the broker; SIGKILL after a bounded wait."""
+        """nginx first (no new traffic), then drain the nodes, then the broker; SIGKILL after a bounded wait.
+
+        A temporary state directory is removed only after a cluster that came up: when one did not,
+        the logs named in the error stay for reading."""
         grace = self.args.drain_period + 10
         for group, sig, seconds in (([self.nginx], signal.SIGTERM, 5.0), (self.nodes, signal.SIGTERM, grace),
                                     ([self.broker], signal.SIGTERM, 10.0)):
@@ -325,7 +348,7 @@ class LocalCluster:
                 if not child.wait(seconds):
                     child.signal(signal.SIGKILL)
                     child.wait(5.0)
-        if self.made_dir:
+        if self.made_dir and self.started:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,3 +163,17 @@ async def test_cluster_up_on_a_given_broker_starts_none(valkey: RedisServer, tmp
         assert valkey.proc is not None and valkey.proc.poll() is None, "a broker it did not start is left alone"
     finally:
         await cleanup(up)
+
+
+async def test_a_taken_port_is_one_line_exit_1_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = await start_up("--nodes", "1", "--port", str(port), "--state-dir", str(tmp_path / "s"))
+        try:
+            assert await up.stopped() == 1
+        finally:
+            await cleanup(up)
+    assert up.lines == [f"pushgate cluster: --port {port}: 127.0.0.1:{port} is already in use"], up.lines
+    assert not (tmp_path / "s").exists(), "nothing was started"
