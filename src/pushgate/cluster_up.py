@@ -57,19 +57,35 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "free loopback ports, print the demo page's URL and a status line per node; Ctrl-C stops everything.",
     )
     p.add_argument("action", choices=("up",), help="up: start and run until Ctrl-C / SIGTERM")
-    p.add_argument("--nodes", type=int, default=3, metavar="N", help="nodes to start [%(default)s]")
+    p.add_argument("--nodes", type=_count, default=3, metavar="N", help="nodes to start, 1-64 [%(default)s]")
     p.add_argument("--broker", default=None, metavar="URL",
                    help="use this Redis/Valkey instead of starting valkey-server")
     p.add_argument("--port", type=int, default=0, help="nginx's public port [a free one]")
     p.add_argument("--api-port", type=int, default=0, help="nginx's internal port: /api, /metrics [a free one]")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="logs, configs and data here (kept) [a temporary directory, removed at exit]")
-    p.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--status-interval", type=_positive, default=1.0, metavar="SECONDS",
                    help="how often to look at the nodes [%(default)s]")
-    p.add_argument("--drain-period", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--drain-period", type=_positive, default=1.0, metavar="SECONDS",
                    help="the nodes' drain_period, how long Ctrl-C takes [%(default)s]")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=_positive, default=30.0, metavar="SECONDS",
                    help="how long each piece may take to come up [%(default)s]")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 1 and 64")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return value
 
 
 # -- finding the binaries -----------------------------------------------------------------------------------
@@ -354,8 +370,6 @@ class LocalCluster:
 
 def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     """``pushgate cluster up``: returns 0 after a clean stop (Ctrl-C / SIGTERM)."""
-    if not 1 <= args.nodes <= 64:
-        raise ClusterError("--nodes: between 1 and 64")
     cluster = LocalCluster(args, out)
     previous = {sig: signal.signal(sig, cluster.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -177,3 +177,14 @@ async def test_a_taken_port_is_one_line_exit_1_and_starts_nothing(tmp_path: Path
             await cleanup(up)
     assert up.lines == [f"pushgate cluster: --port {port}: 127.0.0.1:{port} is already in use"], up.lines
     assert not (tmp_path / "s").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nodes", "0"], "argument --nodes: '0': between 1 and 64"),
+    (["--drain-period", "-1"], "a number of seconds above 0"),
+    (["down"], "invalid choice: 'down'"),
+])
+def test_bad_options_exit_2(argv: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pushgate", "cluster", *(["up"] if argv[0] != "down" else []), *argv],
+                          capture_output=True, text=True, timeout=timeout(30))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
