@@ -111,7 +111,8 @@ console.log(JSON.stringify(out));
     assert got["floor"] == 0
 
 
-CLOSE_CODES = [None, 1000, 1001, 1006, 1008, 1009, 1011, 1012, 4000, 4001, 4002, 4003, 4499, 4500, 4501, 4999, 5000]
+CLOSE_CODES = [None, 1000, 1001, 1006, 1008, 1009, 1011, 1012, 4000, 4001, 4002, 4003, 4499, 4500, 4501, 4502, 4503,
+               4504, 4999, 5000]
 
 
 def test_close_code_table_is_one_table() -> None:
@@ -123,7 +124,8 @@ def test_close_code_table_is_one_table() -> None:
     assert [close_action(c) for c in (None, 1000, 1006, 1011, 4000, 4001, 4003, 4499, 5000)] == ["backoff"] * 9
     assert all(close_code_action(c) == Action(close_action(c)) for c in CLOSE_CODES)
     assert [c for c in CloseCode if not c.reconnect] == [
-        CloseCode.POLICY_VIOLATION, CloseCode.DISCONNECTED, CloseCode.PROTOCOL_VIOLATION]
+        CloseCode.POLICY_VIOLATION, CloseCode.DISCONNECTED, CloseCode.PROTOCOL_VIOLATION,
+        CloseCode.BAD_REQUEST, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN]
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
