@@ -8,6 +8,7 @@ stored acks as well, so a notice that went by before anyone listened cannot beco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from .backends.broker import Broker, StreamPosition
 from .names import user_stream
@@ -43,6 +44,9 @@ class AckWaiter:
         return list(dict.fromkeys(c for acked, c in self.seen if c and self.covered_by(acked)))
 
 
+NOTICE_GRACE = 0.25  # seconds a receipt found stored waits for its notice (who acknowledged)
+
+
 class Receipts:
     """Acknowledgements being collected for some users (see :meth:`pushgate.node.Node.receipts`)."""
 
@@ -68,6 +72,11 @@ class Receipts:
                     if not waiter.done.is_set():
                         stored = await self._broker.acked(user_stream(user))
                         if stored is not None and waiter.covered_by(stored):
+                            # the acking node stores the ack, then sends its notice (which names
+                            # the connection): found stored first, give the notice a moment
+                            grace = min(NOTICE_GRACE, max(0.0, deadline - loop.time()))
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(waiter.done.wait(), grace)
                             waiter.done.set()
                 left = deadline - loop.time()
                 if all(w.done.is_set() for w in waiters.values()) or left <= 0:
