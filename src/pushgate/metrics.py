@@ -87,7 +87,7 @@ class _BrokerCollector(Collector):
                                     value=1 if healthy else 0)
         # The Redis broker's publish pipelines (backends/redis/publishing.py, one per Redis server):
         # how deep each one is now. Read defensively, at scrape time; the memory broker has none.
-        pipes = getattr(getattr(self.broker, "_publishing", None), "pipes", None)
+        pipes = getattr(self.broker, "publish_pipes", None)
         if isinstance(pipes, list):
             depth = GaugeMetricFamily("pushgate_broker_publish_in_flight",
                                       "Publications queued or awaiting Redis's reply, per Redis server",
