@@ -132,6 +132,9 @@ class Config:
         50000.0, "publications per second this node accepts (0 = unlimited); over it `rate_limited` / 429"
     )
     broker_timeout: float = _opt(5.0, "seconds a broker call may take before it fails with `unavailable`")
+    broker_publish_max_in_flight: int = _opt(
+        10000, "publications queued or awaiting a reply per Redis server; more wait (bounded by broker_timeout)"
+    )
     idempotency_window: float = _opt(
         120.0, "seconds a publish `idempotency_key` is remembered cluster-wide (a retry within it is not re-applied)"
     )
@@ -493,7 +496,8 @@ def _validate(cfg: Config) -> None:
                 "client_command_burst", "client_publish_bytes_burst", "max_json_depth", "broker_timeout",
                 "idempotency_window", "stomp_heartbeat_tolerance", "stomp_transaction_frames",
                 "sockjs_heartbeat", "sockjs_disconnect_delay", "sockjs_response_limit",
-                "sockjs_max_pending_sessions", "gc_refreeze_connections")
+                "sockjs_max_pending_sessions", "gc_refreeze_connections",
+                "broker_publish_max_in_flight")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be > 0")

@@ -94,6 +94,7 @@ class Node:
                 idempotency_window=config.idempotency_window,
                 history_max_channels=config.history_max_channels,
                 history_max_bytes=config.history_max_bytes,
+                publish_max_in_flight=config.broker_publish_max_in_flight,
             )
             broker, presence, leases = broker or b, presence or p, leases or le
         self.broker: Broker = broker

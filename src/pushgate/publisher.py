@@ -62,7 +62,8 @@ class Publisher:
             user_history_size, user_history_ttl = config.user_history_size, config.user_history_ttl
         self._config = config
         broker, _presence, leases = create_stores(
-            url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window
+            url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window,
+            publish_max_in_flight=config.broker_publish_max_in_flight if config is not None else 10_000,
         )
         self._broker: Broker = broker
         self._leases: LeaseStore = leases  # once-only claims for broadcast idempotency keys

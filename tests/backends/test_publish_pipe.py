@@ -271,3 +271,20 @@ async def test_url_password_and_database_reach_both_hot_paths(own_redis: RedisSe
         admin = Redis.from_url(url)
         await admin.config_set("requirepass", "")
         await admin.aclose()
+
+
+async def test_the_in_flight_bound_is_a_node_setting(redis_server: RedisServer) -> None:
+    """``broker_publish_max_in_flight`` reaches every publish pipeline a node opens."""
+    from pushgate.config import load_config
+    from pushgate.node import Node
+
+    config = load_config(env={}, cli={"broker": redis_server.url, "broker_publish_max_in_flight": 64,
+                                      "port": 0})
+    node = Node(config)
+    await node.start()
+    try:
+        await node.publish("bound", b"1")
+        pipes = node.broker.publish_pipes  # type: ignore[attr-defined]
+        assert pipes and all(p.max_in_flight == 64 for p in pipes)
+    finally:
+        await node.stop()

@@ -74,6 +74,7 @@ def create_stores(
     idempotency_window: float = 120.0,
     history_max_channels: int = 100_000,
     history_max_bytes: int = 256 * 1024 * 1024,
+    publish_max_in_flight: int = 10_000,
 ) -> tuple[Broker, PresenceStore, LeaseStore]:
     """Build the broker, presence store and lease store named by ``url``.
 
@@ -81,7 +82,8 @@ def create_stores(
     sharing one connection pool and one key ``prefix``. Raises ValueError for an unsupported
     scheme or a prefix the key layout cannot hold. ``broker_timeout`` bounds every Redis call
     (memory calls do not wait); ``idempotency_window`` is how long publish idempotency keys are
-    remembered; ``history_max_*`` bound the memory broker's history (Redis keeps its own TTLs).
+    remembered; ``history_max_*`` bound the memory broker's history (Redis keeps its own TTLs);
+    ``publish_max_in_flight`` bounds the publications queued or awaiting a reply per Redis server.
     """
     if check_url(url) == "memory":
         broker = MemoryBroker(
@@ -95,7 +97,7 @@ def create_stores(
 
     conn = RedisConnection(url, timeout=broker_timeout)
     return (
-        RedisBroker(conn, prefix=prefix, idempotency_window=idempotency_window),
+        RedisBroker(conn, prefix=prefix, idempotency_window=idempotency_window, max_in_flight=publish_max_in_flight),
         RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
         RedisLeaseStore(conn, prefix=prefix),
     )
