@@ -40,6 +40,8 @@ class NamespaceConfig:
     join_leave: bool = False
     history_size: int | None = None  # None = the server-wide history_size
     history_ttl: float | None = None
+    #: a client's publication carries its publisher's user id (``"from"``), stamped by the server
+    stamp_publisher: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +312,7 @@ def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
             raise ConfigError(f"namespaces.{name}.{sorted(unknown)[0]}", "unknown option")
         if opts.get("subscribe", "any") not in {"any", "authenticated"}:
             raise ConfigError(f"namespaces.{name}.subscribe", "must be 'any' or 'authenticated'")
-        for key in ("publish", "presence", "join_leave"):
+        for key in ("publish", "presence", "join_leave", "stamp_publisher"):
             value = opts.get(key)
             if key in opts and not isinstance(value, bool) and not (key == "presence" and value == "subscribers"):
                 allowed_values = 'true, false or "subscribers"' if key == "presence" else "true or false"

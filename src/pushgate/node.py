@@ -484,6 +484,8 @@ class Node:
             self.authorizer.publish(conn, channel)  # no await before the broker: keeps client order
             if self.app.publish_hooks:
                 data = await self._run_publish_hooks(conn, channel, data)
+            if conn.user is not None and self.config.namespace(channel).stamp_publisher:
+                data = jsonwire.stamp(conn.user, data)  # subscribers see who published ("from")
         if not self._publish_rate.take():
             raise ClientError("rate_limited", "this node is at its publish rate limit: retry shortly")
         size, ttl = self.config.history_for(channel)

@@ -478,3 +478,20 @@ async def test_publisher_waits_for_delivery_receipts(cluster_node: Callable[...,
             assert await pub.wait_for_acks(positions, timeout=2.0) == {"bob": True, "zoe": False}
     finally:
         await clients.close()
+
+
+async def test_the_publisher_stamp_crosses_nodes_and_stays_in_history(cluster_node: Callable[..., Process]) -> None:
+    n1, n2 = cluster_node("n1"), cluster_node("n2")
+    clients = Clients()
+    try:
+        reader = await clients.connect(n2, "reader")
+        await reader.ok({"type": "subscribe", "channel": "chat:lobby"})
+        writer = await clients.connect(n1, "org:alice")  # a user id with a colon, like the envelope's separator
+        await writer.ok({"type": "publish", "channel": "chat:lobby", "data": {"text": "hi"}})
+        got = await reader.next("message")
+        assert got["data"] == {"text": "hi"} and got["from"] == "org:alice"
+        status, body = await api(n2, "GET", "/api/history/chat:lobby")
+        assert status == 200 and body["publications"][-1] == {"offset": got["offset"], "data": {"text": "hi"},
+                                                              "from": "org:alice"}
+    finally:
+        await clients.close()

@@ -98,6 +98,8 @@ async def test_send_reaches_json_and_stomp_subscribers_with_the_same_offsets(ser
     assert [json.loads(m.body) for m in got] == [{"n": 1}, {"n": 2}]
     pushed = await json_sub.messages(2)
     assert [(m["epoch"], str(m["offset"])) for m in pushed] == [(m.get("epoch"), m.get("offset")) for m in got]
+    # who published each one, stamped by the server: a STOMP header and the JSON frame's "from"
+    assert [m.get("sender") for m in got] == ["s", "j"] and [m["from"] for m in pushed] == ["s", "j"]
 
 
 async def test_text_and_empty_bodies(server: Running, stomp: Open) -> None:

@@ -151,8 +151,30 @@ def _explain(frame: bytes | str, exc: msgspec.DecodeError) -> DecodeError:
 
 # --- server frames -------------------------------------------------------------------------
 
+def stamp(sender: str, data: bytes) -> bytes:
+    """A channel publication's stored form with its publisher: ``=<sender>\n<data>``.
+
+    Stored and carried by every broker as opaque bytes, so brokers, history and recovery need
+    no field for it. Unambiguous because JSON text never begins with ``=``; a user id holds
+    no newline (:data:`pushgate.names.NAME_RE`).
+    """
+    return b"=" + sender.encode() + b"\n" + data
+
+
+def unstamp(entry: bytes) -> tuple[str | None, bytes]:
+    """(publisher, JSON data) of a stored channel publication (publisher None: not stamped)."""
+    if entry[:1] != b"=":
+        return None, entry
+    head, _, data = entry.partition(b"\n")
+    return head[1:].decode(), data
+
+
 def message_frame(channel: str, data: bytes, offset: int, epoch: str) -> bytes:
-    """``{"type":"message",...}`` for one publication. Hot path: built once, sent to many."""
+    """``{"type":"message",...}`` for one publication, with ``"from"`` when the publication is
+    stamped with its publisher (:func:`stamp`). Hot path: built once, sent to many."""
+    sender = None
+    if data[:1] == b"=":
+        sender, data = unstamp(data)
     return b"".join(
         (
             b'{"type":"message","channel":',
@@ -163,7 +185,7 @@ def message_frame(channel: str, data: bytes, offset: int, epoch: str) -> bytes:
             str(offset).encode(),
             b',"epoch":',
             _encode(epoch),
-            b"}",
+            b"}" if sender is None else b',"from":' + _encode(sender) + b"}",
         )
     )
 

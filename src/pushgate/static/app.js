@@ -130,7 +130,7 @@ function appendMessage(m) {
   const li = el('li', 'msg' + (m.own ? ' own' : '') + (m.system ? ' system' : ''));
   const head = el('div', 'msg-head');
   head.appendChild(el('span', 'who', m.from));
-  // a direct's sender is stamped by the server; a room message's name is what the publisher wrote
+  // stamped by the server: a direct's sender, a room message a client published
   if (m.verified) head.appendChild(el('span', 'verified', '✓')).title = 'sender stamped by the server';
   head.appendChild(el('time', null, m.time.toLocaleTimeString()));
   if (m.offset !== undefined) head.appendChild(el('span', 'muted', '#' + m.offset));
@@ -334,11 +334,12 @@ function subscribeRoom(room) {
   const since = page.positions[channel];
   client.subscribe(channel, (m) => {
     const data = m.data && typeof m.data === 'object' && !Array.isArray(m.data) ? m.data : { text: textOf(m.data) };
-    // the name the publisher wrote in data.user (the server stamps senders of directs only);
-    // a backend's publication usually has none
-    const from = typeof data.user === 'string' ? data.user : data.user === null ? 'anonymous' : '(no name)';
+    // a client's publication carries its publisher, stamped by the server (m.from); a backend's
+    // has none: then the name it wrote in data.user, if any
+    const verified = typeof m.from === 'string';
+    const from = verified ? m.from : typeof data.user === 'string' ? data.user : data.user === null ? 'anonymous' : '(no name)';
     page.positions[channel] = { epoch: m.epoch, offset: m.offset };
-    addMessage('room:' + room, { from, text: textOf(data), time: new Date(), own: !!page.user && from === page.user,
+    addMessage('room:' + room, { from, verified, text: textOf(data), time: new Date(), own: !!page.user && from === page.user,
       offset: m.offset });
     scheduleSave();
   }, since ? { since } : undefined).then((reply) => {

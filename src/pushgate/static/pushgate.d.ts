@@ -53,6 +53,9 @@ export interface MessagePush<T = unknown> {
   data: T;
   offset: number;
   epoch: string;
+  /** The user id of the client that published it, stamped by the server; absent when a backend
+   *  (HTTP API, broker) or an anonymous client published it. */
+  from?: string;
 }
 
 export interface DirectPush<T = unknown> {

@@ -32,6 +32,7 @@ from .. import __version__
 from ..backends.broker import StreamPosition
 from ..errors import ClientError, CloseCode
 from ..names import valid_channel, valid_users
+from ..protocol import jsonwire
 from .errors import Classified, classify, error_response
 from .openapi import openapi_document
 from .peer import client_address, forwarded_clients, has_forwarding_headers, is_trusted_proxy
@@ -178,6 +179,15 @@ def keyless_refusal(request: web.Request, trusted_proxies: tuple[str, ...]) -> C
     if request.method == "POST" and request.content_type != "application/json":
         return Classified(415, "unsupported_media_type", JSON_ONLY_MESSAGE)
     return None
+
+
+def _publication(offset: int, entry: bytes) -> dict[str, Any]:
+    """One history entry as the API shows it: ``from`` when a client published it (stamped)."""
+    sender, data = jsonwire.unstamp(entry)
+    item: dict[str, Any] = {"offset": offset, "data": msgspec.Raw(data)}
+    if sender is not None:
+        item["from"] = sender
+    return item
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -344,7 +354,7 @@ class Api:
                 "epoch": res.position.epoch,
                 "offset": res.position.offset,
                 "complete": res.complete,
-                "publications": [{"offset": p.offset, "data": msgspec.Raw(p.data)} for p in res.publications],
+                "publications": [_publication(p.offset, p.data) for p in res.publications],
             }
         )
 

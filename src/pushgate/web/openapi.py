@@ -148,7 +148,7 @@ def openapi_document() -> dict[str, Any]:
                     "channel": {"type": "string"}, "epoch": {"type": "string"}, "offset": {"type": "integer"},
                     "complete": {"type": "boolean"},
                     "publications": {"type": "array", "items": {"type": "object", "properties": {
-                        "offset": {"type": "integer"}, "data": _ANY}}},
+                        "offset": {"type": "integer"}, "data": _ANY, "from": {"type": "string"}}}},
                 }})},
             "/api/channels": {"get": _op("Channels with subscribers on this node", result={
                 "type": "object", "properties": {"channels": {"type": "array", "items": {

@@ -26,6 +26,7 @@ import msgspec
 from ..backends.broker import Publication, StreamPosition
 from ..errors import CloseCode
 from ..protocol import wsframe
+from ..protocol.jsonwire import unstamp
 from ..protocol.outgoing import Outgoing
 from ..protocol.stomp import HEARTBEAT, Frame, encode
 from .websocket import WsConnection
@@ -102,7 +103,8 @@ def message_frame(sub: Subscription, version: str, pub: Publication, body: bytes
 
 
 def _channel_message(sub: Subscription, version: str, pub: Publication) -> bytes:
-    return message_frame(sub, version, pub, pub.data)
+    sender, data = unstamp(pub.data)  # the publisher, stamped by the node, goes in a header
+    return message_frame(sub, version, pub, data, sender)
 
 
 def _user_message(sub: Subscription, version: str, data: bytes, sender: str | None, pub: Publication) -> bytes:
