@@ -34,7 +34,8 @@ async def test_subscribe_publish_unsubscribe(server: Running) -> None:
     reply = await pub.ok({"type": "publish", "channel": "news", "data": {"n": 1}})
     assert reply["offset"] == 1 and reply["epoch"] == ok["epoch"]
     msg = await sub.next("message")
-    assert msg == {"type": "message", "channel": "news", "data": {"n": 1}, "offset": 1, "epoch": ok["epoch"]}
+    assert msg == {"type": "message", "channel": "news", "data": {"n": 1}, "offset": 1, "epoch": ok["epoch"],
+                   "from": "bob"}
     await sub.ok({"type": "unsubscribe", "channel": "news"})
     await pub.ok({"type": "publish", "channel": "news", "data": 2})
     # a ping reply proves the server processed everything before it: nothing else may have arrived
