@@ -163,14 +163,22 @@ async def test_flush_window_holds_frames_after_a_flush_and_sends_them_in_one_wri
     assert second - first >= 0.045
 
 
-async def test_pacing_holds_the_next_flush_as_long_as_the_last_took() -> None:
+async def test_pacing_holds_the_next_flush_only_after_a_busy_one() -> None:
     hub = Hub(flush_pacing=1.0)
     conn = Recorder(hub, cost=0.03)  # every flush takes 30 ms
-    await publish_spread(hub, conn, 4, 0.004)
-    await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 4, 2, "all four frames")
-    sizes = [len(frames) for _, frames in conn.writes]
-    assert sizes[0] == 1 and len(sizes) == 2  # frames 2-4 waited out the 30 ms hold together
-    assert conn.writes[1][0] - conn.writes[0][0] >= 0.055  # 30 ms flush + 30 ms hold (timer ms granularity)
+    # one frame per flush: the rate is served frame by frame, nothing is held
+    await publish_spread(hub, conn, 2, 0.04)
+    await wait_until(lambda: len(conn.writes) == 2, 2, "two flushes")
+    assert conn.writes[1][0] - conn.writes[0][0] < 0.055
+    # two frames in one flush (busy): the next flush waits as long as that one took
+    conn.writes.clear()
+    hub.fanout((conn,), Outgoing(b"[1]"))
+    hub.fanout((conn,), Outgoing(b"[2]"))
+    await publish_spread(hub, conn, 3, 0.004)
+    await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 5, 2, "all five frames")
+    # the first flush took these two and the spread's first; the two that came during the hold left together
+    assert [len(f) for _, f in conn.writes] == [3, 2]
+    assert conn.writes[1][0] - conn.writes[0][0] >= 0.055  # 30 ms flush + 30 ms hold
 
 
 async def test_without_a_window_or_pacing_every_loop_iteration_flushes() -> None:

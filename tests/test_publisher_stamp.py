@@ -52,3 +52,12 @@ async def test_a_namespace_can_leave_publications_unstamped(make_server: ServerF
     await alice.ok({"type": "publish", "channel": "loud", "data": 2})
     first, second = await alice.messages(2)
     assert "from" not in first and second["from"] == "alice"
+
+
+def test_the_python_client_reads_the_publisher() -> None:
+    from pushgate.client._events import parse_message
+
+    stamped = parse_message({"type": "message", "channel": "c", "data": 1, "offset": 2, "epoch": "e", "from": "al"})
+    plain = parse_message({"type": "message", "channel": "c", "data": 1, "offset": 2, "epoch": "e"})
+    assert stamped is not None and stamped.sender == "al"
+    assert plain is not None and plain.sender is None

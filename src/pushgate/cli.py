@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     listen = sub.add_parser(
         "listen", help="print a channel's messages as JSON lines",
         description="Subscribe to CHANNEL over WebSocket and print one JSON object per message "
-        '({"channel", "epoch", "offset", "data"}); a gap the server could not fill prints '
+        '({"channel", "epoch", "offset", "data"}, and "from" when a client published it); '
+        'a gap the server could not fill prints '
         '{"resync": ...}. Reconnects and recovers on its own. Ctrl-C stops.',
     )
     listen.add_argument("channel")
@@ -352,8 +353,10 @@ async def _listen_loop(args: argparse.Namespace, since: tuple[str, int] | None, 
         client.on("resync", lambda ev: _print_resync(ev) if isinstance(ev, Resync) else None)
         sub = await client.subscribe(args.channel, since=Position(*since) if since else None)
         async for msg in sub:
-            print(json.dumps({"channel": msg.channel, "epoch": msg.epoch, "offset": msg.offset,
-                              "data": msg.data}), flush=True)
+            line = {"channel": msg.channel, "epoch": msg.epoch, "offset": msg.offset, "data": msg.data}
+            if msg.sender is not None:
+                line["from"] = msg.sender
+            print(json.dumps(line), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 break

@@ -57,6 +57,9 @@ class Message:
     data: Any
     offset: int
     epoch: str
+    #: the user id of the client that published it, stamped by the server (``None``: a backend
+    #: or an anonymous client published it, or the namespace does not stamp)
+    sender: str | None = None
 
     @property
     def position(self) -> Position:
@@ -239,7 +242,9 @@ def parse_message(obj: dict[str, Any]) -> Message | None:
     channel, position = obj.get("channel"), parse_position(obj)
     if not isinstance(channel, str) or position is None:
         return None
-    return Message(channel, obj.get("data"), position.offset, position.epoch)
+    sender = obj.get("from")
+    return Message(channel, obj.get("data"), position.offset, position.epoch,
+                   sender if isinstance(sender, str) else None)
 
 
 def parse_welcome(obj: dict[str, Any], since: Position | None = None) -> Welcome:
