@@ -58,7 +58,7 @@ from lib.servers import (
     parse_builds,
     run_load_client,
 )
-from lib.targets import PEERS, Target, pushgate_target
+from lib.targets import PEERS, Target, place_builds, resolve_targets
 
 DEFAULT_TARGETS = "pushgate,aiohttp,websockets,node-ws,uws,raw-uvloop"
 
@@ -368,34 +368,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.builds = parse_builds(args.pushgate_src)
     except ValueError as e:
         ap.error(str(e))
-    names = [b.name for b in args.builds]
-    for b in names[1:]:
-        if b in PEERS:
-            ap.error(f"--pushgate-src name {b!r} is a peer's name")
-        if b not in args.targets_list:
-            at = args.targets_list.index("pushgate") + 1 if "pushgate" in args.targets_list else 0
-            args.targets_list.insert(at, b)
-    for t in args.targets_list:
-        if t not in PEERS and t not in names:
-            ap.error(f"unknown target {t!r}; choose from {', '.join([*names, *PEERS])}")
+    place_builds(ap, args.targets_list, args.builds)
     return args
 
 
 async def amain(args: argparse.Namespace) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="pushgate-fanout-"))
-    builds = {b.name: b for b in args.builds if b.name in args.targets_list}
-    for b in builds.values():
-        b.snapshot(logdir / f"src-{b.name}", live=args.live_src)
-    all_targets = PEERS | {b.name: pushgate_target(b) for b in builds.values()}
-    targets: list[str] = []
-    skipped: dict[str, str] = {}
-    for t in args.targets_list:
-        ok, why = all_targets[t].available()
-        if ok:
-            targets.append(t)
-        else:
-            skipped[t] = why
-            print(f"# skipping {t}: {why}", file=sys.stderr)
+    all_targets, targets, skipped = resolve_targets(args.targets_list, args.builds, logdir, live=args.live_src)
+    builds = {b.name: b for b in args.builds if b.name in targets}
     if not targets:
         print("no target available", file=sys.stderr)
         return 2

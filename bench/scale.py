@@ -48,10 +48,9 @@ from lib.cload import CLoad
 from lib.meter import cpu_seconds, rss_kb, wait_for_quiet
 from lib.report import cell as _f
 from lib.servers import HOST, REPO_DIR, Proc, apply_nice, free_port, parse_builds, run_load_client
-from lib.targets import PEERS, Target, pushgate_target
+from lib.targets import CLOAD_UNSUPPORTED, Target, place_builds, resolve_targets
 
 DEFAULT_TARGETS = "pushgate,node-ws,uws,aiohttp"
-UNSUPPORTED = {"websockets": "its trigger is on a second port; cload publishes on the clients' port"}
 DEFAULT_PING_INTERVAL = 25.0  # pushgate's default ping_interval (config.py)
 
 
@@ -350,32 +349,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.builds = parse_builds(args.pushgate_src)
     except ValueError as e:
         ap.error(str(e))
-    names = [b.name for b in args.builds]
-    for b in names[1:]:
-        if b not in args.targets_list:
-            at = args.targets_list.index("pushgate") + 1 if "pushgate" in args.targets_list else 0
-            args.targets_list.insert(at, b)
-    for t in args.targets_list:
-        if t not in PEERS and t not in names:
-            ap.error(f"unknown target {t!r}; choose from {', '.join([*names, *PEERS])}")
+    place_builds(ap, args.targets_list, args.builds)
     return args
 
 
 async def amain(args: argparse.Namespace, argv: list[str]) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="pushgate-scale-"))
-    builds = {b.name: b for b in args.builds if b.name in args.targets_list}
-    for b in builds.values():
-        b.snapshot(logdir / f"src-{b.name}", live=args.live_src)
-    all_targets = PEERS | {b.name: pushgate_target(b) for b in builds.values()}
-    targets: list[str] = []
-    skipped: dict[str, str] = {}
-    for t in args.targets_list:
-        ok, why = (False, UNSUPPORTED[t]) if t in UNSUPPORTED else all_targets[t].available()
-        if ok:
-            targets.append(t)
-        else:
-            skipped[t] = why
-            print(f"# skipping {t}: {why}", file=sys.stderr)
+    all_targets, targets, skipped = resolve_targets(args.targets_list, args.builds, logdir, live=args.live_src,
+                                                    unsupported=CLOAD_UNSUPPORTED)
+    builds = {b.name: b for b in args.builds if b.name in targets}
     if not targets:
         return 2
     versions = {t: all_targets[t].version() for t in targets}

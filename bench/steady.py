@@ -47,12 +47,11 @@ from lib.cload import CLoad, CLoadError
 from lib.meter import CoreWindow, cpu_seconds, wait_for_quiet
 from lib.report import cell as _f
 from lib.servers import HOST, REPO_DIR, Proc, apply_nice, free_port, parse_builds, run_load_client
-from lib.targets import PEERS, Target, pushgate_target
+from lib.targets import CLOAD_UNSUPPORTED, PEERS, Target, place_builds, resolve_targets
 
 DEFAULT_TARGETS = "pushgate,node-ws,uws,aiohttp,socketio"
 DEFAULT_LADDER = "1000=10,50,100,200,500,1000,2000;5000=10,50,100,200"
 QUICK_LADDER = "1000=10,100,500"
-UNSUPPORTED = {"websockets": "its trigger is on a second port; cload publishes on the clients' port"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="stop a ladder after this many failing levels in a row (an overloaded level -- loss, "
                     "delivered < 80%% of offered, p99 > 1 s -- stops it at once)")
     ap.add_argument("--targets", default=DEFAULT_TARGETS,
-                    help=f"comma-separated, from pushgate,{','.join(p for p in PEERS if p not in UNSUPPORTED)} "
+                    help=f"comma-separated, from pushgate,{','.join(p for p in PEERS if p not in CLOAD_UNSUPPORTED)} "
                     "and the --pushgate-src names")
     ap.add_argument("--pushgate-src", action="append", default=[], metavar="NAME=PATH",
                     help="another pushgate build as target NAME (a repo, its src/, or git:REV); repeatable")
@@ -455,34 +454,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.builds = parse_builds(args.pushgate_src)
     except ValueError as e:
         ap.error(str(e))
-    names = [b.name for b in args.builds]
-    for b in names[1:]:
-        if b in PEERS:
-            ap.error(f"--pushgate-src name {b!r} is a peer's name")
-        if b not in args.targets_list:
-            at = args.targets_list.index("pushgate") + 1 if "pushgate" in args.targets_list else 0
-            args.targets_list.insert(at, b)
-    for t in args.targets_list:
-        if t not in PEERS and t not in names:
-            ap.error(f"unknown target {t!r}; choose from {', '.join([*names, *PEERS])}")
+    place_builds(ap, args.targets_list, args.builds)
     return args
 
 
 async def amain(args: argparse.Namespace, argv: list[str]) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="pushgate-steady-"))
-    builds = {b.name: b for b in args.builds if b.name in args.targets_list}
-    for b in builds.values():
-        b.snapshot(logdir / f"src-{b.name}", live=args.live_src)
-    all_targets = PEERS | {b.name: pushgate_target(b) for b in builds.values()}
-    targets: list[str] = []
-    skipped: dict[str, str] = {}
-    for t in args.targets_list:
-        ok, why = (False, UNSUPPORTED[t]) if t in UNSUPPORTED else all_targets[t].available()
-        if ok:
-            targets.append(t)
-        else:
-            skipped[t] = why
-            print(f"# skipping {t}: {why}", file=sys.stderr)
+    all_targets, targets, skipped = resolve_targets(args.targets_list, args.builds, logdir, live=args.live_src,
+                                                    unsupported=CLOAD_UNSUPPORTED)
+    builds = {b.name: b for b in args.builds if b.name in targets}
     if not targets:
         return 2
     versions = {t: all_targets[t].version() for t in targets}

@@ -16,6 +16,7 @@ system user ``pgbench`` (created if missing), from a cache directory that user c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -232,3 +233,43 @@ PEERS: dict[str, Target] = {t.name: t for t in (
 def pushgate_target(build: PushgateBuild) -> Target:
     where = "this repo" if build.name == "pushgate" else build.describe_source()
     return Target(build.name, f"pushgate serve ({where})", [PY, "-m", "pushgate", "serve"], build=build)
+
+
+#: targets the C load client (cload) cannot drive, and why
+CLOAD_UNSUPPORTED = {"websockets": "its trigger is on a second port; cload publishes on the clients' port"}
+
+
+def place_builds(ap: argparse.ArgumentParser, targets: list[str], builds: list[PushgateBuild]) -> None:
+    """Put each ``--pushgate-src`` build right after ``pushgate`` in ``targets`` (unless the
+    list names it already), and refuse a build named like a peer or a target that is neither."""
+    names = [b.name for b in builds]
+    for b in names[1:]:
+        if b in PEERS:
+            ap.error(f"--pushgate-src name {b!r} is a peer's name")
+        if b not in targets:
+            at = targets.index("pushgate") + 1 if "pushgate" in targets else 0
+            targets.insert(at, b)
+    for t in targets:
+        if t not in PEERS and t not in names:
+            ap.error(f"unknown target {t!r}; choose from {', '.join([*names, *PEERS])}")
+
+
+def resolve_targets(targets: list[str], builds: list[PushgateBuild], logdir: Path, *, live: bool = False,
+                    unsupported: dict[str, str] | None = None
+                    ) -> tuple[dict[str, Target], list[str], dict[str, str]]:
+    """Snapshot the builds in ``targets`` and check every target: (all targets by name, the
+    available ones in order, the skipped ones with why, also printed to stderr)."""
+    chosen = {b.name: b for b in builds if b.name in targets}
+    for b in chosen.values():
+        b.snapshot(logdir / f"src-{b.name}", live=live)
+    all_targets = PEERS | {b.name: pushgate_target(b) for b in chosen.values()}
+    available: list[str] = []
+    skipped: dict[str, str] = {}
+    for t in targets:
+        ok, why = (False, unsupported[t]) if unsupported and t in unsupported else all_targets[t].available()
+        if ok:
+            available.append(t)
+        else:
+            skipped[t] = why
+            print(f"# skipping {t}: {why}", file=sys.stderr)
+    return all_targets, available, skipped
