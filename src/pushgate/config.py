@@ -214,7 +214,7 @@ class Config:
 
 
 _DEFAULT_NS = NamespaceConfig()
-MAX_FLUSH_WINDOW = 0.05  # seconds: a longer batching window would be a latency bug, not a tuning
+MAX_FLUSH_WINDOW = 0.05  # seconds: the longest any flush is held (flush_window, paced holds); longer is a latency bug
 MAX_FLUSH_PACING = 10.0  # holds over 10x a flush's duration only add latency (the hold is capped anyway)
 SCALAR_FIELDS = [f for f in dataclasses.fields(Config) if not f.metadata.get("toml_only")]
 

@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .config import MAX_FLUSH_WINDOW
 from .protocol.outgoing import Outgoing
 
 if TYPE_CHECKING:
     from .web.connection import Connection
 
-MAX_HOLD = 0.05  # seconds: the longest a flush is held after the last, whatever the settings
 
 
 class Hub:
@@ -39,7 +39,7 @@ class Hub:
     (measured: at 5,000 sockets and 10 msg/s a hold after every 45 ms flush added 20 ms to p99).
     ``flush_window`` holds every flush by a fixed time on top (the event loop's timer
     granularity is 1 ms under uvloop: holds under 0.5 ms are none). Holds are capped at
-    :data:`MAX_HOLD` (docs/performance.md).
+    :data:`~pushgate.config.MAX_FLUSH_WINDOW`, the bound of ``flush_window`` (docs/performance.md).
     """
 
     def __init__(self, *, flush_window: float = 0.0, flush_pacing: float = 1.0) -> None:
@@ -82,7 +82,7 @@ class Hub:
             conn.flush()
         ended = time.perf_counter()
         pace = (ended - started) * self.flush_pacing if busy else 0.0
-        self._next_flush = ended + min(MAX_HOLD, max(self.flush_window, pace))
+        self._next_flush = ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace))
 
     def add(self, conn: Connection) -> bool:
         """Register ``conn``; True if it is its user's first connection on this node."""

@@ -63,7 +63,7 @@ class Publisher:
         self._config = config
         broker, _presence, leases = create_stores(
             url, prefix=prefix, broker_timeout=broker_timeout, idempotency_window=idempotency_window,
-            publish_max_in_flight=config.broker_publish_max_in_flight if config is not None else 10_000,
+            publish_max_in_flight=config.broker_publish_max_in_flight if config is not None else None,
         )
         self._broker: Broker = broker
         self._leases: LeaseStore = leases  # once-only claims for broadcast idempotency keys

@@ -74,7 +74,7 @@ def create_stores(
     idempotency_window: float = 120.0,
     history_max_channels: int = 100_000,
     history_max_bytes: int = 256 * 1024 * 1024,
-    publish_max_in_flight: int = 10_000,
+    publish_max_in_flight: int | None = None,
 ) -> tuple[Broker, PresenceStore, LeaseStore]:
     """Build the broker, presence store and lease store named by ``url``.
 
@@ -83,7 +83,8 @@ def create_stores(
     scheme or a prefix the key layout cannot hold. ``broker_timeout`` bounds every Redis call
     (memory calls do not wait); ``idempotency_window`` is how long publish idempotency keys are
     remembered; ``history_max_*`` bound the memory broker's history (Redis keeps its own TTLs);
-    ``publish_max_in_flight`` bounds the publications queued or awaiting a reply per Redis server.
+    ``publish_max_in_flight`` bounds the publications queued or awaiting a reply per Redis server
+    (None: the Redis broker's default).
     """
     if check_url(url) == "memory":
         broker = MemoryBroker(
@@ -94,10 +95,12 @@ def create_stores(
         return broker, MemoryPresenceStore(), MemoryLeaseStore()
     # Imported here so a memory-only node never imports redis-py.
     from pushgate.backends.redis import RedisBroker, RedisConnection, RedisLeaseStore, RedisPresenceStore
+    from pushgate.backends.redis.publishing import DEFAULT_MAX_IN_FLIGHT
 
     conn = RedisConnection(url, timeout=broker_timeout)
     return (
-        RedisBroker(conn, prefix=prefix, idempotency_window=idempotency_window, max_in_flight=publish_max_in_flight),
+        RedisBroker(conn, prefix=prefix, idempotency_window=idempotency_window,
+                    max_in_flight=DEFAULT_MAX_IN_FLIGHT if publish_max_in_flight is None else publish_max_in_flight),
         RedisPresenceStore(conn, prefix=prefix, node_ttl=node_ttl),
         RedisLeaseStore(conn, prefix=prefix),
     )
