@@ -14,6 +14,7 @@ def test_stamp_round_trip_and_plain_json_untouched() -> None:
     assert unstamp(stamp("alice", b'{"t":1}')) == ("alice", b'{"t":1}')
     assert unstamp(b'{"t":1}') == (None, b'{"t":1}')
     assert unstamp(b'"=not a stamp"') == (None, b'"=not a stamp"')  # JSON never starts with "="
+    assert unstamp(b"=\xff\n1") == ("\ufffd", b"1")  # a corrupt entry from a broker does not raise
     frame = message_frame("c", stamp("bob", b"[1]"), 3, "e")
     assert frame == b'{"type":"message","channel":"c","data":[1],"offset":3,"epoch":"e","from":"bob"}'
 

@@ -166,7 +166,7 @@ def unstamp(entry: bytes) -> tuple[str | None, bytes]:
     if entry[:1] != b"=":
         return None, entry
     head, _, data = entry.partition(b"\n")
-    return head[1:].decode(), data
+    return head[1:].decode("utf-8", "replace"), data  # never raises, whatever a broker handed back
 
 
 def message_frame(channel: str, data: bytes, offset: int, epoch: str) -> bytes:
