@@ -4,6 +4,7 @@ traceback (issue 7, item 11). Raw bytes on a real server, every log record captu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -25,6 +26,7 @@ GARBAGE = {
     "bad chunk size": (b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
     "nul in path": b"GET /heal\x00thz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "empty content-length": b"GET /api/channels HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
 }
 
 
@@ -55,6 +57,11 @@ async def test_malformed_http_is_a_400_and_one_quiet_line(make_server: ServerFac
     if reply:
         status = reply.split(b"\r\n", 1)[0].split(b" ")
         assert status[0].startswith(b"HTTP/1.") and status[1].startswith(b"4"), reply[:200]
+        # the same error shape as every other refusal: {"error": {"code": ..., "message": ...}}
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head.lower(), reply[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] and error["message"], error
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not noisy, [(r.name, r.levelname, r.getMessage()[:200]) for r in noisy]
     about_it = [r for r in caplog.records if r.name.startswith(("aiohttp", "pushgate.http"))]

@@ -41,6 +41,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qsl
 
+from aiohttp import web
+
 from ..auth import token_expiry
 from ..errors import CloseCode
 from ..logs import ACCESS_LOGGER
@@ -48,6 +50,7 @@ from ..protocol import wsframe
 from ..protocol.wsframe import Close, Failure, FrameParser, Message, Ping
 from .app import ECHO_PATH, TEST_ECHO_ENV
 from .connection import FramedConnection
+from .errors import CODE_BY_HTTP_STATUS, error_response
 from .handshake import Refusal, accept, open_session, user_since
 from .peer import client_address
 from .request_view import RequestView
@@ -55,7 +58,6 @@ from .session import JsonSession
 from .websocket import CLOSE_TIMEOUT, STOMP_SUBPROTOCOLS
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_parser import RawRequestMessage
     from aiohttp.streams import StreamReader
@@ -195,7 +197,8 @@ class LeanFront:
     # -- hand-over to aiohttp --------------------------------------------------------------
     def hand_over(self, transport: asyncio.Transport, data: bytes, deadline: asyncio.TimerHandle | None) -> None:
         """Give the socket to aiohttp with the bytes read so far; an unfinished head keeps its deadline."""
-        handler = self._server()
+        # aiohttp's own handler, but with JSON error bodies for requests it cannot parse
+        handler = JsonErrorsRequestHandler(self._server, loop=self.loop, **self._server._kwargs)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if deadline is not None:
@@ -293,6 +296,24 @@ class LeanFront:
         for conn in tuple(self.conns):
             conn.closed = True
             conn.transport.close()
+
+
+class JsonErrorsRequestHandler(web.RequestHandler):
+    """aiohttp's request handler, answering a request it cannot parse (an empty
+    ``Content-Length``, a broken header line, bad chunking) with pushgate's JSON error body
+    instead of aiohttp's plain text: every error a client gets, on ``/api`` and everywhere,
+    has one shape (docs/api.md). Other errors (a real 500) go through aiohttp unchanged."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not 400 <= status < 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (message or HTTPStatus(status).phrase).strip().splitlines()[0][:120]
+        http_log.debug("bad HTTP request from %s: %d %s", request.remote, status, reason)
+        response = error_response(status, CODE_BY_HTTP_STATUS.get(status, "bad_request"),
+                                  f"malformed HTTP request: {reason}")
+        response.force_close()
+        return response
 
 
 class _Head(asyncio.Protocol):
