@@ -93,7 +93,9 @@ async def test_policy_reclaims_the_cyclic_garbage_of_closed_connections_once_it_
         policy.stop()
 
 
-async def test_policy_does_not_pause_for_connections_that_leave_no_garbage() -> None:
+async def test_policy_does_not_pause_for_connections_that_leave_no_garbage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = count_freeze_walks(monkeypatch)
     policy = GcPolicy(enabled=True, refreeze_connections=3, garbage_share=1e-9)
     try:
         for _ in range(3):
@@ -102,6 +104,38 @@ async def test_policy_does_not_pause_for_connections_that_leave_no_garbage() -> 
             policy.disconnected(0.0)  # the lean WebSocket's estimate: freed by reference counting
         await asyncio.sleep(1.0)  # past the reclaim delay: a reclaim would have run by now
         assert policy.reclaims == 0
+        # Counting the frozen objects walks all of them (O(n) per call): a wave of closes that
+        # leaves no garbage never pays for it (once per close made 5,000 closes cost seconds).
+        assert walks() == 0
+    finally:
+        policy.stop()
+
+
+def count_freeze_walks(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count calls of gc.get_freeze_count from now on (each walks the permanent generation)."""
+    import gc
+
+    calls = [0]
+    real = gc.get_freeze_count
+
+    def counted() -> int:
+        calls[0] += 1
+        return real()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counted)
+    return lambda: calls[0]
+
+
+async def test_policy_counts_the_frozen_objects_at_most_once_per_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = count_freeze_walks(monkeypatch)
+    policy = GcPolicy(enabled=True, refreeze_connections=3, garbage_share=0.99)  # never due in this test
+    try:
+        for _ in range(3):
+            policy.connected()
+        for _ in range(500):
+            policy.disconnected(1.0)  # garbage below 99 % of the frozen objects: checked on every close
+        assert policy.reclaims == 0
+        assert walks() == 1
     finally:
         policy.stop()
 
