@@ -396,3 +396,27 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(server
         await wait_for(lambda: all(r() is None for r in refs), what="connections freed by reference counting")
     finally:
         gc.enable()
+
+
+async def test_a_sweep_spreads_its_pings_over_its_period(make_server: ServerFactory) -> None:
+    """Sockets that connected together fall silent together: their pings leave in slices, not
+    in one callback that would hold every delivery behind thousands of writes."""
+    from pushgate.web.lean import SWEEP_SLICE
+
+    interval, n = 1.0, 120
+    running = await make_server(ping_interval=interval)
+    raws = [(await RawWs.open(running.url, path=f"/ws?user=u{i}"))[0] for i in range(n)]
+    for raw in raws:
+        await raw.json()
+    loop = asyncio.get_running_loop()
+
+    async def pinged(raw: RawWs) -> float:
+        assert (await raw.frame(seconds=interval * 3))[0] == wsframe.OP_PING
+        return loop.time()
+
+    arrivals = sorted(await asyncio.gather(*(pinged(raw) for raw in raws)))
+    slices = int(interval / 4 / 2 / SWEEP_SLICE)  # 6: each slice pings 20 sockets
+    burst = max(sum(1 for t in arrivals if a <= t < a + SWEEP_SLICE / 4) for a in arrivals)
+    assert burst <= 2 * n // slices, (burst, arrivals[-1] - arrivals[0])  # one slice, or two a late loop ran together
+    for raw in raws:
+        raw.close()

@@ -115,19 +115,30 @@ class FramedConnection(TransportConnection):
         self._pending: list[bytes] | None = None
 
     def send(self, out: Outgoing) -> None:
-        # Hot path: queue the shared pre-framed bytes; the hub flushes once per loop iteration.
+        # Hot path: write the shared pre-framed bytes at once while the hub writes through (the
+        # first fan-out of a loop iteration, nothing queued anywhere), else queue them for the
+        # hub's next flush.
         if self.closed:
             return
         pending = self._pending
-        if pending is None:
+        if pending is not None:
+            pending.append(out.ws())
+        elif self._hub.through:
+            transport = self._transport
+            if transport.is_closing():
+                self.closed = True
+                return
+            transport.write(out.ws())
+            if transport.get_write_buffer_size() > self._limit:
+                self.cut_slow_consumer()
+        else:
             self._pending = [out.ws()]
             self._hub.want_flush(self)
-        else:
-            pending.append(out.ws())
 
     def queue(self, framed: bytes) -> None:
         """Queue bytes that are already WebSocket frames (a protocol other than JSON on this
-        socket, :class:`~pushgate.web.stomp_connection.StompConnection`); same flush as send."""
+        socket, :class:`~pushgate.web.stomp_connection.StompConnection`); always for the hub's
+        next flush, so that the frames one fan-out gives a socket leave in one write."""
         if self.closed:
             return
         pending = self._pending

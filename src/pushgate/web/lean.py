@@ -23,7 +23,11 @@ socket, all kept while the socket idles). Most of a node's sockets are idle WebS
 - Heartbeats are one sweep per node every ``ping_interval / 4`` (:meth:`LeanFront._sweep`),
   not a timer per socket: a socket silent for ``ping_interval`` gets a ping, and one still
   silent ``ping_interval / 2`` after it is closed (so a dead peer goes after 1.5-1.75 x
-  ``ping_interval`` of silence; any frame counts as life, as in aiohttp).
+  ``ping_interval`` of silence; any frame counts as life, as in aiohttp). A sweep visits the
+  sockets in slices spread over its period (one every ``SWEEP_SLICE`` seconds): sockets that
+  connected together fall silent together, and pinging 5,000 of them in one callback held
+  the event loop (and every delivery waiting on it) for ~35 ms. The slices fill the first
+  half of the period; a sweep left unfinished by a late loop is finished before the next.
 
 When ``build_app`` is mounted inside someone else's aiohttp application none of this runs:
 ``/ws`` is :class:`~.websocket.WebsocketHandler`, with the same handshake and session.
@@ -75,6 +79,7 @@ HEAD_LIMIT = 16384
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 TICKS_PER_PING = 5  # sweeps (ping_interval / 4 each) of silence before a ping: 1-1.25 x ping_interval
 TICKS_TO_ANSWER = 2  # sweeps after a ping without a frame back before the close: 0.5 x ping_interval
+SWEEP_SLICE = 0.02  # seconds between the slices of one sweep (each visits its share of the sockets)
 _PING = wsframe.ping_frame()
 #: the first two bytes of a client's pong with an empty payload (FIN + pong, masked, length 0), the
 #: answer to :data:`_PING`; with its 4-byte mask it is the whole read of a connection that only
@@ -172,6 +177,10 @@ class LeanFront:
         self.echo_path = echo_path
         self.conns: set[LeanWebSocket] = set()
         self.tick = 1
+        self._round: tuple[LeanWebSocket, ...] = ()  # the sockets the running sweep visits
+        self._round_at = 0  # the next of them to visit
+        self._round_slice = 1  # how many one slice visits
+        self._slicer: asyncio.TimerHandle | None = None  # the running sweep's next slice
         self._server = server
         self._heads: set[_Head] = set()
         self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
@@ -218,13 +227,36 @@ class LeanFront:
     # -- heartbeats ---------------------------------------------------------------------------
     def _sweep(self) -> None:
         """One pass over every lean socket: ping the silent, close the unanswering (cold path,
-        O(sockets) every ping_interval / 4: ~0.3 µs a socket)."""
+        O(sockets) every ping_interval / 4: ~0.3 µs a socket, ~7 µs one that gets a ping), in
+        slices over the sweep's period (see the module)."""
+        if self._closed:
+            return
+        if self._slicer is not None:  # a late loop left the last sweep unfinished
+            self._slicer.cancel()
+            self._round_slice = len(self._round)
+            self._sweep_slice()
         self.tick += 1
-        tick = self.tick
-        for conn in tuple(self.conns):
-            conn.heartbeat(tick)
-        if not self._closed:
-            self._sweeper = self.loop.call_later(self._sweep_period, self._sweep)
+        self._round, self._round_at = tuple(self.conns), 0
+        # Slices fill half the period, so a loop running late still finishes each sweep in time.
+        slices = max(1, int(self._sweep_period / 2 / SWEEP_SLICE))
+        self._round_slice = max(1, -(-len(self._round) // slices))  # ceil
+        self._sweeper = self.loop.call_later(self._sweep_period, self._sweep)
+        self._sweep_slice()
+
+    def _sweep_slice(self) -> None:
+        self._slicer = None
+        if self._closed:
+            return
+        tick, round_, start = self.tick, self._round, self._round_at
+        end = min(len(round_), start + self._round_slice)
+        for i in range(start, end):
+            round_[i].heartbeat(tick)  # a socket closed since the sweep began returns at once
+        self._round_at = end
+        if end < len(round_):
+            self._slicer = self.loop.call_later(SWEEP_SLICE, self._sweep_slice)
+        else:
+            self._round = ()  # let closed sockets go before the next sweep
+            self._round_at = 0
 
     # -- the lean handshake -------------------------------------------------------------------
     async def handshake(self, head: _Head, view: RequestView, accept_value: str) -> None:
@@ -288,6 +320,8 @@ class LeanFront:
         """The server is stopping: no more sweeps, every socket still here is closed."""
         self._closed = True
         self._sweeper.cancel()
+        if self._slicer is not None:
+            self._slicer.cancel()
         for deadline in self._waiting.values():
             deadline.cancel()
         self._waiting.clear()
