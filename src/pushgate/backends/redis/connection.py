@@ -3,6 +3,17 @@
 Every store of one node shares one :class:`RedisConnection` (one connection pool). Pub/sub
 connections are separate (:meth:`RedisConnection.pubsub_connection`), owned by the links.
 
+Sentinel (``redis+sentinel://``): the command client is redis-py's
+``Sentinel(...).master_for(service)``, which asks the sentinels for the primary whenever it
+connects and drops a connection that answers READONLY (the old primary, demoted). The hand
+written hot paths (publish pipe, pub/sub links) connect by themselves; they ask
+:meth:`RedisConnection.resolve` for a description of *the current primary* on every connect
+and reconnect (never a cached address: a cached one is exactly what a failover invalidates),
+and :meth:`RedisConnection.is_current_primary` lets a link notice that the primary moved
+while its own connection still works. Every sentinel query is bounded: each sentinel by
+``sentinel_timeout`` (tried in turn), the whole query by ``timeout``; when no sentinel answers,
+or none knows a healthy primary of the service, the caller gets BrokerUnavailable.
+
 Time: every store call is bounded by the connection's ``timeout`` (the ``broker_timeout``
 setting). A Redis that accepts connections but answers nothing (SIGSTOP, a saturated server, a
 dead peer without RST) would otherwise hold a caller for redis-py's socket timeout once per
@@ -19,6 +30,7 @@ into :class:`pushgate.errors.BrokerUnavailable`, raised ``from`` the original. E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
@@ -26,19 +38,27 @@ from typing import Any, Final, ParamSpec, Protocol, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pushgate.backends.validation import CLUSTER_SCHEMES, SINGLE_SCHEMES
+from pushgate.backends.validation import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    SINGLE_SCHEMES,
+    SentinelURL,
+    parse_sentinel_url,
+)
 from pushgate.backoff import backoff_cap
 from pushgate.errors import BrokerUnavailable
 
@@ -143,6 +163,12 @@ class CommandBackoff(AbstractBackoff):
         return random.uniform(0.0, backoff_cap(failures - 1, *self._window))
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (the primary's address from the sentinels on every connect,
+    READONLY drops the connection) that, like the single-server pool, makes callers wait
+    briefly for a free connection under a connect storm instead of failing."""
+
+
 def millis(seconds: float) -> int:
     """Seconds to a positive millisecond count for PX / PEXPIRE."""
     return max(1, round(seconds * 1000))
@@ -153,7 +179,9 @@ class RedisConnection:
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``, ``valkey://``) is a single
     server; ``redis+cluster://host:port`` (``rediss+cluster://``, ``valkey+cluster://``) is a
-    cluster reached through that seed node; the scheme table is :mod:`pushgate.backends.validation`.
+    cluster reached through that seed node; ``redis+sentinel://h1,h2,h3/service[/db]`` is the
+    primary the sentinels name (module docstring); the scheme table is
+    :mod:`pushgate.backends.validation`.
     The command client is created on first use and closed when the last started store releases
     it (:meth:`release`), so a broker, presence store and lease store built by ``create_stores``
     share one connection pool. The lease store has no lifecycle in its protocol, so it borrows
@@ -173,7 +201,13 @@ class RedisConnection:
         if not sep:
             raise ValueError(f"not a Redis URL: {url!r}")
         scheme = scheme.lower()
-        if scheme in CLUSTER_SCHEMES:
+        #: the parsed Sentinel URL, or None when the URL names the server(s) directly
+        self.sentinel: SentinelURL | None = None
+        if scheme in SENTINEL_SCHEMES:
+            self.cluster = False
+            self.sentinel = parse_sentinel_url(url)
+            self.base_url = ""  # no fixed server: see :meth:`resolve`
+        elif scheme in CLUSTER_SCHEMES:
             self.cluster = True
             self.base_url = f"{CLUSTER_SCHEMES[scheme]}://{rest}"
         elif scheme in SINGLE_SCHEMES:
@@ -190,7 +224,11 @@ class RedisConnection:
         # A socket wait longer than the whole call's deadline could never finish in time.
         self.socket_timeout = timeout if socket_timeout is None else min(socket_timeout, timeout)
         self.connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
+        #: one sentinel's time to answer before the next is asked (all of them within ``timeout``)
+        self.sentinel_timeout = min(self.connect_timeout, 1.0)
         self._client: RedisClient | None = None
+        self._sentinels: Sentinel | None = None
+        self._failover_listeners: list[Callable[[], None]] = []
         self._users = 0
 
     @property
@@ -207,7 +245,16 @@ class RedisConnection:
             }
             if self._tcp:
                 opts["socket_keepalive"] = True
-            if self.cluster:
+            if self.sentinel is not None:
+                self._client = self._sentinel_manager().master_for(
+                    self.sentinel.service,
+                    redis_class=Redis,
+                    connection_pool_class=_BlockingSentinelPool,
+                    max_connections=MAX_POOL_CONNECTIONS,
+                    timeout=self.timeout,
+                    **opts,
+                )
+            elif self.cluster:
                 self._client = RedisCluster.from_url(self.base_url, **opts)
             else:
                 # A blocking pool: under a connect storm (every handshake writes presence) callers
@@ -231,6 +278,93 @@ class RedisConnection:
         if self._users == 0 and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        if self._users == 0 and self._sentinels is not None:
+            sentinels, self._sentinels = self._sentinels, None
+            await sentinels.aclose()
+
+    # --- Sentinel ------------------------------------------------------------------------------
+
+    def _sentinel_manager(self) -> Sentinel:
+        """redis-py's Sentinel object, one per connection: the sentinels' own clients (bounded by
+        ``sentinel_timeout`` each) and the primary's connection settings."""
+        url = self.sentinel
+        assert url is not None
+        if self._sentinels is None:
+            sentinel_kwargs: dict[str, Any] = {
+                "socket_timeout": self.sentinel_timeout,
+                "socket_connect_timeout": self.sentinel_timeout,
+                "retry": Retry(NoBackoff(), 0),  # the next sentinel is the retry
+            }
+            if url.sentinel_password is not None:
+                sentinel_kwargs["password"] = url.sentinel_password
+                if url.sentinel_username is not None:
+                    sentinel_kwargs["username"] = url.sentinel_username
+            primary: dict[str, Any] = {"db": url.db}
+            if url.password is not None:
+                primary["password"] = url.password
+                if url.username is not None:
+                    primary["username"] = url.username
+            if url.tls:
+                sentinel_kwargs["ssl"] = True
+                primary["ssl"] = True
+            self._sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                list(url.sentinels), sentinel_kwargs=sentinel_kwargs, **primary
+            )
+        return self._sentinels
+
+    async def primary_address(self) -> tuple[str, int]:
+        """Ask the sentinels, now, where the primary is: each in turn until one names a primary
+        it considers healthy (not subjectively or objectively down), all within ``timeout``.
+
+        BrokerUnavailable when none answers in time or none knows the service."""
+        url = self.sentinel
+        if url is None:
+            raise RuntimeError("primary_address needs a redis+sentinel:// URL")
+        try:
+            async with asyncio.timeout(self.timeout):
+                host, port = await self._sentinel_manager().discover_master(url.service)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"no sentinel of {url.hosts} named the primary of {url.service!r} within {self.timeout:g}s"
+            ) from exc
+        except (RedisError, OSError) as exc:  # MasterNotFoundError lists what each sentinel said
+            raise BrokerUnavailable(f"no primary for {url.service!r} from the sentinels {url.hosts}: {exc}") from exc
+        return str(host), int(port)
+
+    async def resolve(self, host: str | None = None, port: int | None = None) -> AbstractConnection:
+        """The description (an unconnected redis-py connection) of the server to connect to now.
+
+        With Sentinel it is the current primary, asked of the sentinels on every call (one
+        place for the query, used by every publish pipe and pub/sub link at every connect);
+        otherwise :meth:`pubsub_connection` of the URL's server or of the cluster node given."""
+        if self.sentinel is not None:
+            host, port = await self.primary_address()
+        return self.pubsub_connection(host, port)
+
+    async def is_current_primary(self, desc: AbstractConnection) -> bool | None:
+        """With Sentinel: whether the sentinels still name the server ``desc`` describes as the
+        primary (False after a failover), or None when they cannot say right now (then the
+        caller keeps what it has rather than churn). Always True without Sentinel."""
+        if self.sentinel is None:
+            return True
+        try:
+            address = await self.primary_address()
+        except BrokerUnavailable:
+            return None
+        return address == (str(getattr(desc, "host", "")), int(getattr(desc, "port", 0)))
+
+    def add_failover_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called when a user of this connection saw a sign of failover (a
+        READONLY reply): pub/sub links then check at once whether the primary moved."""
+        self._failover_listeners.append(listener)
+
+    def remove_failover_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._failover_listeners.remove(listener)
+
+    def suspect_failover(self) -> None:
+        for listener in list(self._failover_listeners):
+            listener()
 
     def pubsub_connection(self, host: str | None = None, port: int | None = None) -> AbstractConnection:
         """A fresh, unconnected connection for pub/sub, to the URL's server or a cluster node.
@@ -238,7 +372,13 @@ class RedisConnection:
         RESP2 and no redis-py retries or health checks: the link owns reconnects and its own
         PING-based liveness check, and a health check would steal replies from its reader.
         """
-        kwargs: dict[str, Any] = dict(parse_url(self.base_url))
+        kwargs: dict[str, Any]
+        if self.sentinel is not None:
+            url = self.sentinel
+            kwargs = {"db": url.db, "username": url.username, "password": url.password,
+                      "connection_class": SSLConnection if url.tls else Connection}
+        else:
+            kwargs = dict(parse_url(self.base_url))
         connection_class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
         if host is not None:
             kwargs["host"] = host

@@ -16,7 +16,19 @@ connect):
 * a PING goes out whenever the link has been quiet for ``ping_interval``; no byte back within
   ``ping_timeout`` means the link is silently dead (TCP keepalive alone takes minutes);
 * after a drop it reconnects with the shared backoff policy (:mod:`pushgate.backoff`),
-  resubscribes every topic it holds, and only reports itself up once every SUBSCRIBE is confirmed.
+  resubscribes every topic it holds, and only reports itself up once every SUBSCRIBE is confirmed;
+* with Sentinel it follows the primary: where to connect is asked (of the sentinels) at every
+  connect, and while connected it asks again every ``ping_interval`` (and at once when
+  :meth:`PubSubLink.check_primary` is called, e.g. after a READONLY on the publish pipe)
+  whether its server is still the primary. A failover that leaves the old primary reachable
+  (``SENTINEL FAILOVER``, a network split) demotes it to a replica, and a link still
+  subscribed there would silently miss what is published on the new primary until the
+  replica resynchronises; so the link drops that connection and reconnects, and its owner
+  fills the gap from history as after any link loss. Why not ``ROLE`` on the link itself: a
+  RESP2 connection in subscribed mode may only send (P|S)SUBSCRIBE, UNSUBSCRIBE, PING, QUIT and
+  RESET. Why not the sentinels' ``+switch-master`` channel: one more connection per node to
+  keep alive, and a missed event (the watched sentinel restarting) would go unnoticed, while
+  asking on the ping cycle costs one small query per interval and cannot miss a change.
 
 Which link carries which topic is not this module's business: that is :mod:`.links`.
 """
@@ -27,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -42,6 +54,7 @@ __all__ = ["LinkOptions", "PubSubLink"]
 
 log = logging.getLogger(__name__)
 
+_IsPrimary = Callable[[AbstractConnection], Awaitable["bool | None"]]
 _Expect = tuple[Literal["sub", "unsub", "ping", "ctl"], bytes]
 _PING = command("PING")
 _MESSAGE_KINDS = (b"message", b"smessage")
@@ -83,6 +96,10 @@ class _LinkDead(Exception):
     """No reply to our PING within ``ping_timeout``: the connection is silently gone."""
 
 
+class _PrimaryMoved(Exception):
+    """The sentinels name another server as the primary: this connection follows a replica."""
+
+
 class PubSubLink:
     """Subscriptions to a set of topics over one connection (one per server or cluster shard).
 
@@ -90,18 +107,23 @@ class PubSubLink:
     ``on_message(topic, payload)`` for every delivered message, ``on_state()`` whenever
     :attr:`up` changes, ``on_misrouted(topic)`` when the server refuses or drops a topic that
     belongs to another shard, ``on_connect_failed()`` after a failed (re)connect attempt.
+
+    ``factory()`` is awaited at every connect for where to connect (with Sentinel it asks the
+    sentinels). ``is_primary(desc)``, when given, is asked every ``ping_interval`` while
+    connected (module docstring): False makes the link reconnect, None (cannot tell) keeps it.
     """
 
     def __init__(
         self,
         name: str,
-        factory: Callable[[], AbstractConnection],
+        factory: Callable[[], Awaitable[AbstractConnection]],
         *,
         sharded: bool,
         on_message: Callable[[bytes, bytes], None],
         on_state: Callable[[], None],
         on_misrouted: Callable[[bytes], None] | None = None,
         on_connect_failed: Callable[[], None] | None = None,
+        is_primary: _IsPrimary | None = None,
         options: LinkOptions,
     ) -> None:
         self.name = name
@@ -129,6 +151,8 @@ class PubSubLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._first_attempt = asyncio.Event()
+        self._is_primary = is_primary
+        self._check_now = asyncio.Event()
 
     @property
     def pending(self) -> bool:
@@ -150,6 +174,10 @@ class PubSubLink:
                 await task
             except asyncio.CancelledError:
                 pass
+
+    def check_primary(self) -> None:
+        """Ask now (not at the next interval) whether the server is still the primary."""
+        self._check_now.set()
 
     async def add(self, topic: bytes, *, wait: bool = True) -> None:
         """Subscribe to ``topic``; with ``wait``, return once the server confirmed it (bounded).
@@ -199,8 +227,9 @@ class PubSubLink:
         loop = asyncio.get_running_loop()
         while not self._closing:
             wire = _LinkWire(self)
+            follower: asyncio.Task[None] | None = None
             try:
-                desc = self._factory()
+                desc = await self._factory()
                 await open_wire(desc, wire, self._connect_timeout)
                 self._reader = hiredis.Reader()
                 self._last_rx, self._ping_sent = loop.time(), None
@@ -209,13 +238,18 @@ class PubSubLink:
                     self._expect.append(("ctl", what.encode()))
                     wire.write(cmd)
                 self._resubscribe(wire)
+                if self._is_primary is not None:
+                    follower = asyncio.create_task(self._follow_primary(wire, desc, self._is_primary),
+                                                   name=f"pushgate-pubsub-{self.name}-primary")
                 await self._watch(wire)  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if not self._closing:
-                    log.warning("pub/sub %s: link lost: %r", self.name, exc)
+                    log.warning("pub/sub %s: link lost: %s", self.name, _describe(exc))
             finally:
+                if follower is not None:
+                    follower.cancel()
                 was_up = self.up
                 self._wire = None
                 self._went_down(wire)
@@ -229,6 +263,19 @@ class PubSubLink:
             elif self._on_connect_failed is not None:
                 self._on_connect_failed()
             await asyncio.sleep(next(delays))
+
+    async def _follow_primary(self, wire: _LinkWire, desc: AbstractConnection, is_primary: _IsPrimary) -> None:
+        """Every ``ping_interval`` (or at once on :meth:`check_primary`), ask whether the server
+        is still the primary; fail the connection when it is not (module docstring)."""
+        self._check_now.clear()
+        while not wire.lost.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), self._ping_interval)
+            self._check_now.clear()
+            if await is_primary(desc) is False:
+                where = f"{getattr(desc, 'host', '?')}:{getattr(desc, 'port', '?')}"
+                wire.fail(_PrimaryMoved(f"{where} is no longer the primary (failover)"))
+                return
 
     def _resubscribe(self, wire: _LinkWire) -> None:
         topics = list(self.topics)
@@ -369,6 +416,13 @@ class PubSubLink:
             self.up = False
             if not self._closing:
                 self._on_state()
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the log: the failures a peer causes are expected, so no traceback."""
+    if isinstance(exc, (_LinkDead, _PrimaryMoved)) or type(exc).__name__ == "BrokerUnavailable":
+        return str(exc)
+    return repr(exc)
 
 
 class _LinkWire(asyncio.Protocol):

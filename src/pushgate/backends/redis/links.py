@@ -76,6 +76,7 @@ class LinkPool:
         self._orphans: set[bytes] = set()
         self._moving = False
         self._closed = False
+        conn.add_failover_listener(self._check_primaries)
 
     @property
     def healthy(self) -> bool:
@@ -104,6 +105,7 @@ class LinkPool:
             return
         self._closed = True
         self._announce = False
+        self._conn.remove_failover_listener(self._check_primaries)
         if self._rebalance_task is not None:
             self._rebalance_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,17 +146,23 @@ class LinkPool:
             cluster = self._conn.cluster
             link = PubSubLink(
                 name,
-                lambda: self._conn.pubsub_connection(host, port),
+                lambda: self._conn.resolve(host, port),
                 sharded=cluster,
                 on_message=self._on_message,
                 on_state=self._update_health,
                 on_misrouted=self._on_misrouted if cluster else None,
                 on_connect_failed=self._schedule_rebalance if cluster else None,
+                is_primary=self._conn.is_current_primary if self._conn.sentinel is not None else None,
                 options=self._options,
             )
             self._links[name] = link
             link.start()
         return link
+
+    def _check_primaries(self) -> None:
+        """A sign of failover (the publish pipe got READONLY): every link checks its server now."""
+        for link in self._links.values():
+            link.check_primary()
 
     # --- health -------------------------------------------------------------------------------
 

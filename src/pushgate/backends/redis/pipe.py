@@ -32,6 +32,12 @@ How it works:
   publications are sent again, in order; publications submitted meanwhile wait behind them.
 * **Redirects** (MOVED/ASK/TRYAGAIN, a cluster slot that moved) are handed to ``on_redirect``
   (:mod:`.publishing` sends them the slow way, through redis-py's cluster client).
+* **READONLY** (the server was a primary and is a replica now: a Sentinel failover, or someone
+  ran REPLICAOF) fails that publication and every one pending behind it (they would all be
+  refused) and drops the connection; the next submission reconnects, after the backoff delay,
+  to whatever ``endpoint()`` names then (with Sentinel: the primary the sentinels name at that
+  moment, see :meth:`.connection.RedisConnection.resolve`), and ``on_readonly()`` is told so
+  the pub/sub links check whether they follow a demoted server too.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, cast
 
 import hiredis
@@ -161,16 +167,18 @@ class _Wire(asyncio.Protocol):
 class PublishPipe:
     """Publications to one server over one auto-pipelined connection (see the module docstring).
 
-    ``endpoint()`` gives a fresh, unconnected redis-py connection object that only serves as the
-    description of where and how to connect (host/port or Unix path, TLS context, username,
-    password, db): URL parsing stays redis-py's. ``on_redirect(pipe, entry, message)`` takes over a
-    publication the server redirected; ``on_unreachable()`` is told when a connect fails.
+    ``await endpoint()`` gives a fresh, unconnected redis-py connection object that only serves as
+    the description of where and how to connect (host/port or Unix path, TLS context, username,
+    password, db): URL parsing stays redis-py's, and with Sentinel it is asked of the sentinels
+    at every connect. ``on_redirect(pipe, entry, message)`` takes over a publication the server
+    redirected; ``on_unreachable()`` is told when a connect fails; ``on_readonly()`` when the
+    server answered READONLY (it was demoted).
     """
 
     def __init__(
         self,
         name: str,
-        endpoint: Callable[[], AbstractConnection],
+        endpoint: Callable[[], Awaitable[AbstractConnection]],
         *,
         script: str,
         timeout: float,
@@ -179,6 +187,7 @@ class PublishPipe:
         backoff_window: tuple[float, float],
         on_redirect: Callable[[PublishPipe, PendingPublish, str], None] | None = None,
         on_unreachable: Callable[[], None] | None = None,
+        on_readonly: Callable[[], None] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -192,6 +201,7 @@ class PublishPipe:
         self._delays: Iterator[float] = backoff(*backoff_window)
         self._on_redirect = on_redirect
         self._on_unreachable = on_unreachable
+        self._on_readonly = on_readonly
         self._loop = asyncio.get_running_loop()
         self._wire: _Wire | None = None
         self._reader = hiredis.Reader()
@@ -331,6 +341,8 @@ class PublishPipe:
                             fut.set_result(StreamPosition(epoch, reply[1]))
                     else:
                         self._on_error_reply(entry, reply)
+                        if self._wire is not wire:
+                            return  # the reply made us drop the connection (READONLY)
                 else:
                     entry.on_reply(reply)  # type: ignore[union-attr]
         except (hiredis.ProtocolError, IndexError, AttributeError, TypeError, ValueError) as exc:
@@ -363,7 +375,22 @@ class PublishPipe:
         if self._on_redirect is not None and message.startswith(REDIRECTS):
             self._on_redirect(self, entry, message)
             return
-        entry.fail(reply_error(message))
+        failure = reply_error(message)
+        entry.fail(failure)
+        if message.startswith("READONLY") and isinstance(failure, BrokerUnavailable):
+            self._demoted(failure)
+
+    def _demoted(self, failure: BrokerUnavailable) -> None:
+        """The server answered READONLY: it is a replica now. Everything sent after this
+        publication would be refused too; reconnect (to the primary the endpoint names then)."""
+        log.warning("publish pipe %s: the server is a replica now (READONLY, a failover?); reconnecting "
+                    "to the current primary", self.name)
+        self._drop(failure)
+        # Not at once: the sentinels may still name the demoted server for a moment.
+        self._retry_at = self._loop.time() + next(self._delays)
+        self._last_error = failure
+        if self._on_readonly is not None:
+            self._on_readonly()
 
     def _reloaded(self, reply: object) -> None:
         if isinstance(reply, hiredis.ReplyError):
@@ -429,9 +456,9 @@ class PublishPipe:
     async def _connect(self) -> None:
         wire = _Wire(self)
         try:
-            desc = self._endpoint()
+            desc = await self._endpoint()
             await open_wire(desc, wire, self._connect_timeout)
-        except (OSError, TimeoutError, RedisError) as exc:
+        except (OSError, TimeoutError, RedisError, BrokerUnavailable) as exc:
             self._connecting = None
             self._last_error = exc
             self._retry_at = self._loop.time() + next(self._delays)

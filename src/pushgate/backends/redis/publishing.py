@@ -143,7 +143,7 @@ class PublishPath:
             cluster = self._cluster is not None
             pipe = self._pipes[name] = PublishPipe(
                 name,
-                lambda: self._conn.pubsub_connection(host, port),
+                lambda: self._conn.resolve(host, port),
                 script=scripts.PUBLISH,
                 timeout=self._timeout,
                 connect_timeout=self._conn.connect_timeout,
@@ -151,6 +151,7 @@ class PublishPath:
                 backoff_window=self._window,
                 on_redirect=self._redirected if cluster else None,
                 on_unreachable=self._schedule_refresh if cluster else None,
+                on_readonly=self._conn.suspect_failover,
             )
         return pipe
 
