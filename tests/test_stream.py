@@ -115,11 +115,41 @@ def test_a_resync_with_nothing_buffered_goes_on_from_where_history_stands() -> N
 
 def test_link_restored_starts_one_fill_at_a_time() -> None:
     s = stream(7)
-    assert s.link_restored() == StartFill(StreamPosition(E, 7))
+    assert s.link_restored() == StartFill(StreamPosition(E, 7), verify=True)
     assert s.link_restored() is None
     assert s.publication(pub(9)) is SKIP
     out = s.fill_done(HistoryResult([pub(8), pub(9)], StreamPosition(E, 9)))
     assert offsets(out.deliver) == [8, 9]
+
+
+def test_a_link_restore_asks_to_verify_what_was_delivered_last() -> None:
+    """After a link loss the node checks that the broker still holds its newest publication (a
+    failover may have lost it): the fill carries that publication's position and data."""
+    s = stream(7)
+    assert s.publication(pub(8)) is DELIVER
+    assert s.link_restored() == StartFill(StreamPosition(E, 8), verify=True, data=b'{"n":8}')
+    s.fill_done(HistoryResult([], StreamPosition(E, 8)))
+    # a position learnt from history (no publication seen) has no data to compare
+    t = stream(3)
+    t.link_restored()
+    t.fill_done(HistoryResult([], StreamPosition(E, 5), complete=False))
+    assert t.last == StreamPosition(E, 5) and t.last_data is None
+
+
+def test_a_rewound_stream_resyncs_and_drops_old_epoch_publications_that_reuse_offsets() -> None:
+    """The broker went back to offset 6 after the node delivered 8 (a failover lost 7 and 8); a
+    new 7 arrived in the old epoch before the stream was reset to epoch e2. The subscribers get
+    a resync into e2 and what e2 holds, never the ambiguous old-epoch 7."""
+    s = stream(7)
+    s.publication(pub(8))
+    fill = s.link_restored()
+    assert fill is not None and fill.verify
+    assert s.publication(Publication("ch", b'{"n":99}', 7, E)) is SKIP  # buffered during the fill
+    assert s.publication(pub(1, "e2")) is SKIP
+    out = s.fill_done(HistoryResult([pub(1, "e2")], StreamPosition("e2", 1), complete=False))
+    assert out.resync_at == StreamPosition("e2", 0)
+    assert [(p.epoch, p.offset) for p in out.deliver] == [("e2", 1)]
+    assert s.last == StreamPosition("e2", 1)
 
 
 def test_nothing_missed_while_the_link_was_down_delivers_nothing_twice() -> None:

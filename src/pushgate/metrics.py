@@ -153,6 +153,12 @@ class NodeMetrics:
         self.resyncs_total = Counter(
             "pushgate_resyncs", "Stream gaps history could not fill: subscribers told to resync in-band", registry=r
         )
+        self.broker_rewinds = Counter(
+            "pushgate_broker_rewinds",
+            "Streams found behind what this node delivered after a broker link loss (writes lost in a "
+            "failover) and given a new epoch: their subscribers resync in-band",
+            registry=r,
+        )
         self.history_reads = Counter(
             "pushgate_history_reads",
             "History reads this node made: recover (shared by concurrent recoveries of a channel) or fill",

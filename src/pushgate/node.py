@@ -672,8 +672,21 @@ class Node:
             self.spawn(self._fill(pub.channel, stream, action), f"fill-{pub.channel}")
 
     async def _fill(self, channel: str, stream: ChannelStream, fill: StartFill) -> None:
-        """Read what this node missed (offset gap or link loss) from history, then resume live."""
+        """Read what this node missed (offset gap or link loss) from history, then resume live.
+
+        After a link loss it first makes sure the stream did not go back (a broker failover
+        that lost writes this node delivered): see :meth:`Broker.reset_if_rewound`."""
         res: HistoryResult | None = None
+        if fill.verify:
+            try:
+                reset = await self.broker.reset_if_rewound(channel, fill.since, fill.data)
+            except Exception as exc:
+                log.warning("cannot check %s for writes lost by the broker: %s", channel, exc)
+            else:
+                if reset is not None:
+                    self.metrics.broker_rewinds.inc()
+                    log.warning("%s: the broker no longer holds what this node delivered up to %s (writes lost "
+                                "in a failover); new epoch %s, subscribers resync", channel, fill.since, reset.epoch)
         try:
             self.metrics.history_reads.labels("fill").inc()
             res = await self.broker.history(channel, since=fill.since)

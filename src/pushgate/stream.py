@@ -37,7 +37,9 @@ State, per channel:
 
 * ``last``: the position of the newest publication handed out here; anything at or before it
   in the same epoch is a duplicate and is skipped. A different epoch means history was reset:
-  the publication is delivered and becomes the new position (offsets restart).
+  the publication is delivered and becomes the new position (offsets restart). ``last_data``
+  is that publication's data (None when ``last`` came from a history position), so that after
+  a broker failover the node can tell whether the broker still holds what it delivered.
 * ``held``: subscribers replaying history. Live publications are appended to their lists
   instead of being sent; :meth:`finish` returns the ones newer than the replay.
 * ``filling``: while a fill is in flight, arriving publications are buffered (not delivered),
@@ -80,9 +82,17 @@ SKIP: Final = _Verdict("SKIP")
 
 @dataclass(frozen=True, slots=True)
 class StartFill:
-    """Read the channel's history after ``since``, then report it to :meth:`ChannelStream.fill_done`."""
+    """Read the channel's history after ``since``, then report it to :meth:`ChannelStream.fill_done`.
+
+    ``verify`` (after the broker link came back): first ask the broker whether the stream went
+    back behind ``since`` (a failover lost writes this node delivered; ``data`` is what it
+    delivered at ``since``) and, if so, to start a new epoch (``Broker.reset_if_rewound``),
+    so the read finds another epoch and the subscribers resync instead of later publications
+    reusing offsets they already hold."""
 
     since: StreamPosition
+    verify: bool = False
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +154,11 @@ def newer_position(a: StreamPosition, b: StreamPosition) -> bool:
 class ChannelStream:
     """One channel's ordering, dedupe, held replays and gap fills on this node (no I/O)."""
 
-    __slots__ = ("_buffer", "_held", "_shared", "gap_fill", "last")
+    __slots__ = ("_buffer", "_held", "_shared", "gap_fill", "last", "last_data")
 
     def __init__(self, position: StreamPosition, *, gap_fill: bool = True) -> None:
         self.last = position
+        self.last_data: bytes | None = None
         #: fill offset gaps from history; off for channels without history (nothing to fill from)
         self.gap_fill = gap_fill
         self._held: dict[Hashable, _Held] = {}
@@ -189,6 +200,7 @@ class ChannelStream:
 
     def _record(self, pub: Publication) -> None:
         self.last = StreamPosition(pub.epoch, pub.offset)
+        self.last_data = pub.data
         shared = self._shared
         if shared is not None:
             if len(shared.tail) < MAX_TAIL:
@@ -290,7 +302,7 @@ class ChannelStream:
         if self._buffer is not None:
             return None  # a fill already in flight will read history after this point anyway
         self._buffer = []
-        return StartFill(self.last)
+        return StartFill(self.last, verify=True, data=self.last_data)
 
     def fill_done(self, result: HistoryResult | None) -> FillOutcome:
         """The history read of a fill finished; ``None`` when it failed (broker unreachable)."""
@@ -303,6 +315,12 @@ class ChannelStream:
         # An incomplete read still holds what history kept (everything after the trimmed part,
         # or the new epoch's start): deliver that too, so only what is really gone is missed.
         candidates: Iterable[Publication] = buffered if result is None else [*result.publications, *buffered]
+        if result is not None and result.position.epoch != self.last.epoch:
+            # History was reset (lost keys, or a failover that went back: see StartFill). What
+            # arrived meanwhile in the old epoch may sit at offsets the subscribers already
+            # hold: only the new epoch goes on, after the resync.
+            old = self.last.epoch
+            candidates = [p for p in candidates if p.epoch != old]
         for pub in candidates:
             if newer(pub, self.last):
                 self._record(pub)
@@ -319,6 +337,7 @@ class ChannelStream:
             else:
                 if result is not None and newer_position(result.position, self.last):
                     self.last = result.position
+                    self.last_data = None
                 resync_at = self.last
         return FillOutcome(tuple(deliver), tuple(release), resync_at)
 

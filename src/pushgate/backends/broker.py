@@ -209,6 +209,23 @@ class Broker(HistoryStore, Protocol):
         """
         ...
 
+    async def reset_if_rewound(self, channel: str, seen: StreamPosition, data: bytes | None) -> StreamPosition | None:
+        """Start a new epoch if the stream went *back* behind what this node has seen.
+
+        A failover to a replica that had not yet received the last writes of the old primary
+        (asynchronous replication) leaves the stream's offset below offsets that nodes and
+        clients already hold; the next publications would then reuse those offsets and be
+        dropped everywhere as duplicates, silently. ``seen`` is the newest position this node
+        handed out and ``data`` that publication's data (None if unknown). The stream is
+        *rewound* when, still in ``seen.epoch``, its newest offset is below ``seen.offset``, or
+        the publication it keeps at ``seen.offset`` is not ``data`` (the offset was already
+        reused). Then, in one atomic step (only if that still holds), it gets a new epoch with
+        no history, as after a restart without persistence, so every node and client sees an
+        epoch change and resyncs in-band. Returns the new position, or None when nothing was
+        done (not rewound, already another epoch, or a broker that cannot rewind: memory).
+        """
+        ...
+
     async def acked(self, stream: str) -> StreamPosition | None:
         """The stored acknowledged position of ``stream``, or None (never acked, or expired).
 

@@ -246,6 +246,10 @@ class MemoryBroker:
     async def acked(self, stream: str) -> StreamPosition | None:
         return self._acks.get(stream, time.monotonic())
 
+    async def reset_if_rewound(self, channel: str, seen: StreamPosition, data: bytes | None) -> StreamPosition | None:
+        """Never: one process holds the only copy, which cannot go back (see the protocol)."""
+        return None
+
     def _require_handler(self) -> None:
         if self._publish_only:
             raise RuntimeError("MemoryBroker: subscribe needs start(handler); this broker is publish-only")

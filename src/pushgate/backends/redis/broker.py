@@ -122,6 +122,7 @@ class RedisBroker:
         self._publish_script: AsyncScript | None = None
         self._history_script: AsyncScript | None = None
         self._ack_script: AsyncScript | None = None
+        self._rewound_script: AsyncScript | None = None
         self._handler: BrokerHandler | None = None
         self._routes: dict[bytes, tuple[int, str]] = {}
         self._links: LinkPool | None = None
@@ -165,6 +166,7 @@ class RedisBroker:
         self._publish_script = client.register_script(scripts.PUBLISH)
         self._history_script = client.register_script(scripts.HISTORY)
         self._ack_script = client.register_script(scripts.ACK)
+        self._rewound_script = client.register_script(scripts.RESET_IF_REWOUND)
         if isinstance(client, RedisCluster):
             try:
                 await self._initialize(client)
@@ -343,6 +345,19 @@ class RedisBroker:
                 millis(ttl) if ttl > 0 else 0,
             ],
         )
+        return StreamPosition(epoch.decode(), int(offset))
+
+    @translate_errors
+    async def reset_if_rewound(self, channel: str, seen: StreamPosition, data: bytes | None) -> StreamPosition | None:
+        """The check and the new epoch in one script (``RESET_IF_REWOUND``) on the channel's slot."""
+        reply = await self._script(self._rewound_script)(
+            keys=[self._keys.meta(channel), self._keys.history(channel)],
+            args=[seen.epoch, max(0, seen.offset), 0 if data is None else 1, b"" if data is None else data,
+                  secrets.token_hex(8), self._meta_ttl_ms],
+        )
+        if not reply:
+            return None
+        epoch, offset = reply
         return StreamPosition(epoch.decode(), int(offset))
 
     @translate_errors

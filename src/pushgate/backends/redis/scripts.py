@@ -11,7 +11,16 @@ a reader must see the meta hash and the list at the same instant.
 
 from __future__ import annotations
 
-__all__ = ["ACK", "HISTORY", "LEASE_ACQUIRE", "LEASE_RELEASE", "PRESENCE_ADD", "PRESENCE_REMOVE", "PUBLISH"]
+__all__ = [
+    "ACK",
+    "HISTORY",
+    "LEASE_ACQUIRE",
+    "LEASE_RELEASE",
+    "PRESENCE_ADD",
+    "PRESENCE_REMOVE",
+    "PUBLISH",
+    "RESET_IF_REWOUND",
+]
 
 # KEYS: meta, history[, idempotency key]. ARGV: data, size, ttl ms, meta ttl ms, candidate epoch,
 # topic, publish cmd[, idempotency window ms]. Returns {epoch, offset}.
@@ -111,6 +120,33 @@ else
   redis.call('DEL', KEYS[3])
 end
 return {epoch, acked}
+"""
+
+# Broker.reset_if_rewound: a failover to a replica that missed the old primary's last writes
+# leaves the stream behind what nodes have seen; the next publications would reuse offsets.
+# Rewound = same epoch, and the newest offset is below the seen one, or the entry kept at the
+# seen offset is not the seen data (already reused). Then a new epoch with no history (rule 2,
+# as for lost keys). The check and the reset are one step, so of several nodes noticing at once
+# one resets and the others find another epoch. KEYS: meta, history. ARGV: seen epoch, seen
+# offset, has data (0/1), seen data, new epoch, meta ttl ms. Returns {new epoch, 0} or false.
+RESET_IF_REWOUND = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if epoch ~= ARGV[1] then return false end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local seen = tonumber(ARGV[2])
+local rewound = top < seen
+if not rewound and ARGV[3] == '1' then
+  local llen = redis.call('LLEN', KEYS[2])
+  local index = seen - (top - llen + 1)
+  if index >= 0 and index < llen then
+    rewound = redis.call('LINDEX', KEYS[2], index) ~= ARGV[4]
+  end
+end
+if not rewound then return false end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'e', ARGV[5], 'o', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {ARGV[5], 0}
 """
 
 # KEYS: node conns, node users. ARGV: conn id, encoded user. Counts a user once per connection.
