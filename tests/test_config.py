@@ -289,6 +289,9 @@ def test_unknown_toml_key_suggests_the_setting(tmp_path: Path) -> None:
         "redis+cluster://127.0.0.1:7000",
         "rediss+cluster://127.0.0.1:7000",
         "valkey+cluster://127.0.0.1:7000",
+        "redis+sentinel://127.0.0.1:26379,127.0.0.2:26379,127.0.0.3/mymaster",
+        "rediss+sentinel://s1:26379/mymaster/2",
+        "valkey+sentinel://u:p@s1,s2/mymaster?sentinel_password=x",
         "REDIS://127.0.0.1:6379/0",  # schemes are case-insensitive, as in create_stores
     ],
 )
@@ -301,7 +304,8 @@ def test_config_and_backends_share_one_scheme_list() -> None:
     from pushgate.backends.redis import RedisConnection
 
     for scheme in SUPPORTED_SCHEMES:
-        url = f"{scheme}://127.0.0.1:6379"
+        # a Sentinel URL names the sentinels and the monitored service
+        url = f"{scheme}://127.0.0.1:26379/mymaster" if scheme.endswith("+sentinel") else f"{scheme}://127.0.0.1:6379"
         assert load_config(env={}, cli={"broker": url}).broker == url
         if scheme != "memory":
             RedisConnection(url)  # accepted by the Redis backend too, no ValueError

@@ -67,7 +67,8 @@ class Config:
     broker: str = _opt(
         "memory://",
         "memory:// (one node); redis://, rediss://, valkey://, unix:// (one server); "
-        "redis+cluster://, rediss+cluster://, valkey+cluster:// (a cluster)",
+        "redis+cluster://, rediss+cluster://, valkey+cluster:// (a cluster); "
+        "redis+sentinel://, rediss+sentinel://, valkey+sentinel:// (Sentinel: sentinel1:26379,.../<service>[/<db>])",
     )
     redis_prefix: str = _opt("pg", "key and channel prefix in Redis")
     workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); >1 needs a Redis broker")

@@ -60,10 +60,12 @@ async def test_valkey_scheme_is_plain_redis(redis_server: RedisServer) -> None:
 
 def test_scheme_list_is_what_the_factories_accept() -> None:
     for scheme in SUPPORTED_SCHEMES:
-        assert check_url(f"{scheme.upper()}://h:1") == scheme
+        path = "/service" if scheme.endswith("+sentinel") else ""  # a Sentinel URL names its service
+        assert check_url(f"{scheme.upper()}://h:1{path}") == scheme
         if scheme != "memory":
-            conn = RedisConnection(f"{scheme}://127.0.0.1:1")
+            conn = RedisConnection(f"{scheme}://127.0.0.1:1{path}")
             assert conn.cluster == scheme.endswith("+cluster")
+            assert (conn.sentinel is not None) == scheme.endswith("+sentinel")
     with pytest.raises(ValueError, match="redis\\+cluster://"):
         check_url("kafka://x")
     with pytest.raises(ValueError):

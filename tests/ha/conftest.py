@@ -22,7 +22,7 @@ from pushgate.nginx import NginxOptions, render, standalone
 
 from ..conftest import Process
 from ..helpers import timeout
-from ..servers import VALKEY_SERVER, RedisServer, free_port
+from ..servers import VALKEY_SERVER, RedisServer, SentinelGroup, free_port, start_sentinel_group
 
 
 def nginx_binary() -> str | None:
@@ -128,18 +128,31 @@ def valkey(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """1 primary + 1 replica + 3 sentinels (``valkey-server``); ``.url`` is its ``redis+sentinel://``."""
+    group = start_sentinel_group(tmp_path)
+    yield group
+    group.stop()
+
+
 NodeFactory = Callable[..., Process]
+
+
+def node_factory(spawn_node: Callable[..., Process], broker_url: str) -> NodeFactory:
+    """Nodes on ``broker_url`` that trust nginx on loopback: ``start("n1", "--ping-interval", "1")``."""
+
+    def start(node_id: str, *args: str, wait: bool = True, port: int | None = None) -> Process:
+        return spawn_node("--broker", broker_url, "--node-id", node_id, "--trusted-proxies", "127.0.0.1/32",
+                          "--node-ttl", "3", "--log-level", "warning", *args, wait=wait, port=port)
+
+    return start
 
 
 @pytest.fixture
 def ha_node(spawn_node: Callable[..., Process], valkey: RedisServer) -> NodeFactory:
     """A node on the shared Valkey that trusts nginx on loopback: ``ha_node("n1", "--ping-interval", "1")``."""
-
-    def start(node_id: str, *args: str, wait: bool = True, port: int | None = None) -> Process:
-        return spawn_node("--broker", valkey.url, "--node-id", node_id, "--trusted-proxies", "127.0.0.1/32",
-                          "--node-ttl", "3", "--log-level", "warning", *args, wait=wait, port=port)
-
-    return start
+    return node_factory(spawn_node, valkey.url)
 
 
 def pytest_configure(config: pytest.Config) -> None:

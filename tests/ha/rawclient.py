@@ -30,7 +30,9 @@ class Stats:
     channel_seen: list[int] = field(default_factory=list)  # data["n"] of kept channel messages
     direct_seen: list[int] = field(default_factory=list)  # data["k"] of kept direct messages
     duplicates: int = 0  # messages dropped by offset (the server sent them twice)
-    resyncs: list[dict[str, Any]] = field(default_factory=list)
+    resyncs: list[dict[str, Any]] = field(default_factory=list)  # resync pushes, and any error frame
+    # where each resync came: ("channel" | "user", how many numbers of that stream were kept before it)
+    resync_marks: list[tuple[str, int]] = field(default_factory=list)
     reconnects: list[float] = field(default_factory=list)  # seconds from loss to subscribe reply
     # each reconnect in phases: (loss -> TCP connected, -> welcome, -> subscribe reply)
     phases: list[tuple[float, float, float]] = field(default_factory=list)
@@ -218,7 +220,15 @@ class RawClient(asyncio.Protocol):
                                           now - self._t_welcome))
                 self.lost_at = None
         elif kind == "resync":
+            # docs/protocol.md: the stream goes on from the resync's position (a new epoch after
+            # a broker that lost writes); remember where in the sequence it came
             self.stats.resyncs.append(frame)
+            if frame.get("stream") == "user":
+                self.user_pos = (frame["epoch"], frame["offset"])
+                self.stats.resync_marks.append(("user", len(self.stats.direct_seen)))
+            else:
+                self.ch_pos = (frame["epoch"], frame["offset"])
+                self.stats.resync_marks.append(("channel", len(self.stats.channel_seen)))
         elif kind == "error":
             self.stats.resyncs.append(frame)  # any error frame fails the test: kept with the resyncs
 

@@ -1,6 +1,16 @@
 """Chaos behind the real front: 3 nodes on Valkey behind nginx (``pushgate nginx-config``'s output),
 a few hundred clients, a publisher at a few hundred messages per second, one node killed with
-SIGKILL and another drained with SIGTERM while it runs.
+SIGKILL and another drained with SIGTERM while it runs; in the ``sentinel`` run the nodes use
+``redis+sentinel://`` (1 primary + 1 replica + 3 sentinels) and, last, the Redis primary is killed
+with SIGKILL: the sentinels promote the replica and the nodes follow it, with no client
+disconnected.
+
+What a Redis failover can lose (writes the dead primary acknowledged before its replica had
+them) cannot be delivered; the nodes notice that the stream went back and tell the clients
+in-band (a ``resync`` into a new epoch). The accounting: every number a client kept is in order
+and once; a number it lacks is allowed only where a ``resync`` of that stream came between its
+neighbours (``Stats.resync_marks``), and the report counts those. Without Sentinel no resync is
+allowed at all.
 
 Every client follows one sequenced channel and its own user stream (direct messages, sequenced
 per group of users). At the end every client must hold every number of both sequences exactly
@@ -31,7 +41,8 @@ from pushgate.nginx import NginxOptions
 
 from ..conftest import Process
 from ..helpers import timeout, wait_for
-from .conftest import Nginx, NodeFactory
+from ..servers import SentinelGroup
+from .conftest import Nginx, node_factory
 from .rawclient import RawClient
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -79,6 +90,8 @@ class Publisher:
         self.channel_n = [0] * CHANNELS
         self.group_k = [0] * GROUPS
         self.retries = 0
+        self.ok_at = 0.0  # when a request was last accepted
+        self.failed_at = 0.0  # when a request last failed
         self.stopping = False
 
     async def _post(self, path: str, body: dict[str, Any]) -> None:
@@ -88,10 +101,12 @@ class Publisher:
                 async with self.session.post(self.base + path, json=body,
                                              timeout=aiohttp.ClientTimeout(total=3)) as r:
                     if r.status == 200:
+                        self.ok_at = time.monotonic()
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
             self.retries += 1
+            self.failed_at = time.monotonic()
             assert time.monotonic() < deadline, f"{path} {body['idempotency_key']} not accepted within 30 s"
             await asyncio.sleep(0.05)
 
@@ -141,9 +156,35 @@ def phase_line(name: str, phases: list[tuple[float, float, float]]) -> str:
     return f"  after {name}, phases p50/p99: " + ", ".join(cells)
 
 
-@pytest.fixture
-def nodes_and_front(ha_node: NodeFactory, start_nginx: Callable[[NginxOptions], Nginx]
-                    ) -> Iterator[tuple[dict[str, Process], Nginx, Callable[..., Process]]]:
+def unexplained(seen: list[int], marks: set[int], last: int) -> tuple[list[int], int]:
+    """Numbers 1..last missing from ``seen`` (kept in order) where no resync came (``marks``: how
+    many numbers were kept when each resync arrived), and how many missing ones a resync explains."""
+    missing: list[int] = []
+    explained = 0
+    expected = 1
+    for i, v in enumerate([*seen, last + 1]):
+        if v > expected:
+            if i in marks:
+                explained += v - expected
+            else:
+                missing += range(expected, v)
+        expected = max(expected, v + 1)
+    return missing, explained
+
+
+Front = tuple[dict[str, Process], Nginx, Callable[..., Process], SentinelGroup | None]
+
+
+@pytest.fixture(params=["valkey", "sentinel"])
+def nodes_and_front(request: pytest.FixtureRequest, spawn_node: Callable[..., Process],
+                    start_nginx: Callable[[NginxOptions], Nginx]) -> Iterator[Front]:
+    group: SentinelGroup | None = None
+    if request.param == "sentinel":
+        group = request.getfixturevalue("sentinel_group")
+        url = group.url
+    else:
+        url = request.getfixturevalue("valkey").url
+    ha_node = node_factory(spawn_node, url)
     args = ("--drain-period", "2", "--history-size", "2000", "--user-history-size", "2000",
             "--max-connections-per-user", "0")
 
@@ -154,12 +195,11 @@ def nodes_and_front(ha_node: NodeFactory, start_nginx: Callable[[NginxOptions], 
     for p in nodes.values():
         p.wait_ready()
     nginx = start_nginx(NginxOptions(upstreams=[f"127.0.0.1:{p.port}" for p in nodes.values()]))
-    yield nodes, nginx, node
+    yield nodes, nginx, node, group
 
 
-async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Nginx, Callable[..., Process]]
-                                   ) -> None:
-    nodes, nginx, restart = nodes_and_front
+async def test_chaos_through_nginx(nodes_and_front: Front) -> None:
+    nodes, nginx, restart, group = nodes_and_front
     host, port = nginx.public.removeprefix("http://").split(":")
     users = [f"u{i}" for i in range(CLIENTS)]
     clients = [RawClient(host, int(port), u, f"ch{i % CHANNELS}") for i, u in enumerate(users)]
@@ -208,6 +248,28 @@ async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Ng
         drained_phases = [c.stats.phases[-1] for c in drained if len(c.stats.reconnects) > before[id(c)]]
         assert await asyncio.to_thread(nodes["n2"].terminate) == 0
 
+        failover_line = "  no Redis failover in this run (plain Valkey)"
+        if group is not None:
+            # -- SIGKILL the Redis primary: the sentinels promote the replica, every node's pipe and
+            # links follow it; the clients stay connected (nodes keep their sockets while the
+            # broker is away), the publisher retries its 503s with the same idempotency keys
+            at = min(publisher.channel_n)
+            await wait_for(lambda: min(publisher.channel_n) >= at + 20, seconds=30, what="publishing before failover")
+            reconnects_before = sum(len(c.stats.reconnects) for c in clients)
+            old = group.primary()
+            old.kill()
+            killed = time.monotonic()
+            await asyncio.to_thread(group.wait_failover, old.port)
+            await wait_for(lambda: publisher.failed_at > killed and publisher.ok_at > publisher.failed_at,
+                           seconds=60, what="publishing through the new primary")
+            back = publisher.ok_at - killed
+            at = min(publisher.channel_n)
+            await wait_for(lambda: min(publisher.channel_n) >= at + 20, seconds=30, what="publishing after failover")
+            dropped = sum(len(c.stats.reconnects) for c in clients) - reconnects_before
+            failover_line = (f"  Redis primary SIGKILL: kill -> publishing again {back:.2f}s; clients reconnected "
+                             f"during the failover {dropped}")
+            assert dropped == 0 and all(c.connected for c in clients), failover_line
+
         at = min(publisher.channel_n)
         await wait_for(lambda: min(publisher.channel_n) >= at + 40, seconds=30, what="publishing after the chaos")
         publisher.stopping = True
@@ -224,9 +286,21 @@ async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Ng
         except AssertionError:
             pass  # the per-client check below says who is missing what
         bad = []
+        lost_to_failover = 0
         for c in clients:
             want_ch = list(range(1, publisher.channel_n[int(c.channel[2:])] + 1))
             want_dm = list(range(1, publisher.group_k[int(c.user[1:]) % GROUPS] + 1))
+            if group is not None and c.stats.resyncs and not any(f.get("type") == "error" for f in c.stats.resyncs):
+                # a resync is accepted for what the Redis failover lost, and only there
+                marks_ch = {n for kind, n in c.stats.resync_marks if kind == "channel"}
+                marks_dm = {n for kind, n in c.stats.resync_marks if kind == "user"}
+                miss_ch, lost_ch_n = unexplained(c.stats.channel_seen, marks_ch, len(want_ch))
+                miss_dm, lost_dm_n = unexplained(c.stats.direct_seen, marks_dm, len(want_dm))
+                in_order = (c.stats.channel_seen == sorted(set(c.stats.channel_seen))
+                            and c.stats.direct_seen == sorted(set(c.stats.direct_seen)))
+                if in_order and not miss_ch and not miss_dm:
+                    lost_to_failover += lost_ch_n + lost_dm_n
+                    continue
             if c.stats.channel_seen != want_ch or c.stats.direct_seen != want_dm or c.stats.resyncs:
                 lost_ch = sorted(set(want_ch) - set(c.stats.channel_seen))[:10]
                 lost_dm = sorted(set(want_dm) - set(c.stats.direct_seen))[:10]
@@ -234,9 +308,11 @@ async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Ng
                            f"dup/out-of-order {c.stats.channel_seen != sorted(set(c.stats.channel_seen))}; "
                            f"direct lost {lost_dm}; resyncs/errors {c.stats.resyncs[:2]}")
         all_reconnects = [r for c in clients for r in c.stats.reconnects]
+        resynced = sum(1 for c in clients if c.stats.resyncs)
         report = [
-            f"\nchaos through nginx: {CLIENTS} clients, {CHANNELS} channels x {max(publisher.channel_n)} "
-            f"publications, {GROUPS} user groups x {max(publisher.group_k)} sends, "
+            f"\nchaos through nginx ({'sentinel' if group else 'valkey'}): {CLIENTS} clients, "
+            f"{CHANNELS} channels x {max(publisher.channel_n)} publications, "
+            f"{GROUPS} user groups x {max(publisher.group_k)} sends, "
             f"{sum(publisher.channel_n) + sum(publisher.group_k)} requests, publisher retries {publisher.retries}",
             f"  reconnect after SIGKILL: n={len(killed_reconnects)} p50 {pct(killed_reconnects, 0.5):.3f}s "
             f"p99 {pct(killed_reconnects, 0.99):.3f}s max {max(killed_reconnects, default=0):.3f}s",
@@ -250,6 +326,9 @@ async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Ng
             f"{sum(c.stats.not_recovered for c in clients)}; duplicates dropped "
             f"{sum(c.stats.duplicates for c in clients)}; handshakes refused {sum(c.stats.refused for c in clients)}",
             f"  n2's clients landed on {landed} (n1b restarted after SIGKILL, n3 holding its share and n1's)",
+            failover_line,
+            f"  clients told to resync {resynced}; messages the failover lost (accounted by a resync) "
+            f"{lost_to_failover}",
             *(f"  CPU during {w.name}, {w.seconds:.1f}s: "
               + ", ".join(f"{n} {v:.0f}%" for n, v in w.cpu.items()) for w in waves),
             f"  {len(bad)} clients incomplete" + ("".join(f"\n    {b}" for b in bad[:10])),
@@ -257,7 +336,8 @@ async def test_chaos_through_nginx(nodes_and_front: tuple[dict[str, Process], Ng
         print("\n".join(report))
         out = os.environ.get("PUSHGATE_TEST_CHAOS_REPORT")
         if out:
-            Path(out).write_text("\n".join(report) + "\n")
+            with open(out, "a") as f:  # one report per run (valkey, sentinel)
+                f.write("\n".join(report) + "\n")
         assert not bad, "\n".join(report)
         assert killed_reconnects and drained_reconnects, "the chaos reached the clients"
     finally:

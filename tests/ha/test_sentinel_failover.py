@@ -12,24 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from pushgate.errors import BrokerUnavailable
 
 from ..conftest import ServerFactory
 from ..helpers import WsClient, timeout, wait_for
-from ..servers import SentinelGroup, start_sentinel_group
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
-    group = start_sentinel_group(tmp_path)
-    yield group
-    group.stop()
+from ..servers import SentinelGroup
 
 
 class Sequencer:
@@ -118,8 +107,9 @@ class Seen:
 
 
 async def test_websocket_client_stays_connected_through_a_primary_kill(
-    sentinels: SentinelGroup, make_server: ServerFactory
+    sentinel_group: SentinelGroup, make_server: ServerFactory
 ) -> None:
+    sentinels = sentinel_group
     publisher = await make_server(broker=sentinels.url, redis_prefix="ha", node_id="pub")
     holder = await make_server(broker=sentinels.url, redis_prefix="ha", node_id="hold")
     c = await holder.client("user=alice")
