@@ -138,10 +138,12 @@ async def _next_publication(rec: Recorder, seconds: float = 10.0) -> Publication
 
 
 async def test_graceful_failover_readonly_and_demoted_link(sentinels: SentinelGroup) -> None:
-    """``SENTINEL FAILOVER``: the old primary stays up as a replica. The pipe's next publication
-    there is refused with READONLY and it reconnects to the new primary; the link, still
-    connected to the demoted server, notices (sentinel query on its ping cycle, or at once after
-    the pipe's READONLY) and moves; a publication after the failover reaches the subscriber."""
+    """``SENTINEL FAILOVER``: the old primary stays up as a replica. The link, still connected
+    to it, notices that the sentinels name another primary (its check on the ping cycle; the
+    sentinels also kill normal and pub/sub clients when they reconfigure the old primary, and a
+    pipe that still reaches it gets READONLY: whichever comes first) and moves; a publication
+    after the failover reaches the subscriber. The pipe's READONLY path on its own is the next
+    test, deterministic."""
     broker, rec = await _broker(sentinels.url, "s2")
     try:
         await broker.subscribe("c")
@@ -171,3 +173,39 @@ async def test_graceful_failover_readonly_and_demoted_link(sentinels: SentinelGr
         assert after.offset == pos.offset + 1
     finally:
         await broker.close()
+
+
+async def test_readonly_reply_drops_the_pipe_and_it_reconnects(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                               ) -> None:
+    """The publish pipe's READONLY path, deterministically: its server becomes a replica
+    (``REPLICAOF``, as a demoted primary) while the pipe is connected. The publication fails
+    with BrokerUnavailable (one warning line, no traceback) and the connection is dropped, so the
+    next connect asks where the primary is; once the server is a primary again, publishing works."""
+    from ..servers import VALKEY_SERVER, RedisServer, free_port
+
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        server = RedisServer(VALKEY_SERVER, tmp_path / f"v{port}", port, ["--appendonly", "no"])
+        server.start()
+        servers.append(server)
+    primary, other = servers
+    broker = RedisBroker(primary.url, prefix="ro", links=LinkOptions(backoff_min=0.05, backoff_max=0.2))
+    await broker.start(None)
+    try:
+        await broker.publish("c", b"1", OPTS)
+        with redis.Redis(port=primary.port) as admin:
+            admin.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+            with pytest.raises(BrokerUnavailable, match="READONLY"):
+                await broker.publish("c", b"2", OPTS)
+            assert any("is a replica now (READONLY" in r.getMessage() for r in caplog.records)
+            assert not any(r.exc_info for r in caplog.records)
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        pos, _ = await _publish_until_accepted(broker, "c", b"3", seconds=10)
+        assert pos.offset >= 1
+        (pipe,) = broker.publish_pipes
+        assert pipe.in_flight == 0
+    finally:
+        await broker.close()
+        for server in servers:
+            server.kill()

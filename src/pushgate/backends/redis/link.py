@@ -49,6 +49,7 @@ from redis.asyncio.connection import AbstractConnection
 from pushgate.backends.redis.resp import command
 from pushgate.backends.redis.wire import handshake, open_wire
 from pushgate.backoff import backoff
+from pushgate.errors import BrokerUnavailable
 
 __all__ = ["LinkOptions", "PubSubLink"]
 
@@ -420,7 +421,7 @@ class PubSubLink:
 
 def _describe(exc: BaseException) -> str:
     """One line for the log: the failures a peer causes are expected, so no traceback."""
-    if isinstance(exc, (_LinkDead, _PrimaryMoved)) or type(exc).__name__ == "BrokerUnavailable":
+    if isinstance(exc, (_LinkDead, _PrimaryMoved, BrokerUnavailable)):
         return str(exc)
     return repr(exc)
 
