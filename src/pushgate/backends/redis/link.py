@@ -69,7 +69,8 @@ class LinkOptions:
 
     * ``ping_interval``: a PING goes out after this long without any byte from the server;
       ``ping_timeout``: no reply within it means the link is silently dead (TCP keepalive
-      alone takes minutes to notice a frozen server or a dropped route).
+      alone takes minutes to notice a frozen server or a dropped route). With Sentinel the
+      link also asks the sentinels this often whether its server is still the primary.
     * ``backoff_min``/``backoff_max``: the reconnect window of :func:`pushgate.backoff.backoff`;
       tighter than a client's (0.5 .. 20 s) because a node sits next to its Redis.
     * ``confirm_timeout``: how long a subscribe waits for the server's confirmation.
@@ -273,7 +274,12 @@ class PubSubLink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), self._ping_interval)
             self._check_now.clear()
-            if await is_primary(desc) is False:
+            try:
+                verdict = await is_primary(desc)
+            except Exception as exc:  # never kill the link over a failed check: ask again later
+                log.warning("pub/sub %s: cannot check the primary: %r", self.name, exc)
+                verdict = None
+            if verdict is False:
                 where = f"{getattr(desc, 'host', '?')}:{getattr(desc, 'port', '?')}"
                 wire.fail(_PrimaryMoved(f"{where} is no longer the primary (failover)"))
                 return
