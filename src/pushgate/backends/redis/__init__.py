@@ -2,14 +2,15 @@
 
 ``redis://host:port/db`` uses one server with plain PUBLISH/SUBSCRIBE;
 ``redis+cluster://host:port`` uses a Redis/Valkey Cluster with sharded pub/sub
-(SPUBLISH/SSUBSCRIBE), every key of one channel sharing the hash tag ``{channel}``
-(all schemes: :mod:`pushgate.backends.validation`).
+(SPUBLISH/SSUBSCRIBE), every key of one channel sharing the hash tag ``{channel}``;
+``redis+sentinel://s1:26379,s2:26379/<service>`` uses the primary the sentinels name, followed
+through failovers (all schemes: :mod:`pushgate.backends.validation`).
 
 Modules, one concern each:
 
 ==================  ============================================================================
-``connection``      RedisConnection (URL -> shared command client, pub/sub connections), error
-                    translation to BrokerUnavailable
+``connection``      RedisConnection (URL -> shared command client, pub/sub connections, the
+                    Sentinel query: ``resolve``), error translation to BrokerUnavailable
 ``keys``            key and topic names, hash tags, the key layout
 ``envelope``        what travels on pub/sub topics (publications, events, user messages)
 ``scripts``         every Lua script (the Redis copy of the history rules among them)
