@@ -8,6 +8,7 @@ The transport here records writes instead of sending them: what is asserted is h
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 from pushgate.hub import Hub
@@ -27,9 +28,12 @@ class Written(asyncio.Transport):
         self.writes: list[bytes] = []
         self.buffered = 0
         self.closing = False
+        self.cost = 0.0  # seconds each write takes (the system call of a large fan-out)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
+        if self.cost:
+            time.sleep(self.cost)
 
     def is_closing(self) -> bool:
         return self.closing
@@ -125,3 +129,21 @@ async def test_a_closing_transport_is_not_written() -> None:
     cast(Written, conn._transport).closing = True
     hub.fanout((conn,), Outgoing(b"[1]"))
     assert conn.writes == [] and conn.closed
+
+
+async def test_only_a_mostly_idle_node_writes_through() -> None:
+    """A fan-out that took 30 ms stops write-through for as long (flush_pacing 1): a publisher
+    awaiting each broadcast gets its answer once the frames are queued, and what follows batches."""
+    hub, (conn,) = setup(1)
+    cast(Written, conn._transport).cost = 0.03
+    hub.fanout((conn,), Outgoing(b"[1]"))
+    assert conn.writes == [frame(1)]
+    await next_iteration()
+    hub.fanout((conn,), Outgoing(b"[2]"))
+    assert conn.writes == [frame(1)]  # queued: the node was busy for 30 ms just now
+    await asyncio.sleep(0.005)
+    hub.fanout((conn,), Outgoing(b"[3]"))
+    await wait_for(lambda: len(conn.writes) == 3, 2, what="the flushes")
+    await asyncio.sleep(0.08)  # idle for longer than the last write took
+    hub.fanout((conn,), Outgoing(b"[4]"))
+    assert conn.writes[-1] == frame(4)

@@ -41,13 +41,16 @@ class Hub:
     granularity is 1 ms under uvloop: holds under 0.5 ms are none). Holds are capped at
     :data:`~pushgate.config.MAX_FLUSH_WINDOW`, the bound of ``flush_window`` (docs/performance.md).
 
-    Writing through: while no flush is pending and no hold is running (:attr:`through`), the
-    first fan-out of a loop iteration writes each socket at once instead of queueing and
-    flushing it later. Nothing is queued anywhere then, so order holds; the fan-out then counts
-    as a flush of one frame per socket (not busy; a ``flush_window`` hold starts from it), and
-    every later frame of the iteration queues as above. A broadcast to 5,000 sockets saves a
-    queue entry, a list and a second pass per socket, and its first socket is written before the
-    others are visited rather than after (measured in docs/performance.md, steady N=5k).
+    Writing through, when the node is mostly idle: the first fan-out of a loop iteration writes
+    each socket at once (:attr:`through`) instead of queueing and flushing it later, provided
+    nothing is queued, no hold runs, and the node has been idle since its last flush or
+    written-through fan-out for at least ``flush_pacing`` × that one's duration. Nothing is
+    queued anywhere then, so order holds; every later frame of the iteration queues as above.
+    A broadcast to 5,000 sockets saves a queue entry, a list and a second pass per socket, and
+    its first socket is written before the others are visited rather than after. The idle
+    condition keeps batching where it pays: a publisher that awaits each broadcast before the
+    next gets its answer once the frames are queued, and the broadcasts that follow during the
+    delivery leave together, instead of every answer waiting for 5,000 writes.
     """
 
     def __init__(self, *, flush_window: float = 0.0, flush_pacing: float = 1.0) -> None:
@@ -67,6 +70,7 @@ class Hub:
         #: write at once instead of queueing (read by FramedConnection.send on the hot path):
         #: no connection has anything queued, no flush is scheduled and no hold is running
         self.through = True
+        self._through_at = 0.0  # perf_counter() before which nothing is written through
         self._reopen_scheduled = False
 
     def want_flush(self, conn: Connection) -> None:
@@ -94,29 +98,35 @@ class Hub:
         for conn in dirty:
             conn.flush()
         ended = time.perf_counter()
-        pace = (ended - started) * self.flush_pacing if busy else 0.0
-        self._held_until(ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace)))
+        took = ended - started
+        pace = took * self.flush_pacing if busy else 0.0
+        self._next_flush = ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace))
+        self._write_through_after(max(self._next_flush, ended + took * self.flush_pacing))
 
-    def _held_until(self, when: float) -> None:
-        """No flush starts, and nothing is written through, before ``when`` (perf_counter)."""
-        self._next_flush = when
+    def _write_through_after(self, when: float) -> None:
+        """Write fan-outs through again from ``when`` (perf_counter) on, if nothing is queued then."""
         self.through = False
+        self._through_at = when
         if not self._reopen_scheduled:
             self._reopen_scheduled = True
-            hold = when - time.perf_counter()
-            loop = asyncio.get_running_loop()
-            if hold > 0.0005:
-                loop.call_later(hold, self._reopen)
-            else:  # the next loop iteration: later fan-outs of this one still queue and batch
-                loop.call_soon(self._reopen)
+            self._schedule_reopen(when - time.perf_counter())
+
+    def _schedule_reopen(self, wait: float) -> None:
+        loop = asyncio.get_running_loop()
+        if wait > 0.0005:
+            loop.call_later(wait, self._reopen)
+        else:  # the next loop iteration: later fan-outs of this one still queue and batch
+            loop.call_soon(self._reopen)
 
     def _reopen(self) -> None:
-        self._reopen_scheduled = False
         if self._flush_scheduled:
-            return  # the flush that is pending decides anew when it ends
-        if self._next_flush - time.perf_counter() > 0.0005:  # a later hold replaced this one
-            self._held_until(self._next_flush)
+            self._reopen_scheduled = False
+            return  # the pending flush decides anew when it ends
+        wait = self._through_at - time.perf_counter()
+        if wait > 0.0005:  # moved later since this call was scheduled
+            self._schedule_reopen(wait)
         else:
+            self._reopen_scheduled = False
             self.through = True
 
     def add(self, conn: Connection) -> bool:
@@ -187,16 +197,28 @@ class Hub:
 
     # -- fan-out (hot path) --
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:
-        through = self.through
+        if self.through:
+            return self._fanout_through(conns, out)
         n = 0
         for conn in conns:
             conn.send(out)
             n += 1
         self.delivered += n
-        if through and n:
-            # Written through (see the class): a flush of one frame per socket, never busy.
-            self._delivered_at_flush += n
-            self._held_until(time.perf_counter() + min(MAX_FLUSH_WINDOW, self.flush_window))
+        return n
+
+    def _fanout_through(self, conns: Iterable[Connection], out: Outgoing) -> int:
+        started = time.perf_counter()
+        n = 0
+        for conn in conns:
+            conn.send(out)  # writes at once: self.through is still True
+            n += 1
+        self.delivered += n
+        # A flush of one frame per socket (never busy): a flush_window hold starts from it,
+        # and the idle condition (see the class) from its end.
+        self._delivered_at_flush += n
+        ended = time.perf_counter()
+        self._next_flush = max(self._next_flush, ended + min(MAX_FLUSH_WINDOW, self.flush_window))
+        self._write_through_after(max(self._next_flush, ended + (ended - started) * self.flush_pacing))
         return n
 
     def to_channel(self, channel: str, out: Outgoing) -> int:
