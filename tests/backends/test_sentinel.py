@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -209,3 +210,54 @@ async def test_readonly_reply_drops_the_pipe_and_it_reconnects(tmp_path: Path, c
         await broker.close()
         for server in servers:
             server.kill()
+
+
+async def test_a_lost_primary_is_watched_until_the_sentinels_name_another(sentinels: SentinelGroup) -> None:
+    """The pipes and links back off between reconnects; the watch (started by the first failed
+    connect) tells them at once when the sentinels name a new primary, so the end of their
+    backoff does not decide when publishing resumes."""
+    conn = RedisConnection(sentinels.url, timeout=2.0)
+    moved: list[float] = []
+    conn.add_primary_listener(lambda: moved.append(time.monotonic()))
+    try:
+        desc = await conn.resolve()
+        old = sentinels.primary()
+        assert getattr(desc, "port", None) == old.port
+        old.kill()
+        conn.watch_primary()
+        conn.watch_primary()  # one watch at a time: the second call adds none
+        from ..helpers import wait_for
+
+        await wait_for(lambda: bool(moved), 30, what="the watch to see the new primary")
+        _, port = await conn.primary_address()
+        assert port != old.port
+        await wait_for(lambda: conn._primary_watch is None, 5, what="the watch to end")
+        assert len(moved) == 1
+    finally:
+        await conn.close_if_unused()
+
+
+async def test_a_link_waiting_to_reconnect_goes_at_once_when_the_primary_moved() -> None:
+    from pushgate.backends.redis.link import PubSubLink
+
+    from ..helpers import wait_for
+    from ..servers import free_port
+
+    conn = RedisConnection(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
+    attempts: list[float] = []
+
+    async def factory() -> Any:
+        attempts.append(time.monotonic())
+        return conn.pubsub_connection()
+
+    link = PubSubLink("t", factory, sharded=False, on_message=lambda topic, payload: None,
+                      on_state=lambda: None, options=LinkOptions(backoff_min=600.0, backoff_max=600.0))
+    link.start()
+    try:
+        await wait_for(lambda: link._first_attempt.is_set(), 5, what="the first connect to fail")
+        await asyncio.sleep(0.3)
+        assert len(attempts) == 1  # pausing: up to 600 s
+        link.retry_now()
+        await wait_for(lambda: len(attempts) == 2, 5, what="the retry")
+    finally:
+        await link.close()

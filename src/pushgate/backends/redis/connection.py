@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, ParamSpec, Protocol, TypeVar, cast
@@ -73,7 +74,11 @@ __all__ = [
     "unavailable",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_POOL_CONNECTIONS = 256  # per node process, shared by broker, presence and leases
+PRIMARY_WATCH_EVERY = 0.25  # seconds between sentinel queries while the primary is lost
+PRIMARY_WATCH_FOR = 60.0  # seconds a watch for a new primary lasts at most
 
 RedisClient = Redis | RedisCluster
 
@@ -229,6 +234,9 @@ class RedisConnection:
         self._client: RedisClient | None = None
         self._sentinels: Sentinel | None = None
         self._failover_listeners: list[Callable[[], None]] = []
+        self._moved_listeners: list[Callable[[], None]] = []
+        self._primary_watch: asyncio.Task[None] | None = None
+        self._resolved: tuple[str, int] | None = None  # the primary :meth:`resolve` named last
         self._users = 0
 
     @property
@@ -275,6 +283,8 @@ class RedisConnection:
 
     async def close_if_unused(self) -> None:
         """Close the client unless a started broker or presence store still holds it."""
+        if self._users == 0:
+            await self.close_watch()
         if self._users == 0 and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -338,7 +348,7 @@ class RedisConnection:
         place for the query, used by every publish pipe and pub/sub link at every connect);
         otherwise :meth:`pubsub_connection` of the URL's server or of the cluster node given."""
         if self.sentinel is not None:
-            host, port = await self.primary_address()
+            host, port = self._resolved = await self.primary_address()
         return self.pubsub_connection(host, port)
 
     async def is_current_primary(self, desc: AbstractConnection) -> bool | None:
@@ -365,6 +375,58 @@ class RedisConnection:
     def suspect_failover(self) -> None:
         for listener in list(self._failover_listeners):
             listener()
+        self.watch_primary()
+
+    def add_primary_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called when :meth:`watch_primary` saw the sentinels name a new
+        primary: a publish pipe or link waiting out its reconnect backoff retries at once."""
+        self._moved_listeners.append(listener)
+
+    def remove_primary_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._moved_listeners.remove(listener)
+
+    def watch_primary(self) -> None:
+        """With Sentinel: a user of this connection lost the primary (a failed connect, READONLY).
+        Until the sentinels name a primary other than the one :meth:`resolve` named last, ask them every
+        :data:`PRIMARY_WATCH_EVERY` seconds (for at most :data:`PRIMARY_WATCH_FOR`), then tell
+        the primary listeners. Without it the pipe and the links would find the new primary only
+        when their reconnect backoff ends, which during a long outage grows to seconds: the
+        failover would be over well before they notice. One watch per connection at a time."""
+        if self.sentinel is None or self._primary_watch is not None:
+            return
+        self._primary_watch = asyncio.get_running_loop().create_task(
+            self._watch_primary(), name="pushgate-sentinel-watch")
+
+    async def _watch_primary(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            lost = self._resolved  # the primary the pipes and links were last sent to
+            deadline = loop.time() + PRIMARY_WATCH_FOR
+            while loop.time() < deadline:
+                try:
+                    address: tuple[str, int] | None = await self.primary_address()
+                except BrokerUnavailable:
+                    address = None  # no sentinel can say right now: ask again
+                if lost is None:
+                    lost = address
+                elif address is not None and address != lost:
+                    log.info("sentinels name a new primary for %r: %s:%d", self.sentinel and self.sentinel.service,
+                             *address)
+                    for listener in list(self._moved_listeners):
+                        listener()
+                    return
+                await asyncio.sleep(PRIMARY_WATCH_EVERY)
+        finally:
+            self._primary_watch = None
+
+    async def close_watch(self) -> None:
+        """Stop a running :meth:`watch_primary` (the node is stopping)."""
+        task, self._primary_watch = self._primary_watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def pubsub_connection(self, host: str | None = None, port: int | None = None) -> AbstractConnection:
         """A fresh, unconnected connection for pub/sub, to the URL's server or a cluster node.

@@ -155,6 +155,7 @@ class PubSubLink:
         self._first_attempt = asyncio.Event()
         self._is_primary = is_primary
         self._check_now = asyncio.Event()
+        self._retry_now = asyncio.Event()  # set: the pause before the next connect ends at once
 
     @property
     def pending(self) -> bool:
@@ -230,6 +231,7 @@ class PubSubLink:
         while not self._closing:
             wire = _LinkWire(self)
             follower: asyncio.Task[None] | None = None
+            self._retry_now.clear()  # set from now on (the primary moved): skip the next pause
             try:
                 desc = await self._factory()
                 await open_wire(desc, wire, self._connect_timeout)
@@ -264,7 +266,13 @@ class PubSubLink:
                 delays = backoff(*self._backoff)
             elif self._on_connect_failed is not None:
                 self._on_connect_failed()
-            await asyncio.sleep(next(delays))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), next(delays))
+
+    def retry_now(self) -> None:
+        """The primary moved (:meth:`.connection.RedisConnection.watch_primary`): a link waiting
+        to reconnect does so at once."""
+        self._retry_now.set()
 
     async def _follow_primary(self, wire: _LinkWire, desc: AbstractConnection, is_primary: _IsPrimary) -> None:
         """Every ``ping_interval`` (or at once on :meth:`check_primary`), ask whether the server

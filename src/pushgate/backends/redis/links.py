@@ -77,6 +77,7 @@ class LinkPool:
         self._moving = False
         self._closed = False
         conn.add_failover_listener(self._check_primaries)
+        conn.add_primary_listener(self._primary_moved)
 
     @property
     def healthy(self) -> bool:
@@ -106,6 +107,7 @@ class LinkPool:
         self._closed = True
         self._announce = False
         self._conn.remove_failover_listener(self._check_primaries)
+        self._conn.remove_primary_listener(self._primary_moved)
         if self._rebalance_task is not None:
             self._rebalance_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,13 +153,18 @@ class LinkPool:
                 on_message=self._on_message,
                 on_state=self._update_health,
                 on_misrouted=self._on_misrouted if cluster else None,
-                on_connect_failed=self._schedule_rebalance if cluster else None,
+                on_connect_failed=self._schedule_rebalance if cluster else self._conn.watch_primary,
                 is_primary=self._conn.is_current_primary if self._conn.sentinel is not None else None,
                 options=self._options,
             )
             self._links[name] = link
             link.start()
         return link
+
+    def _primary_moved(self) -> None:
+        """The sentinels name a new primary: links waiting to reconnect go at once."""
+        for link in self._links.values():
+            link.retry_now()
 
     def _check_primaries(self) -> None:
         """A sign of failover (the publish pipe got READONLY): every link checks its server now."""

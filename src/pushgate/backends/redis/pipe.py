@@ -380,6 +380,11 @@ class PublishPipe:
         if message.startswith("READONLY") and isinstance(failure, BrokerUnavailable):
             self._demoted(failure)
 
+    def retry_now(self) -> None:
+        """The primary moved (:meth:`.connection.RedisConnection.watch_primary`): the next
+        submission reconnects at once instead of failing fast until the backoff delay ends."""
+        self._retry_at = 0.0
+
     def _demoted(self, failure: BrokerUnavailable) -> None:
         """The server answered READONLY: it is a replica now. Everything sent after this
         publication would be refused too; reconnect (to the primary the endpoint names then)."""

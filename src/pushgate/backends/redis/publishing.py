@@ -89,6 +89,7 @@ class PublishPath:
         self._loop = asyncio.get_running_loop()
         self._cluster = client if isinstance(client, RedisCluster) else None
         self._pipes: dict[str, PublishPipe] = {}
+        conn.add_primary_listener(self._primary_moved)
         self._single: PublishPipe | None = None
         if self._cluster is None:
             self._single = self._pipe("redis", None, None)
@@ -150,7 +151,7 @@ class PublishPath:
                 max_in_flight=self._max_in_flight,
                 backoff_window=self._window,
                 on_redirect=self._redirected if cluster else None,
-                on_unreachable=self._schedule_refresh if cluster else None,
+                on_unreachable=self._schedule_refresh if cluster else self._conn.watch_primary,
                 on_readonly=self._conn.suspect_failover,
             )
         return pipe
@@ -235,8 +236,13 @@ class PublishPath:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def _primary_moved(self) -> None:
+        for pipe in self._pipes.values():
+            pipe.retry_now()
+
     async def close(self) -> None:
         self._closed = True
+        self._conn.remove_primary_listener(self._primary_moved)
         tasks = [d.task for d in self._detours.values() if d.task is not None]
         if self._refreshing is not None:
             tasks.append(self._refreshing)
