@@ -62,6 +62,20 @@ async def scrape_gc(session: Any, port: int) -> dict[str, Any] | None:
         return None
 
 
+async def settle_cpu(pid: int, start: float, limit: float) -> float:
+    """Server CPU seconds since ``start`` once the server has been idle for 0.5 s (bounded by ``limit``)."""
+    last, quiet_since = cpu_seconds(pid), time.perf_counter()
+    deadline = quiet_since + limit
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+        now = cpu_seconds(pid)
+        if now - last > 0.005:
+            last, quiet_since = now, time.perf_counter()
+        elif time.perf_counter() - quiet_since >= 0.5:
+            break
+    return last - start
+
+
 async def measure(target: Target, n: int, args: argparse.Namespace, logdir: Path, run: int,
                   heartbeat: bool = False) -> dict[str, Any]:
     """One fresh server, N connections: connect, memory, idle CPU, broadcasts (or, with ``heartbeat``,
@@ -137,6 +151,12 @@ async def measure(target: Target, n: int, args: argparse.Namespace, logdir: Path
                 gc2 = await scrape_gc(session, port)
                 res["gc_connect"] = gcpause.window(gc0, gc1)
                 res["gc_run"] = gcpause.window(gc0, gc2)
+            if not heartbeat:
+                # A close wave (a network blip, a load balancer restart): every client goes at once.
+                c0 = cpu_seconds(server.pid)
+                await cl.cmd("close")
+                spent = await settle_cpu(server.pid, c0, args.close_timeout)
+                res["server_us_per_close"] = round(1e6 * spent / n, 1)
             res["ok"] = True
         except Exception as e:
             res["ok"] = False
@@ -178,7 +198,8 @@ def summarize(results: list[dict[str, Any]], targets: list[str], clients: list[i
                                    "errors": [r["error"] for r in results if r["target"] == t
                                               and r["clients"] == n and not r.get("ok")][:3]}
             for k in ("connects_per_s", "server_us_per_connect", "kb_per_conn", "idle_cpu_pct", "idle_us_per_conn_s",
-                      "broadcast_all_ms", "broadcast_p50_ms", "broadcast_server_us_per_delivery", "rss_idle_kb"):
+                      "broadcast_all_ms", "broadcast_p50_ms", "broadcast_server_us_per_delivery", "rss_idle_kb",
+                      "server_us_per_close"):
                 row[k] = report.med(rs, k)
             row["kb_per_conn_all"] = [r["kb_per_conn"] for r in rs]
             row["lost_max"] = max((r["lost_connections"] + r["closed_by_server"] for r in rs), default=0)
@@ -239,21 +260,23 @@ def render(summary: dict[str, Any], targets: list[str], clients: list[int], args
            notes: list[str]) -> str:
     out = [f"## pushgate connection scale ({started})", "",
            "| N | target | connects/s | server µs per connect | KB per idle conn | idle server CPU % "
-           "| one broadcast to all: last copy ms (p50 ms) | server µs per delivery | GC longest ms: connect / run "
-           "| lost | runs |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+           "| one broadcast to all: last copy ms (p50 ms) | server µs per delivery | server µs per close "
+           "| GC longest ms: connect / run | lost | runs |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for n in clients:
         for t in targets:
             r = summary[f"{t}@{n}"]
             if not r["runs_ok"]:
-                out.append(f"| {n:,} | {t} | failed: {report.first_error(r['errors'])} | | | | | | | | 0/{args.runs} |")
+                out.append(f"| {n:,} | {t} | failed: {report.first_error(r['errors'])} "
+                           f"| | | | | | | | | 0/{args.runs} |")
                 continue
             gc = f"{gc_cell(r, 'gc_connect')} / {gc_cell(r, 'gc_run')}" if "gc_run_longest_ms_le_worst" in r else ""
             out.append(
                 f"| {n:,} | {t} | {_f(r['connects_per_s'], ',.0f')} | {_f(r['server_us_per_connect'], ',.0f')} "
                 f"| {_f(r['kb_per_conn'], '.2f')} "
                 f"| {_f(r['idle_cpu_pct'], '.1f')} | {_f(r['broadcast_all_ms'], ',.1f')} "
-                f"({_f(r['broadcast_p50_ms'], ',.1f')}) | {_f(r['broadcast_server_us_per_delivery'], '.2f')} | {gc} "
+                f"({_f(r['broadcast_p50_ms'], ',.1f')}) | {_f(r['broadcast_server_us_per_delivery'], '.2f')} "
+                f"| {_f(r.get('server_us_per_close'), ',.1f')} | {gc} "
                 f"| {r['lost_max']} | {r['runs_ok']}/{args.runs} |")
     top = max(clients)
     out += ["", f"**Projection to one node** (linear in N from the costs at N={top:,}; one core; "
@@ -290,6 +313,8 @@ def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[s
         f"one broadcast to all = stamp in the POST body -> arrival (kernel receive timestamp) of the last of the "
         f"N copies; median of "
         f"{args.broadcasts} single broadcasts; server µs per delivery = server CPU of that broadcast / N.",
+        "server µs per close = server CPU from closing all N client sockets at once until the server is idle "
+        "for 0.5 s, / N (a close wave: unregistering, presence, close accounting).",
         "GC longest = bucket bound of pushgate's pushgate_gc_pause_seconds over the connect phase / the whole "
         "run (worst run); in parentheses pushgate_gc_pause_max_seconds when exported.",
         "heartbeat cost: a separate pushgate with --ping-interval 1 and N idle connections; CPU per ping = server "
@@ -329,6 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--broadcasts", type=int, default=3)
     ap.add_argument("--broadcast-pause", type=float, default=0.5)
+    ap.add_argument("--close-timeout", type=float, default=60.0,
+                    help="seconds the close wave may take before its CPU is read anyway")
     ap.add_argument("--broadcast-timeout", type=float, default=30.0)
     ap.add_argument("--heartbeat-seconds", type=float, default=None,
                     help="window of the pushgate heartbeat-cost measurement (default 5 s; 0: skip)")

@@ -78,7 +78,8 @@ class NginxOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     internal_listen: str = "127.0.0.1:8081"
-    proxy_address: str = "127.0.0.1/32"  # where the nodes see nginx's connections come from
+    #: where the nodes see nginx's connections come from (their ``trusted_proxies``)
+    proxy_addresses: Sequence[str] = ("127.0.0.1/32",)
     ping_interval: float = _DEFAULTS.ping_interval
     sse_ping_interval: float = _DEFAULTS.sse_ping_interval
     read_timeout: float | None = None  # None: derived from the heartbeats
@@ -124,10 +125,13 @@ def _check(opts: NginxOptions) -> None:
     for name, path in (("--tls-cert", opts.tls_cert), ("--tls-key", opts.tls_key)):
         if path is not None and (not path.startswith("/") or re.search(r"[\s;{}'\"#$]", path)):
             raise NginxOptionError(name, f"{path!r}: give an absolute path without spaces or quotes")
-    try:
-        ipaddress.ip_network(opts.proxy_address, strict=False)
-    except ValueError as exc:
-        raise NginxOptionError("--proxy-address", f"{opts.proxy_address!r} is not an IP network") from exc
+    if not opts.proxy_addresses:
+        raise NginxOptionError("--proxy-address", "give at least one network")
+    for network in opts.proxy_addresses:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise NginxOptionError("--proxy-address", f"{network!r} is not an IP network") from exc
     for name, v in (("--ping-interval", opts.ping_interval), ("--sse-ping-interval", opts.sse_ping_interval)):
         if not (v > 0 and math.isfinite(v)):
             raise NginxOptionError(name, "must be a positive number of seconds")
@@ -201,7 +205,8 @@ def render(opts: NginxOptions, *, command: str | None = None) -> str:
         f"# Internal server ({internal}): your backends and Prometheus; /api and /metrics.",
         "#",
         "# Run every node with",
-        f'#   trusted_proxies = ["{opts.proxy_address}"]   (or --trusted-proxies {opts.proxy_address})',
+        f"#   trusted_proxies = [{', '.join(f'{chr(34)}{n}{chr(34)}' for n in opts.proxy_addresses)}]"
+        f"   (or --trusted-proxies {','.join(opts.proxy_addresses)})",
         "# so it takes the client address from X-Forwarded-For / X-Real-IP (per-IP limits, logs) -- and",
         "# only from nginx: the same headers from anyone else are ignored. Without an api_key a node",
         "# serves /api only to loopback callers, which through the internal server means backends on",
@@ -361,8 +366,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--tls-key", default=None, metavar="PATH", help="the private key of --tls-cert")
     p.add_argument("--internal-listen", default="127.0.0.1:8081", metavar="[ADDR:]PORT",
                    help="the internal server for /api and /metrics [%(default)s]")
-    p.add_argument("--proxy-address", default="127.0.0.1/32", metavar="CIDR",
-                   help="where the nodes see nginx's connections come from: their trusted_proxies [%(default)s]")
+    p.add_argument("--proxy-address", action="append", default=None, metavar="CIDR",
+                   help="where the nodes see nginx's connections come from: their trusted_proxies "
+                        "(repeat for several) [127.0.0.1/32]")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="the nodes' TOML file: take ping_interval, sse_ping_interval and stomp_paths from it")
     p.add_argument("--ping-interval", type=float, default=None, metavar="SECONDS",
@@ -387,7 +393,7 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
     return NginxOptions(
         upstreams=tuple(args.upstream), listen=args.listen, server_name=args.server_name,
         tls_cert=args.tls_cert, tls_key=args.tls_key, internal_listen=args.internal_listen,
-        proxy_address=args.proxy_address,
+        proxy_addresses=tuple(args.proxy_address or ("127.0.0.1/32",)),
         ping_interval=config.ping_interval if args.ping_interval is None else args.ping_interval,
         sse_ping_interval=config.sse_ping_interval if args.sse_ping_interval is None else args.sse_ping_interval,
         read_timeout=args.read_timeout, stomp_paths=tuple(config.stomp_paths), max_fails=args.max_fails,

@@ -42,12 +42,25 @@ def ws(nginx: Nginx, query: str = "") -> str:
 # -- the file ---------------------------------------------------------------------------------------
 
 
-def test_deploy_nginx_conf_is_the_generators_output(capsys: pytest.CaptureFixture[str]) -> None:
-    text = DEPLOYED.read_text()
+@pytest.mark.parametrize("deployed", [DEPLOYED, ROOT / "deploy" / "compose" / "nginx.conf"],
+                         ids=["deploy", "compose"])
+def test_deploy_nginx_conf_is_the_generators_output(deployed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = deployed.read_text()
     m = re.search(r"^#   pushgate (nginx-config .*)$", text, re.M)
-    assert m, "deploy/nginx.conf names the command that wrote it"
+    assert m, f"{deployed} names the command that wrote it"
     assert cli.main(shlex.split(m.group(1))) == 0
-    assert capsys.readouterr().out == text, "regenerate: the command in deploy/nginx.conf's header"
+    assert capsys.readouterr().out == text, f"regenerate: the command in {deployed}'s header"
+
+
+def test_compose_nodes_trust_the_networks_the_compose_nginx_conf_names() -> None:
+    import yaml
+
+    text = (ROOT / "deploy" / "compose" / "nginx.conf").read_text()
+    m = re.search(r"--trusted-proxies (\S+)\)", text)
+    assert m
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
+    env = compose["x-node"]["environment"]
+    assert env["PUSHGATE_TRUSTED_PROXIES"] == m.group(1)
 
 
 def test_read_timeout_is_above_the_heartbeats() -> None:
