@@ -200,10 +200,19 @@ async def test_flush_window_holds_frames_after_a_flush_and_sends_them_in_one_wri
 async def test_pacing_holds_the_next_flush_only_after_a_busy_one() -> None:
     hub = Hub(flush_pacing=1.0)
     conn = Recorder(hub, cost=0.03)  # every flush takes 30 ms
-    # one frame per flush: the rate is served frame by frame, nothing is held
-    await publish_spread(hub, conn, 2, 0.04)
+    # one frame per flush and the loop mostly idle (a 30 ms flush every 100 ms): nothing is held
+    await publish_spread(hub, conn, 2, 0.1)
     await wait_until(lambda: len(conn.writes) == 2, 2, "two flushes")
-    assert conn.writes[1][0] - conn.writes[0][0] < 0.055
+    assert conn.writes[1][0] - conn.writes[0][0] < 0.115
+    await asyncio.sleep(0.1)
+    # a frame every 40 ms: the second flush starts 10 ms after a 30 ms one (writing fills most
+    # of the loop): busy, so the third waits 30 ms after the second ended, not 10
+    conn.writes.clear()
+    await publish_spread(hub, conn, 3, 0.04)
+    await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 3, 2, "all three frames")
+    assert [len(f) for _, f in conn.writes] == [1, 1, 1]
+    assert conn.writes[2][0] - conn.writes[1][0] >= 0.055  # 30 ms flush + 30 ms hold
+    await asyncio.sleep(0.2)
     # two frames in one flush (busy): the next flush waits as long as that one took
     conn.writes.clear()
     hub.fanout((conn,), Outgoing(b"[1]"))

@@ -86,9 +86,14 @@ async def test_a_lone_fan_out_is_written_at_once_and_later_frames_of_the_iterati
     assert [c.writes for c in conns] == [[frame(1)]] * 3  # queued, in order, behind the first
     await next_iteration()
     assert [c.writes for c in conns] == [[frame(1), frame(2) + frame(3)]] * 3
+    await asyncio.sleep(0.01)
+    hub.fanout(conns, Outgoing(b"[4]"))  # that flush was busy (two frames a socket): [4] queues
+    assert [len(c.writes) for c in conns] == [2] * 3
     await next_iteration()
-    hub.fanout(conns, Outgoing(b"[4]"))  # a later iteration with nothing queued: through again
     assert [c.writes[-1] for c in conns] == [frame(4)] * 3
+    await asyncio.sleep(0.01)
+    hub.fanout(conns, Outgoing(b"[5]"))  # after a quiet flush and a quiet moment: through again
+    assert [c.writes[-1] for c in conns] == [frame(5)] * 3
 
 
 async def test_frames_queued_before_a_fan_out_keep_their_place() -> None:
@@ -141,9 +146,28 @@ async def test_only_a_mostly_idle_node_writes_through() -> None:
     await next_iteration()
     hub.fanout((conn,), Outgoing(b"[2]"))
     assert conn.writes == [frame(1)]  # queued: the node was busy for 30 ms just now
-    await asyncio.sleep(0.005)
+    await wait_for(lambda: len(conn.writes) == 2, 2, what="the flush")  # right after: busy
+    await asyncio.sleep(0.1)
     hub.fanout((conn,), Outgoing(b"[3]"))
-    await wait_for(lambda: len(conn.writes) == 3, 2, what="the flushes")
-    await asyncio.sleep(0.08)  # idle for longer than the last write took
+    assert len(conn.writes) == 2  # the last flush was busy: this one queues too
+    await wait_for(lambda: len(conn.writes) == 3, 2, what="a quiet flush")
+    await asyncio.sleep(0.1)  # idle for longer than the last write took
     hub.fanout((conn,), Outgoing(b"[4]"))
     assert conn.writes[-1] == frame(4)
+
+
+async def test_after_a_busy_flush_fan_outs_batch_until_a_quiet_flush() -> None:
+    hub, (conn,) = setup(1, flush_pacing=0.0)  # no holds: only the busy rule is at work
+    conn.queue(frame(0))
+    hub.fanout((conn,), Outgoing(b"[2]"))
+    hub.fanout((conn,), Outgoing(b"[3]"))
+    await next_iteration()
+    assert conn.writes == [frame(0) + frame(2) + frame(3)]  # two publications in one flush: busy
+    await asyncio.sleep(0.05)  # idle for a while, but the last flush was busy
+    hub.fanout((conn,), Outgoing(b"[4]"))
+    assert len(conn.writes) == 1  # queued, not written through
+    await next_iteration()
+    assert conn.writes[-1] == frame(4)  # a quiet flush: one frame per socket
+    await next_iteration()
+    hub.fanout((conn,), Outgoing(b"[5]"))
+    assert conn.writes[-1] == frame(5)  # written through again

@@ -9,6 +9,7 @@ per-connection encoding, no task per message).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -30,9 +31,10 @@ class Hub:
     many), and each connection then gets one ``write()`` for all of them instead of one per
     frame; the system call is most of a delivery's cost.
 
-    Batching at steady rates too, without a cost at low ones: once a flush carried more frames
-    than sockets (publications arrive faster than one per flush), the next one may start no
-    sooner than ``flush_pacing`` × that flush's duration after it ended. Frames queued meanwhile
+    Batching at steady rates too, without a cost at low ones: once a flush was busy (it carried
+    more frames than sockets, or it started sooner than ``flush_pacing`` × the last flush's
+    duration after that one ended: writing already fills more than about half the loop), the
+    next one may start no sooner than ``flush_pacing`` × this flush's duration after it ended. Frames queued meanwhile
     wait and leave together, so writes take at most about half the loop and each write carries
     every publication of the hold: the batch grows with the load. A flush of one frame per
     socket holds nothing, so a rate the node serves frame by frame pays no latency for it
@@ -44,7 +46,8 @@ class Hub:
     Writing through, when the node is mostly idle: the first fan-out of a loop iteration writes
     each socket at once (:attr:`through`) instead of queueing and flushing it later, provided
     nothing is queued, no hold runs, and the node has been idle since its last flush or
-    written-through fan-out for at least ``flush_pacing`` × that one's duration. Nothing is
+    written-through fan-out for at least ``flush_pacing`` × that one's duration, and its last
+    flush was not busy (a busy node batches until a flush carries one frame per socket). Nothing is
     queued anywhere then, so order holds; every later frame of the iteration queues as above.
     A broadcast to 5,000 sockets saves a queue entry, a list and a second pass per socket, and
     its first socket is written before the others are visited rather than after. The idle
@@ -71,6 +74,8 @@ class Hub:
         #: no connection has anything queued, no flush is scheduled and no hold is running
         self.through = True
         self._through_at = 0.0  # perf_counter() before which nothing is written through
+        self._last_end = 0.0  # when the last flush or written-through fan-out ended (perf_counter)
+        self._last_took = 0.0  # and how long it took
         self._reopen_scheduled = False
 
     def want_flush(self, conn: Connection) -> None:
@@ -89,19 +94,29 @@ class Hub:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
-        # Busy: more frames than sockets in this flush, i.e. publications already arrive faster
-        # than one per flush and batch on their own; only then is holding the next flush worth
-        # its latency. (Frames counted by fan-out; replies sent outside it count as none.)
-        busy = self.delivered - self._delivered_at_flush > len(dirty)
-        self._delivered_at_flush = self.delivered
         started = time.perf_counter()
+        # Busy: publications already arrive faster than one per flush (more frames than
+        # sockets), or this flush starts sooner after the last one (or the last written-through
+        # fan-out) than flush_pacing x that one's duration, i.e. writing already takes more than
+        # about half the loop. Only then is holding the next flush worth its latency. (Frames
+        # counted by fan-out; replies sent outside it count as none.)
+        busy = (self.delivered - self._delivered_at_flush > len(dirty)
+                or started - self._last_end < self._last_took * self.flush_pacing)
+        self._delivered_at_flush = self.delivered
         for conn in dirty:
             conn.flush()
         ended = time.perf_counter()
         took = ended - started
+        self._last_end, self._last_took = ended, took
         pace = took * self.flush_pacing if busy else 0.0
         self._next_flush = ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace))
-        self._write_through_after(max(self._next_flush, ended + took * self.flush_pacing))
+        if busy:
+            # Publications outrun the flushes: every one batches until a flush carries no more
+            # than one frame per socket again (an idle spell ends in such a flush).
+            self.through = False
+            self._through_at = math.inf
+        else:
+            self._write_through_after(max(self._next_flush, ended + took * self.flush_pacing))
 
     def _write_through_after(self, when: float) -> None:
         """Write fan-outs through again from ``when`` (perf_counter) on, if nothing is queued then."""
@@ -123,7 +138,9 @@ class Hub:
             self._reopen_scheduled = False
             return  # the pending flush decides anew when it ends
         wait = self._through_at - time.perf_counter()
-        if wait > 0.0005:  # moved later since this call was scheduled
+        if wait == math.inf:  # a busy flush since: the next quiet flush reopens
+            self._reopen_scheduled = False
+        elif wait > 0.0005:  # moved later since this call was scheduled
             self._schedule_reopen(wait)
         else:
             self._reopen_scheduled = False
@@ -217,6 +234,7 @@ class Hub:
         # and the idle condition (see the class) from its end.
         self._delivered_at_flush += n
         ended = time.perf_counter()
+        self._last_end, self._last_took = ended, ended - started
         self._next_flush = max(self._next_flush, ended + min(MAX_FLUSH_WINDOW, self.flush_window))
         self._write_through_after(max(self._next_flush, ended + (ended - started) * self.flush_pacing))
         return n
