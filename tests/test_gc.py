@@ -199,19 +199,19 @@ async def test_flush_window_holds_frames_after_a_flush_and_sends_them_in_one_wri
 
 async def test_pacing_holds_the_next_flush_only_after_a_busy_one() -> None:
     hub = Hub(flush_pacing=1.0)
-    conn = Recorder(hub, cost=0.03)  # every flush takes 30 ms
-    # one frame per flush and the loop mostly idle (a 30 ms flush every 100 ms): nothing is held
-    await publish_spread(hub, conn, 2, 0.1)
+    conn = Recorder(hub, cost=0.04)  # every flush takes 40 ms
+    # one frame per flush and the loop often idle (a 40 ms flush every 70 ms): nothing is held
+    await publish_spread(hub, conn, 2, 0.07)
     await wait_until(lambda: len(conn.writes) == 2, 2, "two flushes")
-    assert conn.writes[1][0] - conn.writes[0][0] < 0.115
+    assert conn.writes[1][0] - conn.writes[0][0] < 0.085
     await asyncio.sleep(0.1)
-    # a frame every 40 ms: the second flush starts 10 ms after a 30 ms one (writing fills most
-    # of the loop): busy, so the third waits 30 ms after the second ended, not 10
+    # a frame every 44 ms: the second flush starts 4 ms after a 40 ms one (writing fills 90 %
+    # of the loop): busy, so the third waits 40 ms after the second ended, not 4
     conn.writes.clear()
-    await publish_spread(hub, conn, 3, 0.04)
+    await publish_spread(hub, conn, 3, 0.044)
     await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 3, 2, "all three frames")
     assert [len(f) for _, f in conn.writes] == [1, 1, 1]
-    assert conn.writes[2][0] - conn.writes[1][0] >= 0.055  # 30 ms flush + 30 ms hold
+    assert conn.writes[2][0] - conn.writes[1][0] >= 0.075  # 40 ms flush + 40 ms hold
     await asyncio.sleep(0.2)
     # two frames in one flush (busy): the next flush waits as long as that one took
     conn.writes.clear()
@@ -221,7 +221,7 @@ async def test_pacing_holds_the_next_flush_only_after_a_busy_one() -> None:
     await wait_until(lambda: sum(len(f) for _, f in conn.writes) == 5, 2, "all five frames")
     # the first flush took these two and the spread's first; the two that came during the hold left together
     assert [len(f) for _, f in conn.writes] == [3, 2]
-    assert conn.writes[1][0] - conn.writes[0][0] >= 0.055  # 30 ms flush + 30 ms hold
+    assert conn.writes[1][0] - conn.writes[0][0] >= 0.075  # 40 ms flush + 40 ms hold
 
 
 async def test_without_a_window_or_pacing_every_loop_iteration_flushes() -> None:

@@ -175,7 +175,9 @@ class Config:
         0.0, "seconds a flush is held after the last one so frames for a socket leave in one write (0 = none)"
     )
     flush_pacing: float = _opt(
-        1.0, "a flush is held after the last one this many times as long as the last one took (0 = no hold)"
+        1.0,
+        "after a busy flush (more frames than sockets, or writes filling 80% of the loop) "
+        "the next waits this many times as long as it took (0 = no hold)",
     )
     gc_freeze: bool = _opt(True, "freeze long-lived objects out of full garbage collections (docs/performance.md)")
     gc_refreeze_connections: int = _opt(
