@@ -176,7 +176,7 @@ class Config:
     )
     flush_pacing: float = _opt(
         1.0,
-        "after a busy flush (more frames than sockets, or writes filling 80% of the loop) "
+        "after a busy flush (more frames than sockets, or writes filling 80 percent of the loop) "
         "the next waits this many times as long as it took (0 = no hold)",
     )
     gc_freeze: bool = _opt(True, "freeze long-lived objects out of full garbage collections (docs/performance.md)")
