@@ -520,11 +520,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("jwks_url", "must be an http(s) URL")
     if cfg.jwks_url and (cfg.jwt_secret or cfg.jwt_public_key):
         raise ConfigError("jwks_url", "set one of jwt_secret, jwt_public_key or jwks_url")
-    for cidr in cfg.trusted_proxies:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError as exc:
-            raise ConfigError("trusted_proxies", f"{cidr!r} is not an IP network (CIDR)") from exc
+    bad = first_bad_network(cfg.trusted_proxies)
+    if bad is not None:
+        raise ConfigError("trusted_proxies", f"{bad!r} is not an IP network (CIDR)")
     if cfg.flush_pacing > MAX_FLUSH_PACING:
         raise ConfigError("flush_pacing", f"must be <= {MAX_FLUSH_PACING}")
     if cfg.flush_window > MAX_FLUSH_WINDOW:
@@ -570,3 +568,30 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
 
 def cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in SCALAR_FIELDS}
+
+
+def strip_flags(argv: Sequence[str], flags: set[str]) -> list[str]:
+    """``argv`` without the ``--flag value`` and ``--flag=value`` pairs of ``flags`` (a command
+    line passed on: worker processes, the header of a generated file)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def first_bad_network(cidrs: Iterable[str]) -> str | None:
+    """The first of ``cidrs`` that is not an IP network (``10.0.0.0/8``, ``::1``), or None."""
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            return cidr
+    return None

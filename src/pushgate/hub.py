@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .config import MAX_FLUSH_WINDOW
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: serving 5,000 sockets at 10 msg/s, a 35-55 ms fan-out every 100 ms, held every other flush
 #: and doubled its p99.
 CROWDED_GAP = 0.25
+#: waits shorter than this are no wait (uvloop's timers have 1 ms granularity): the next iteration
+MIN_WAIT = 0.0005
 
 
 class Hub:
@@ -93,11 +95,7 @@ class Hub:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.through = False
-            hold = self._next_flush - time.perf_counter()
-            if hold > 0.0005:
-                asyncio.get_running_loop().call_later(hold, self._flush)
-            else:
-                asyncio.get_running_loop().call_soon(self._flush)
+            _after(self._next_flush - time.perf_counter(), self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -113,11 +111,15 @@ class Hub:
         self._delivered_at_flush = self.delivered
         for conn in dirty:
             conn.flush()
-        ended = time.perf_counter()
+        self._wrote(started, time.perf_counter(), busy)
+
+    def _wrote(self, started: float, ended: float, busy: bool) -> None:
+        """A flush (or a written-through fan-out) ran from ``started`` to ``ended``: set the hold
+        before the next flush and when write-through may resume (see the class)."""
         took = ended - started
         self._last_end, self._last_took = ended, took
         pace = took * self.flush_pacing if busy else 0.0
-        self._next_flush = ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace))
+        self._next_flush = max(self._next_flush, ended + min(MAX_FLUSH_WINDOW, max(self.flush_window, pace)))
         if busy:
             # Publications outrun the flushes: every one batches until a flush carries no more
             # than one frame per socket again (an idle spell ends in such a flush).
@@ -132,14 +134,8 @@ class Hub:
         self._through_at = when
         if not self._reopen_scheduled:
             self._reopen_scheduled = True
-            self._schedule_reopen(when - time.perf_counter())
-
-    def _schedule_reopen(self, wait: float) -> None:
-        loop = asyncio.get_running_loop()
-        if wait > 0.0005:
-            loop.call_later(wait, self._reopen)
-        else:  # the next loop iteration: later fan-outs of this one still queue and batch
-            loop.call_soon(self._reopen)
+            # at the soonest the next loop iteration: later fan-outs of this one still queue
+            _after(when - time.perf_counter(), self._reopen)
 
     def _reopen(self) -> None:
         if self._flush_scheduled:
@@ -148,8 +144,8 @@ class Hub:
         wait = self._through_at - time.perf_counter()
         if wait == math.inf:  # a busy flush since: the next quiet flush reopens
             self._reopen_scheduled = False
-        elif wait > 0.0005:  # moved later since this call was scheduled
-            self._schedule_reopen(wait)
+        elif wait > MIN_WAIT:  # moved later since this call was scheduled
+            _after(wait, self._reopen)
         else:
             self._reopen_scheduled = False
             self.through = True
@@ -222,29 +218,17 @@ class Hub:
 
     # -- fan-out (hot path) --
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:
-        if self.through:
-            return self._fanout_through(conns, out)
+        through = self.through  # FramedConnection.send writes at once while it holds
+        started = time.perf_counter() if through else 0.0
         n = 0
         for conn in conns:
             conn.send(out)
             n += 1
         self.delivered += n
-        return n
-
-    def _fanout_through(self, conns: Iterable[Connection], out: Outgoing) -> int:
-        started = time.perf_counter()
-        n = 0
-        for conn in conns:
-            conn.send(out)  # writes at once: self.through is still True
-            n += 1
-        self.delivered += n
-        # A flush of one frame per socket (never busy): a flush_window hold starts from it,
-        # and the idle condition (see the class) from its end.
-        self._delivered_at_flush += n
-        ended = time.perf_counter()
-        self._last_end, self._last_took = ended, ended - started
-        self._next_flush = max(self._next_flush, ended + min(MAX_FLUSH_WINDOW, self.flush_window))
-        self._write_through_after(max(self._next_flush, ended + (ended - started) * self.flush_pacing))
+        if through:
+            # Written through: a flush of one frame per socket, never busy.
+            self._delivered_at_flush += n
+            self._wrote(started, time.perf_counter(), busy=False)
         return n
 
     def to_channel(self, channel: str, out: Outgoing) -> int:
@@ -258,3 +242,12 @@ class Hub:
 
     def to_all(self, out: Outgoing) -> int:
         return self.fanout(tuple(self.connections.values()), out)
+
+
+def _after(wait: float, callback: Callable[[], None]) -> None:
+    """``callback`` in ``wait`` seconds, or in the next loop iteration when that is under MIN_WAIT."""
+    loop = asyncio.get_running_loop()
+    if wait > MIN_WAIT:
+        loop.call_later(wait, callback)
+    else:
+        loop.call_soon(callback)

