@@ -44,7 +44,7 @@ from typing import Any
 
 from lib import gcpause, report
 from lib.cload import CLoad, CLoadError
-from lib.meter import CoreWindow, cpu_seconds, wait_for_quiet
+from lib.meter import CoreWindow, cpu_seconds, cpu_split, wait_for_quiet
 from lib.report import cell as _f
 from lib.servers import HOST, REPO_DIR, Proc, apply_nice, free_port, parse_builds, run_load_client
 from lib.targets import CLOAD_UNSUPPORTED, PEERS, Target, place_builds, resolve_targets
@@ -74,6 +74,7 @@ async def level(cl: CLoad, server: Proc, target: Target, session: Any, port: int
     gc0 = await scrape_gc(session, port) if target.is_pushgate else None
     await cl.cmd("reset")
     srv0 = cpu_seconds(server.pid)
+    split0 = cpu_split(server.pid)
     cores = CoreWindow((args.server_cpu, args.client_cpu))
     t0 = time.time_ns()
     pub = asyncio.ensure_future(cl.cmd("publish", rate, count, timeout=count / rate + args.drain + 60))
@@ -85,6 +86,7 @@ async def level(cl: CLoad, server: Proc, target: Target, session: Any, port: int
     st = await cl.cmd("stats")
     t1 = time.time_ns()
     srv = cpu_seconds(server.pid) - srv0
+    split1 = cpu_split(server.pid)
     cores.stop()
     gc1 = await scrape_gc(session, port) if target.is_pushgate else None
     window = max(1e-9, ((st["t_last_ns"] or t1) - t0) / 1e9)
@@ -113,6 +115,9 @@ async def level(cl: CLoad, server: Proc, target: Target, session: Any, port: int
         "closed_by_server": st["closed_by_server"], "lost_connections": st["lost"],
         "wait": {k: w.get(k) for k in ("done", "reason", "clients_done", "open")},
         "elapsed_s": round(el, 3),
+        "server_user_pct": round(100 * (split1[0] - split0[0]) / el, 1),
+        "server_sys_pct": round(100 * (split1[1] - split0[1]) / el, 1),
+        "server_core_softirq_pct": round(100 * cores.seconds(args.server_cpu, 3) / el, 1),
         "server_cpu_other_pct": round(100 * (cores.seconds(args.server_cpu, 0) - srv) / el, 1),
         "server_cpu_steal_pct": round(100 * cores.seconds(args.server_cpu, 2) / el, 1),
         "client_core_busy_pct": round(100 * cores.seconds(args.client_cpu, 0) / el, 1),
@@ -148,11 +153,15 @@ async def ladder(target: Target, n: int, rates: list[int], args: argparse.Namesp
             res["connect_s"] = round(con["seconds"], 3)
             res["server_us_per_connect"] = round(1e6 * (cpu_seconds(server.pid) - srv0) / n, 1)
             # Warm-up: JIT, lazily built machinery and the first GCs of a fresh process are not charged
-            # to the first level.
+            # to the first level. At no more than the first level's rate: a faster warm-up leaves a
+            # transient the first level would measure instead of its own steady state (a server that
+            # batched the warm-up's frames -- pushgate, raw-coalesce -- wrote 5,000 sockets up to 40 %
+            # slower for the next ~1.3 s, the kernel's doing: measured in docs/performance.md).
+            warm_rate = min(50, rates[0])
             await cl.cmd("reset")
-            warm = asyncio.ensure_future(cl.cmd("publish", 50, 20))
-            await cl.cmd("wait", 20, 10, 3)
-            await asyncio.wait_for(warm, 30)
+            warm = asyncio.ensure_future(cl.cmd("publish", warm_rate, 20))
+            await cl.cmd("wait", 20, 20 / warm_rate + 10, 3)
+            await asyncio.wait_for(warm, 20 / warm_rate + 30)
             fails = 0
             for rate in rates:
                 lv = await level(cl, server, target, session, port, n, rate, args)
@@ -191,7 +200,9 @@ def report_level(name: str, n: int, run: int, lv: dict[str, Any]) -> None:
     print(f"  run {run} N={n:<5} {name:<9} {lv['rate']:>6}/s  {lv['delivered_per_s']:>11,.0f} dlv/s  "
           f"p50 {lv['p50_ms']:7.2f}  p99 {lv['p99_ms']:8.2f}  max {lv['max_ms']:8.2f} ms "
           f"(cli queue p99 {lv['client_queue_p99_ms']:.2f})  loss {lv['loss']:>7}  "
-          f"srv {lv['server_cpu_pct']:5.1f}%  cli {lv['client_cpu_pct']:5.1f}%  lag {lv['pub_lag_max_ms']:.1f}ms "
+          f"srv {lv['server_cpu_pct']:5.1f}% (usr {lv['server_user_pct']:.1f} sys {lv['server_sys_pct']:.1f} "
+          f"sirq {lv['server_core_softirq_pct']:.1f})  cli {lv['client_cpu_pct']:5.1f}%  "
+          f"lag {lv['pub_lag_max_ms']:.1f}ms "
           f"noise {lv['noise_pct']:.0f}%{gc}  {'ok' if lv['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
 
 
@@ -230,7 +241,8 @@ def summarize(results: list[dict[str, Any]], targets: list[str], ladders: dict[i
                        "p99_ms_all": [lv["p99_ms"] for lv in lvs]}
                 for k in ("delivered_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_pct", "client_cpu_pct",
                           "pub_lag_max_ms", "noise_pct", "frames_per_read", "server_us_per_delivery",
-                          "client_us_per_delivery", "read_p99_ms", "client_queue_p99_ms"):
+                          "client_us_per_delivery", "read_p99_ms", "client_queue_p99_ms", "server_user_pct",
+                          "server_sys_pct", "server_core_softirq_pct"):
                     row[k] = report.med(lvs, k)
                 gcs = [lv["gc"] for lv in lvs if lv.get("gc")]
                 if gcs:
@@ -325,7 +337,8 @@ def render(summary: dict[str, Any], targets: list[str], ladders: dict[int, list[
     # 3. the ladder
     out += ["", "**Every level** (median over the runs that reached it)", "",
             "| N | target | msgs/s | offered dlv/s | delivered/s | p50 ms | p99 ms | max ms | loss (max) "
-            "| server CPU % | client CPU % | frames/read | client queue p99 ms | p99 at read ms | publisher lag ms "
+            "| server CPU % (user / sys; core softirq) | client CPU % | frames/read | client queue p99 ms "
+            "| p99 at read ms | publisher lag ms "
             "| GC longest ms | noise % | passed |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for n, rates in ladders.items():
@@ -338,7 +351,10 @@ def render(summary: dict[str, Any], targets: list[str], ladders: dict[int, list[
                 out.append(
                     f"| {n} | {t} | {rate:,} | {rate * n:,} | {_f(row['delivered_per_s'], ',.0f')}{cb} "
                     f"| {_f(row['p50_ms'], '.2f')} | {_f(row['p99_ms'], '.2f')} | {_f(row['max_ms'], '.1f')} "
-                    f"| {row['loss_max']:,} | {_f(row['server_cpu_pct'], '.0f')} | {_f(row['client_cpu_pct'], '.0f')} "
+                    f"| {row['loss_max']:,} | {_f(row['server_cpu_pct'], '.0f')} "
+                    f"({_f(row.get('server_user_pct'), '.0f')} / "
+                    f"{_f(row.get('server_sys_pct'), '.0f')}; {_f(row.get('server_core_softirq_pct'), '.0f')}) "
+                    f"| {_f(row['client_cpu_pct'], '.0f')} "
                     f"| {_f(row['frames_per_read'], '.1f')} | {_f(row['client_queue_p99_ms'], '.2f')} "
                     f"| {_f(row['read_p99_ms'], '.2f')} | {_f(row['pub_lag_max_ms'], '.1f')} | {gc_cell(row)} "
                     f"| {_f(row['noise_pct'], '.0f')} | {row['passed']}/{row['runs']} |")
@@ -361,7 +377,10 @@ def notes_for(args: argparse.Namespace, versions: dict[str, str], builds: dict[s
         "in the C load client (bench/lib/cload.c); publisher lag = its worst "
         "lateness against the schedule (large lag = the trigger, not the server, was late).",
         f"server pinned to CPU {args.server_cpu}; the C client (N sockets + publisher) to CPU {args.client_cpu}. "
-        "CPU % = CPU time / level wall time (100 = one core). ‡ = client CPU ≥ 90 %: may be client-bound.",
+        "CPU % = CPU time / level wall time (100 = one core). ‡ = client CPU ≥ 90 %: may be client-bound. "
+        "User / sys: the server process's split (/proc/PID/stat, sampled at the clock tick: rough); core softirq: "
+        "the server core's softirq time, mostly the loopback receive work its writes trigger, charged to no "
+        "process.",
         "GC longest = pushgate's longest collection in the level, as the bucket bound of "
         "pushgate_gc_pause_seconds (worst run); in parentheses pushgate_gc_pause_max_seconds (since start) "
         "when the server exports it.",

@@ -136,16 +136,17 @@ async def test_a_closing_transport_is_not_written() -> None:
     assert conn.writes == [] and conn.closed
 
 
-async def test_only_a_mostly_idle_node_writes_through() -> None:
-    """A fan-out that took 30 ms stops write-through for as long (flush_pacing 1): a publisher
-    awaiting each broadcast gets its answer once the frames are queued, and what follows batches."""
+async def test_a_fan_out_right_behind_the_last_write_queues() -> None:
+    """A fan-out that starts within a quarter of the last one's duration after it ended queues:
+    a publisher awaiting each broadcast gets its answer once the frames are queued, and what
+    follows batches."""
     hub, (conn,) = setup(1)
     cast(Written, conn._transport).cost = 0.03
     hub.fanout((conn,), Outgoing(b"[1]"))
     assert conn.writes == [frame(1)]
     await next_iteration()
     hub.fanout((conn,), Outgoing(b"[2]"))
-    assert conn.writes == [frame(1)]  # queued: the node was busy for 30 ms just now
+    assert conn.writes == [frame(1)]  # queued: writing filled the loop for 30 ms just now
     await wait_for(lambda: len(conn.writes) == 2, 2, what="the flush")  # right after: busy
     await asyncio.sleep(0.1)
     hub.fanout((conn,), Outgoing(b"[3]"))
@@ -171,3 +172,16 @@ async def test_after_a_busy_flush_fan_outs_batch_until_a_quiet_flush() -> None:
     await next_iteration()
     hub.fanout((conn,), Outgoing(b"[5]"))
     assert conn.writes[-1] == frame(5)  # written through again
+
+
+async def test_a_steady_rate_is_written_through_even_when_writes_take_most_of_the_loop() -> None:
+    """5,000 sockets at 10 msg/s on a slow stretch: fan-outs of 60-75 ms every 100. Each one
+    that starts later than a quarter of the last one's duration after it is written through,
+    not queued behind a pass over every socket and flushed after it."""
+    hub, (conn,) = setup(1)
+    cast(Written, conn._transport).cost = 0.04
+    for i in range(3):
+        hub.fanout((conn,), Outgoing(b"[%d]" % i))
+        assert conn.writes[-1] == frame(i)  # written during the fan-out itself
+        await asyncio.sleep(0.02)  # idle for half as long as the write took
+    assert len(conn.writes) == 3

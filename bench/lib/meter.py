@@ -35,6 +35,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process: how much of a server's time is its own code and how
+    much the kernel's work on its behalf (the send path, epoll, accept)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def cpu_ticks(cpu: int) -> tuple[int, int, int, int]:
     """(busy, idle, steal, irq+softirq) jiffies of one CPU from /proc/stat (busy includes irq)."""
     with open("/proc/stat") as f:

@@ -53,17 +53,22 @@ class Hub:
     granularity is 1 ms under uvloop: holds under 0.5 ms are none). Holds are capped at
     :data:`~pushgate.config.MAX_FLUSH_WINDOW`, the bound of ``flush_window`` (docs/performance.md).
 
-    Writing through, when the node is mostly idle: the first fan-out of a loop iteration writes
-    each socket at once (:attr:`through`) instead of queueing and flushing it later, provided
-    nothing is queued, no hold runs, and the node has been idle since its last flush or
-    written-through fan-out for at least ``flush_pacing`` × that one's duration, and its last
-    flush was not busy (a busy node batches until a flush carries one frame per socket). Nothing is
-    queued anywhere then, so order holds; every later frame of the iteration queues as above.
-    A broadcast to 5,000 sockets saves a queue entry, a list and a second pass per socket, and
-    its first socket is written before the others are visited rather than after. The idle
-    condition keeps batching where it pays: a publisher that awaits each broadcast before the
-    next gets its answer once the frames are queued, and the broadcasts that follow during the
-    delivery leave together, instead of every answer waiting for 5,000 writes.
+    Writing through, unless writing fills the loop: the first fan-out of a loop iteration
+    writes each socket at once (:attr:`through`) instead of queueing and flushing it later,
+    provided nothing is queued, no hold runs, the last flush was not busy (a busy node batches
+    until a flush carries one frame per socket), and the fan-out does not start within
+    :data:`CROWDED_GAP` × the last flush's or written-through fan-out's duration after that one
+    ended. Nothing is queued anywhere then, so order holds; every later frame of the iteration
+    queues as above. A broadcast to 5,000 sockets saves a queue entry, a list and a second pass
+    per socket, and its first socket is written before the others are visited rather than after.
+    The crowded rule keeps batching where it pays: a publisher that awaits each broadcast before
+    the next sends it a round trip after the last write, so that fan-out queues, the flush behind
+    it is busy, and the broadcasts that follow during the hold leave together, instead of every
+    answer waiting for 5,000 writes. A steady rate whose writes take most but not all of the
+    loop is written through every time: an earlier rule that first waited ``flush_pacing`` × the
+    last duration queued every fan-out that followed one longer than half the period (5,000
+    sockets at 10 msg/s when the kernel's writes slow down), and so delayed exactly the
+    fan-outs that set p99 (docs/performance.md, "Tail latency").
     """
 
     def __init__(self, *, flush_window: float = 0.0, flush_pacing: float = 1.0) -> None:
@@ -126,7 +131,7 @@ class Hub:
             self.through = False
             self._through_at = math.inf
         else:
-            self._write_through_after(max(self._next_flush, ended + took * self.flush_pacing))
+            self._write_through_after(self._next_flush)
 
     def _write_through_after(self, when: float) -> None:
         """Write fan-outs through again from ``when`` (perf_counter) on, if nothing is queued then."""
@@ -220,6 +225,12 @@ class Hub:
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:
         through = self.through  # FramedConnection.send writes at once while it holds
         started = time.perf_counter() if through else 0.0
+        if through and started - self._last_end < self._last_took * CROWDED_GAP:
+            # Crowded: this follows the last write so closely that writing fills the loop (a
+            # publisher awaiting each broadcast). Queue it; the flush behind it counts as busy,
+            # so the fan-outs that follow batch.
+            self._write_through_after(started)
+            through = False
         n = 0
         for conn in conns:
             conn.send(out)
