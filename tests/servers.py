@@ -127,28 +127,15 @@ class RedisServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def argv(self) -> list[str]:
+        """The command line (a sentinel's differs)."""
+        return [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--daemonize", "no", "--save", "", *self.args]
+
     def start(self, ready_seconds: float = 10.0) -> None:
         log = open(self.directory / "server.log", "ab")
         try:
-            self.proc = subprocess.Popen(
-                [
-                    str(self.binary),
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(self.directory),
-                    "--daemonize",
-                    "no",
-                    "--save",
-                    "",
-                    *self.args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-            )
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.directory)
         finally:
             log.close()
         proc = self.proc
@@ -296,21 +283,8 @@ class SentinelServer(RedisServer):
             f"sentinel parallel-syncs {service} 1\n"
         )
 
-    def start(self, ready_seconds: float = 10.0) -> None:
-        log = open(self.directory / "server.log", "ab")
-        try:
-            self.proc = subprocess.Popen([str(self.binary), str(self.conf), "--sentinel"], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.directory)
-        finally:
-            log.close()
-        proc = self.proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sentinel exited with {proc.returncode}: {self.log()[-2000:]}")
-            return _command(self.port, "PING").startswith(b"+PONG")
-
-        _wait(ready, ready_seconds, f"sentinel on port {self.port}")
+    def argv(self) -> list[str]:
+        return [str(self.binary), str(self.conf), "--sentinel"]
 
 
 class SentinelGroup:

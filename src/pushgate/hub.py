@@ -111,8 +111,7 @@ class Hub:
         # (or the last written-through fan-out) ended, i.e. writing fills 80 % of the loop or
         # more. Only then is holding the next flush worth its latency. (Frames counted by
         # fan-out; replies sent outside it count as none.)
-        busy = (self.delivered - self._delivered_at_flush > len(dirty)
-                or started - self._last_end < self._last_took * CROWDED_GAP)
+        busy = self.delivered - self._delivered_at_flush > len(dirty) or self._crowded(started)
         self._delivered_at_flush = self.delivered
         for conn in dirty:
             conn.flush()
@@ -132,6 +131,11 @@ class Hub:
             self._through_at = math.inf
         else:
             self._write_through_after(self._next_flush)
+
+    def _crowded(self, now: float) -> bool:
+        """Writing starting at ``now`` would follow the last flush or written-through fan-out
+        within CROWDED_GAP x its duration: writes fill 80 % of the loop or more."""
+        return now - self._last_end < self._last_took * CROWDED_GAP
 
     def _write_through_after(self, when: float) -> None:
         """Write fan-outs through again from ``when`` (perf_counter) on, if nothing is queued then."""
@@ -225,7 +229,7 @@ class Hub:
     def fanout(self, conns: Iterable[Connection], out: Outgoing) -> int:
         through = self.through  # FramedConnection.send writes at once while it holds
         started = time.perf_counter() if through else 0.0
-        if through and started - self._last_end < self._last_took * CROWDED_GAP:
+        if through and self._crowded(started):
             # Crowded: this follows the last write so closely that writing fills the loop (a
             # publisher awaiting each broadcast). Queue it; the flush behind it counts as busy,
             # so the fan-outs that follow batch.
